@@ -1,0 +1,94 @@
+//! `AppJson`: a JSON body extractor whose every failure (wrong content type, malformed JSON, a missing
+//! or mistyped field, a body too large) answers in OpenAI's error shape, naming the offending `param`.
+
+use crate::error::ApiError;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+pub struct AppJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::invalid_request(
+                format!(
+                    "Invalid Content-Type header ({}): expected application/json.",
+                    if content_type.is_empty() { "missing" } else { content_type }
+                ),
+                None,
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            let mut e = ApiError::invalid_request(format!("Could not read the request body: {rejection}"), None);
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            }
+            e
+        })?;
+        parse(&bytes).map(AppJson)
+    }
+}
+
+/// Parses a JSON body into `T`, mapping serde's errors to OpenAI-style 400s.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid_request(
+            format!("We could not parse the JSON body of your request ({e}). The API expects a JSON payload."),
+            None,
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::invalid_request("The request body must be a JSON object.", None));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde reports a missing field at its parent's path; name the field itself.
+        let param = match inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            Some(field) if path == "." => field.to_string(),
+            Some(field) => format!("{path}.{field}"),
+            None => path,
+        };
+        let message = match inner.strip_prefix("missing field `") {
+            Some(_) => format!("Missing required parameter: '{param}'."),
+            None => format!("Invalid value for '{param}': {inner}"),
+        };
+        ApiError::invalid_request(message, Some(&param))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Req {
+        model: String,
+        messages: Vec<Msg>,
+    }
+    #[derive(Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Msg {
+        role: String,
+    }
+
+    #[test]
+    fn errors_name_the_param() {
+        let e = parse::<Req>(br#"{"messages": []}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = parse::<Req>(br#"{"model": 3, "messages": []}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = parse::<Req>(br#"{"model": "m", "messages": [{}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse::<Req>(b"{not json").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.param.is_none());
+    }
+}

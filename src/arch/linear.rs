@@ -1,0 +1,130 @@
+//! Weight matrices and the choice of matmul kernel.
+//!
+//! DESIGN.md's measurements on this machine: candle's Q8_0 `QMatMul` runs 3x faster than Q4_1 at one row
+//! and still beats dense f32 at 16 rows, while dense f32 only wins from ~64 rows. Q8_0 also keeps each
+//! row's result independent of the other rows in the batch, so a greedy completion is the same alone or
+//! batched. So the CPU default converts every matrix to Q8_0 once at load; `native` keeps the file's
+//! types and `f32` dequantizes (for large-batch experiments and for weights Q8_0 cannot hold).
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WeightFormat {
+    /// Every matrix as Q8_0 (the CPU default).
+    #[default]
+    Q8_0,
+    /// The types stored in the file.
+    Native,
+    /// Dense f32.
+    F32,
+}
+
+/// A weight as a loader found it.
+pub enum RawWeight {
+    Quantized(QTensor),
+    Dense(Tensor),
+}
+
+impl RawWeight {
+    fn dims2(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            RawWeight::Quantized(q) => q.shape().dims2()?,
+            RawWeight::Dense(t) => t.dims2()?,
+        })
+    }
+
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            RawWeight::Quantized(q) => q.dequantize(device)?,
+            RawWeight::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
+        })
+    }
+}
+
+/// `y = x W^T` for a weight `W` of shape `[out, in]`.
+pub struct Linear {
+    matmul: QMatMul,
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// Stacks `parts` along the output dimension (fused q|k|v, gate|up) and stores them in `format`.
+    pub fn fused(parts: Vec<RawWeight>, format: WeightFormat, device: &Device) -> Result<Self> {
+        let in_features = parts.first().context("a linear layer needs a weight")?.dims2()?.1;
+        let mut out_features = 0;
+        for p in &parts {
+            let (o, i) = p.dims2()?;
+            if i != in_features {
+                bail!("fused weights disagree on input size: {i} vs {in_features}");
+            }
+            out_features += o;
+        }
+        let target = match format {
+            WeightFormat::F32 => None,
+            WeightFormat::Q8_0 if in_features % GgmlDType::Q8_0.block_size() == 0 => Some(GgmlDType::Q8_0),
+            WeightFormat::Q8_0 => None,
+            WeightFormat::Native => match &parts[0] {
+                RawWeight::Quantized(q) => Some(q.dtype()),
+                RawWeight::Dense(_) => None,
+            },
+        };
+        let matmul = match target {
+            None => {
+                let dense: Vec<Tensor> = parts.iter().map(|p| p.dequantize(device)).collect::<Result<_>>()?;
+                QMatMul::Tensor(Tensor::cat(&dense, 0)?)
+            }
+            Some(dtype) => QMatMul::from_qtensor(stack_quantized(parts, dtype, device)?)?,
+        };
+        Ok(Self { matmul, out_features })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.matmul.forward(x)?)
+    }
+}
+
+/// Quantized rows are whole blocks, so stacking matrices of one type along the output dimension is a
+/// concatenation of their bytes; only parts of another type are converted (dequantize, quantize).
+fn stack_quantized(parts: Vec<RawWeight>, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
+    let in_features = parts[0].dims2()?.1;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut rows = 0;
+    for part in parts {
+        let (o, _) = part.dims2()?;
+        let q = match part {
+            RawWeight::Quantized(q) if q.dtype() == dtype => q,
+            other => QTensor::quantize(&other.dequantize(device)?, dtype)?,
+        };
+        bytes.extend_from_slice(&q.data()?);
+        rows += o;
+    }
+    let storage = candle_core::quantized::QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+    Ok(QTensor::new(storage, (rows, in_features))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_matches_separate_in_every_format() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::randn(0f32, 1.0, (64, 64), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, (32, 64), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
+        for format in [WeightFormat::Q8_0, WeightFormat::Native, WeightFormat::F32] {
+            let q = |t: &Tensor| Ok::<_, anyhow::Error>(RawWeight::Quantized(QTensor::quantize(t, GgmlDType::Q4_0)?));
+            let fused = Linear::fused(vec![q(&a)?, q(&b)?], format, &dev)?;
+            let ya = Linear::fused(vec![q(&a)?], format, &dev)?.forward(&x)?;
+            let yb = Linear::fused(vec![q(&b)?], format, &dev)?.forward(&x)?;
+            let y = fused.forward(&x)?;
+            assert_eq!(fused.out_features, 96);
+            let diff = (y - Tensor::cat(&[ya, yb], 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "{format:?}: {diff}");
+        }
+        Ok(())
+    }
+}

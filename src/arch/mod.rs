@@ -1,0 +1,6 @@
+//! Model code. `llama` is the llama family (Llama, SmolLM, Mistral-style GQA without biases),
+//! batched over sequences of different lengths.
+
+pub mod attention;
+pub mod linear;
+pub mod llama;

@@ -1,0 +1,166 @@
+//! The engine of one model replica: a worker thread that owns the weights and every KV cache, fed by a
+//! channel. Each request gets its answers on its own channel, so a client that goes away is noticed
+//! (its receiver is closed) and its sequences are dropped at the next step.
+
+pub mod detok;
+pub mod sampling;
+pub mod scheduler;
+pub mod sequence;
+pub mod stop;
+
+use crate::loader::chat_template::ChatTemplate;
+use crate::loader::tokenizer::TextTokenizer;
+use crate::loader::LoadedModel;
+use crate::arch::llama::{Llama, StepInput};
+use scheduler::{Limits, Scheduler};
+pub use sequence::GenerationRequest;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What a request hears back, per choice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text { choice: usize, text: String },
+    Done { choice: usize, reason: FinishReason, completion_tokens: usize },
+    /// The step failed; the request's choices are over.
+    Error(String),
+}
+
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The queue is full: answer 429.
+    QueueFull,
+    /// The worker is gone (it panicked or shut down).
+    Stopped,
+}
+
+/// Counters the HTTP layer and tests read.
+#[derive(Default, Debug)]
+pub struct EngineStats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub steps: AtomicUsize,
+}
+
+pub struct Engine {
+    submit: mpsc::Sender<GenerationRequest>,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub template: ChatTemplate,
+    pub context_length: usize,
+    pub limits: Limits,
+    pub stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Starts the worker thread. Dropping the `Engine` stops the worker once its last request is done,
+    /// which frees the weights and caches.
+    pub fn start(loaded: LoadedModel, limits: Limits, name: &str) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let stats = Arc::new(EngineStats::default());
+        let context_length = loaded.model.cfg.context_length;
+        let worker = Worker {
+            model: loaded.model,
+            tokenizer: tokenizer.clone(),
+            scheduler: Scheduler::new(limits.clone()),
+            stats: stats.clone(),
+        };
+        std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || worker.run(rx))?;
+        Ok(Self { submit: tx, tokenizer, template: loaded.template, context_length, limits, stats })
+    }
+
+    pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {
+        // Counted here, before the worker sees it, so that a burst cannot overfill the queue.
+        let waiting = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.limits.max_queue {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull);
+        }
+        self.submit.send(request).map_err(|_| {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            SubmitError::Stopped
+        })
+    }
+}
+
+struct Worker {
+    model: Llama,
+    tokenizer: Arc<TextTokenizer>,
+    scheduler: Scheduler,
+    stats: Arc<EngineStats>,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<GenerationRequest>) {
+        loop {
+            if self.scheduler.is_idle() {
+                match rx.recv() {
+                    Ok(request) => self.scheduler.enqueue(request),
+                    Err(_) => return, // the Engine was dropped and nothing is left to do
+                }
+            }
+            while let Ok(request) = rx.try_recv() {
+                self.scheduler.enqueue(request);
+            }
+            self.step();
+        }
+    }
+
+    fn step(&mut self) {
+        let queued = self.scheduler.waiting_len();
+        self.scheduler.drop_abandoned();
+        let model = &self.model;
+        self.scheduler.admit(|positions| model.new_cache(positions));
+        // Every queued request was counted by `submit`; uncount those that left the queue.
+        self.stats.waiting.fetch_sub(queued - self.scheduler.waiting_len(), Ordering::SeqCst);
+        self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
+        if self.scheduler.running.is_empty() {
+            return;
+        }
+
+        let running = &mut self.scheduler.running;
+        let result = {
+            let mut inputs: Vec<StepInput<'_>> = running
+                .iter_mut()
+                .map(|s| {
+                    let start = s.cache.len;
+                    StepInput { cache: &mut s.cache, tokens: &s.tokens[start..] }
+                })
+                .collect();
+            model.forward(&mut inputs)
+        };
+        match result {
+            Ok(mut logits) => {
+                for (seq, logits) in running.iter_mut().zip(logits.iter_mut()) {
+                    seq.advance(logits, &self.tokenizer, model.cfg.context_length);
+                }
+            }
+            Err(e) => {
+                // A failed step leaves the caches of everyone in it half-written: end them all.
+                tracing::error!(error = %e, sequences = running.len(), "forward step failed");
+                for seq in running.iter_mut() {
+                    let _ = seq.events.send(Event::Error(format!("inference failed: {e}")));
+                    seq.finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        self.scheduler.retire_finished();
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
+    }
+}

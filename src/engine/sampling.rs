@@ -1,0 +1,201 @@
+//! Turning logits into the next token: logit_bias, presence/frequency penalties, temperature,
+//! top-k, top-p, and a seeded random draw. Temperature 0 is greedy.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// OpenAI's defaults.
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// How often each token has been generated so far (for the penalties).
+    counts: HashMap<u32, u32>,
+}
+
+impl Sampler {
+    /// `stream` tells the choices of one request apart, so `n` choices with one seed differ from each
+    /// other yet repeat across identical requests.
+    pub fn new(params: SamplingParams, stream: u64) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            None => StdRng::from_entropy(),
+        };
+        Self { params, rng, counts: HashMap::new() }
+    }
+
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        let p = &self.params;
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&id, &count) in &self.counts {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l -= p.presence_penalty + p.frequency_penalty * count as f32;
+                }
+            }
+        }
+        let token = if p.temperature <= 0.0 { argmax(logits) } else { self.draw(logits) };
+        *self.counts.entry(token).or_default() += 1;
+        token
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let cut_k = p.top_k > 0 && p.top_k < probs.len();
+        if cut_k || p.top_p < 1.0 {
+            // Only the head of the distribution matters: partition before sorting it.
+            let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            if cut_k {
+                probs.select_nth_unstable_by(p.top_k - 1, by_prob);
+                probs.truncate(p.top_k);
+            }
+            probs.sort_unstable_by(by_prob);
+            if p.top_p < 1.0 {
+                let total: f32 = probs.iter().map(|x| x.1).sum();
+                let mut cumulative = 0.0;
+                let keep = probs
+                    .iter()
+                    .position(|x| {
+                        cumulative += x.1 / total;
+                        cumulative >= p.top_p
+                    })
+                    .map_or(probs.len(), |i| i + 1);
+                probs.truncate(keep);
+            }
+        }
+        let total: f32 = probs.iter().map(|x| x.1).sum();
+        let mut target = self.rng.gen::<f32>() * total;
+        for &(id, w) in &probs {
+            target -= w;
+            if target <= 0.0 {
+                return id;
+            }
+        }
+        probs.last().map_or(0, |x| x.0)
+    }
+}
+
+/// Index of the largest logit; the lowest index wins a tie (as llama.cpp's greedy sampler).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams { seed: Some(7), ..Default::default() };
+        f(&mut p);
+        p
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_and_the_first_of_ties() {
+        let mut s = Sampler::new(params(|p| p.temperature = 0.0), 0);
+        assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_choices_differ() {
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let run = |stream| {
+            let mut s = Sampler::new(params(|_| {}), stream);
+            (0..30).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(run(0), run(0));
+        assert_ne!(run(0), run(1));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut s = Sampler::new(params(|p| p.top_k = 1), 0);
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut [0.0, 1.0, 0.9, 0.5]), 1);
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // Token 2 holds ~0.99 of the mass: top_p 0.5 must always pick it.
+        let mut s = Sampler::new(params(|p| p.top_p = 0.5), 0);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [0.0, 0.0, 8.0, 0.0]), 2);
+        }
+    }
+
+    #[test]
+    fn logit_bias_can_force_and_forbid() {
+        let mut s = Sampler::new(params(|p| p.logit_bias = vec![(3, 100.0)]), 0);
+        assert_eq!(s.sample(&mut [5.0, 5.0, 5.0, 0.0]), 3);
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.logit_bias = vec![(0, -100.0)];
+        }), 0);
+        assert_eq!(s.sample(&mut [5.0, 4.0]), 1);
+    }
+
+    #[test]
+    fn penalties_discourage_repeats() {
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.frequency_penalty = 2.0;
+        }), 0);
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
+        // Token 0 now has count 1: 1.0 - 2.0 < 0.5.
+        assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
+        let mut s = Sampler::new(params(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = 0.4;
+        }), 0);
+        assert_eq!(s.sample(&mut [1.0, 0.7]), 0);
+        assert_eq!(s.sample(&mut [1.0, 0.7]), 1);
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let mut s = Sampler::new(params(|_| {}), 0);
+        let logits = [0f32, (3f32).ln()]; // probabilities 1/4 and 3/4
+        let ones = (0..4000).filter(|_| s.sample(&mut logits.clone()) == 1).count();
+        assert!((2800..3200).contains(&ones), "{ones}");
+    }
+}

@@ -1,0 +1,109 @@
+//! One generated choice: its tokens, its KV cache, its sampler and the state that turns its tokens
+//! into text for the client.
+
+use super::detok::Utf8Stream;
+use super::sampling::{SamplingParams, Sampler};
+use super::stop::StopMatcher;
+use super::{Event, FinishReason};
+use crate::arch::attention::KvCache;
+use crate::loader::tokenizer::TextTokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// A request as the engine receives it: one prompt, `n` choices.
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub n: usize,
+    /// Tokens each choice may generate.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub events: UnboundedSender<Event>,
+}
+
+pub struct Sequence {
+    pub choice: usize,
+    /// The prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub max_tokens: usize,
+    pub cache: KvCache,
+    sampler: Sampler,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    pub events: UnboundedSender<Event>,
+    pub finish: Option<FinishReason>,
+}
+
+impl Sequence {
+    pub fn new(req: &GenerationRequest, choice: usize, cache: KvCache) -> Self {
+        Self {
+            choice,
+            tokens: req.prompt.clone(),
+            prompt_len: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            cache,
+            sampler: Sampler::new(req.sampling.clone(), choice as u64),
+            utf8: Utf8Stream::default(),
+            stop: StopMatcher::new(req.stop.clone()),
+            events: req.events.clone(),
+            finish: None,
+        }
+    }
+
+    /// Tokens not yet in the KV cache: the prompt before the first step, then the last sampled token.
+    pub fn pending(&self) -> &[u32] {
+        &self.tokens[self.cache.len..]
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// The client went away: its receiver is dropped.
+    pub fn is_abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Samples the next token from this step's logits and sends the text it completes.
+    /// `context` is the model's context length: a sequence ends when it is full.
+    pub fn advance(&mut self, logits: &mut [f32], tokenizer: &TextTokenizer, context: usize) {
+        let token = self.sampler.sample(logits);
+        self.tokens.push(token);
+        if tokenizer.is_end_of_generation(token) {
+            self.flush_text();
+            return self.finish(FinishReason::Stop);
+        }
+        let text = self.utf8.push(tokenizer.token_bytes(token));
+        let step = self.stop.push(&text);
+        self.send_text(step.emit);
+        if step.stopped {
+            return self.finish(FinishReason::Stop);
+        }
+        if self.generated() >= self.max_tokens || self.tokens.len() >= context {
+            self.flush_text();
+            self.finish(FinishReason::Length);
+        }
+    }
+
+    /// Sends what was held back (a partial character, a false start of a stop string).
+    fn flush_text(&mut self) {
+        let tail = self.utf8.flush();
+        let step = self.stop.push(&tail);
+        let mut text = step.emit;
+        if !step.stopped {
+            text.push_str(&self.stop.flush());
+        }
+        self.send_text(text);
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        self.finish = Some(reason);
+        let _ = self.events.send(Event::Done { choice: self.choice, reason, completion_tokens: self.generated() });
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(Event::Text { choice: self.choice, text });
+        }
+    }
+}

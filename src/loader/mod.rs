@@ -1,0 +1,107 @@
+//! Finding and loading models: catalog names, GGUF files, Hugging Face folders and hub ids.
+
+pub mod chat_template;
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;
+
+use crate::arch::linear::WeightFormat;
+use crate::arch::llama::Llama;
+use crate::catalog::{Catalog, CatalogEntry};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Everything a chat engine needs from a model.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: tokenizer::TextTokenizer,
+    pub template: chat_template::ChatTemplate,
+}
+
+/// Where a model's weights come from, as named on the command line.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Catalog(CatalogEntry),
+    GgufFile(PathBuf),
+    HfFolder(PathBuf),
+    /// `org/name` on the Hugging Face hub.
+    Hub(String),
+}
+
+impl ModelSource {
+    /// A catalog name, a path to a .gguf file or a model folder, or a hub id.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Some(entry) = Catalog::builtin().get(spec) {
+            return Ok(Self::Catalog(entry.clone()));
+        }
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Ok(Self::GgufFile(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            return Ok(Self::HfFolder(path.to_path_buf()));
+        }
+        let parts: Vec<&str> = spec.split('/').collect();
+        if parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.')) {
+            return Ok(Self::Hub(spec.to_string()));
+        }
+        bail!("`{spec}` is not a catalog model (see `wick models`), an existing file or folder, or a hub id (org/name)")
+    }
+
+    /// The name clients use when none is given: the catalog name, the file stem or the hub id.
+    pub fn default_name(&self) -> String {
+        match self {
+            Self::Catalog(e) => e.name.clone(),
+            Self::GgufFile(p) | Self::HfFolder(p) => {
+                p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+            }
+            Self::Hub(id) => id.clone(),
+        }
+    }
+
+    /// What `/v1/models` reports as `root`.
+    pub fn root(&self) -> String {
+        match self {
+            Self::Catalog(e) => e.name.clone(),
+            Self::GgufFile(p) | Self::HfFolder(p) => p.display().to_string(),
+            Self::Hub(id) => id.clone(),
+        }
+    }
+
+    /// Loads the model. Blocking: call it off the async runtime.
+    pub fn load(&self, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
+        match self {
+            Self::Catalog(e) => {
+                let path = e.local_path();
+                if !path.is_file() {
+                    bail!("`{}` has not been pulled yet: run `wick pull {}`", e.name, e.name);
+                }
+                gguf::load(&path, format, device)
+            }
+            Self::GgufFile(p) => gguf::load(p, format, device),
+            Self::HfFolder(p) => safetensors::load(p, format, device),
+            Self::Hub(id) => safetensors::load(&download_from_hub(id)?, format, device),
+        }
+    }
+}
+
+/// Fetches a model folder from the Hugging Face hub (or finds it in the hub cache) and returns the
+/// snapshot folder. No hub is reachable from our own machines; this is exercised where one is.
+fn download_from_hub(id: &str) -> Result<PathBuf> {
+    let handle = tokio::runtime::Handle::try_current().context("hub downloads run inside the server's runtime")?;
+    handle.block_on(async {
+        let api = hf_hub::api::tokio::ApiBuilder::new().with_progress(true).build()?;
+        let repo = api.model(id.to_string());
+        let info = repo.info().await.with_context(|| format!("look up `{id}` on the hub"))?;
+        let config = repo.get("config.json").await?;
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            repo.get(name).await.with_context(|| format!("{id}: {name}"))?;
+        }
+        let _ = repo.get("generation_config.json").await;
+        for s in info.siblings.iter().filter(|s| s.rfilename.ends_with(".safetensors")) {
+            repo.get(&s.rfilename).await?;
+        }
+        Ok(config.parent().context("hub cache layout")?.to_path_buf())
+    })
+}

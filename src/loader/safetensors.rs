@@ -1,0 +1,115 @@
+//! A Hugging Face-layout folder of the llama family: config.json, tokenizer.json,
+//! tokenizer_config.json, generation_config.json and *.safetensors (memory-mapped).
+
+use super::chat_template::ChatTemplate;
+use super::tokenizer::TextTokenizer;
+use super::LoadedModel;
+use crate::arch::attention::RopeStyle;
+use crate::arch::linear::{RawWeight, WeightFormat};
+use crate::arch::llama::{Llama, LlamaConfig, RawLayer, RawWeights};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The fields of a Hugging Face `LlamaConfig` that the forward needs.
+#[derive(Deserialize)]
+struct HfConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f32,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
+}
+fn default_eps() -> f32 {
+    1e-6
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
+    let hf: HfConfig = serde_json::from_value(read_json(&dir.join("config.json"))?).context("config.json")?;
+    if hf.attention_bias {
+        bail!("attention biases are not supported yet");
+    }
+    let cfg = LlamaConfig {
+        hidden_size: hf.hidden_size,
+        intermediate_size: hf.intermediate_size,
+        num_layers: hf.num_hidden_layers,
+        num_heads: hf.num_attention_heads,
+        num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        vocab_size: hf.vocab_size,
+        rope_theta: hf.rope_theta,
+        rms_norm_eps: hf.rms_norm_eps,
+        context_length: hf.max_position_embeddings,
+        rope_style: RopeStyle::Halves,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .safetensors files in {}", dir.display());
+    }
+    // SAFETY: the files are only read; a model file changing under a running server is not supported.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+    let get = |name: &str| -> Result<candle_core::Tensor> { st.load(name, device).with_context(|| format!("tensor `{name}`")) };
+    let dense = |name: &str| -> Result<RawWeight> { Ok(RawWeight::Dense(get(name)?)) };
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let p = format!("model.layers.{i}");
+        layers.push(RawLayer {
+            attn_norm: get(&format!("{p}.input_layernorm.weight"))?,
+            ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+            q: dense(&format!("{p}.self_attn.q_proj.weight"))?,
+            k: dense(&format!("{p}.self_attn.k_proj.weight"))?,
+            v: dense(&format!("{p}.self_attn.v_proj.weight"))?,
+            o: dense(&format!("{p}.self_attn.o_proj.weight"))?,
+            gate: dense(&format!("{p}.mlp.gate_proj.weight"))?,
+            up: dense(&format!("{p}.mlp.up_proj.weight"))?,
+            down: dense(&format!("{p}.mlp.down_proj.weight"))?,
+        });
+    }
+    let lm_head = if hf.tie_word_embeddings { None } else { Some(dense("lm_head.weight")?) };
+    let raw = RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
+    let model = Llama::new(cfg, raw, format, device)?;
+
+    let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(serde_json::Value::Null);
+    let extra_eos: Vec<u32> = match read_json(&dir.join("generation_config.json")).ok().and_then(|g| g.get("eos_token_id").cloned()) {
+        Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|n| n as u32).collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
+        _ => Vec::new(),
+    };
+    let tokenizer = TextTokenizer::from_hf(&dir.join("tokenizer.json"), &tok_config, &extra_eos)?;
+    let template_src = match tok_config.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // A list of named templates: the one called "default".
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
+    let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
+    Ok(LoadedModel { model, tokenizer, template })
+}

@@ -1,0 +1,58 @@
+use clap::{Parser, Subcommand};
+use wick::catalog::Catalog;
+
+#[derive(Parser)]
+#[command(name = "wick", version, about = "An OpenAI-compatible inference server")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "WICK_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve models over HTTP (the default command).
+    Serve(wick::config::ServeArgs),
+    /// Fetch a catalog model into the cache and check its sha256.
+    Pull {
+        /// Catalog name (see `wick models`).
+        #[arg(env = "WICK_PULL_NAME")]
+        name: String,
+    },
+    /// List the catalog and what is already pulled.
+    Models,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| "info,tower_http=warn".into());
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    let command = cli.command.unwrap_or_else(|| Command::Serve(wick::config::ServeArgs::parse_from_env()));
+    match command {
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(wick::serve(args)),
+        Command::Pull { name } => {
+            let entry = Catalog::builtin()
+                .get(&name)
+                .ok_or_else(|| anyhow::anyhow!("`{name}` is not in the catalog; `wick models` lists it"))?;
+            let path = wick::pull::pull(entry, true)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Models => {
+            println!("{:<28} {:<6} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
+            for m in &Catalog::builtin().models {
+                let pulled = if m.is_pulled() { "yes" } else { "no" };
+                let default = if m.default { " (default)" } else { "" };
+                println!("{:<28} {:<6} {:<8} {}{default}", m.name, m.kind, pulled, m.description);
+            }
+            Ok(())
+        }
+    }
+}
