@@ -128,7 +128,7 @@ mod tests {
             keep.push(rx);
             s.enqueue(r);
         }
-        assert_eq!(s.admit(KvCache::default), 3);
+        assert_eq!(s.admit(|_| KvCache::default()), 3);
         let lens: Vec<usize> = s.running.iter().map(|q| q.prompt_len).collect();
         assert_eq!(lens, vec![5, 6, 7]);
         assert_eq!(s.waiting_len(), 1);
@@ -141,7 +141,7 @@ mod tests {
         let (b, _rb) = request(4, 2);
         s.enqueue(a);
         s.enqueue(b);
-        assert_eq!(s.admit(KvCache::default), 1);
+        assert_eq!(s.admit(|_| KvCache::default()), 1);
         assert_eq!(s.running.len(), 3);
         let choices: Vec<usize> = s.running.iter().map(|q| q.choice).collect();
         assert_eq!(choices, vec![0, 1, 2]);
@@ -155,10 +155,10 @@ mod tests {
         s.enqueue(big);
         s.enqueue(small);
         // Nothing runs: the oversized head is admitted alone.
-        assert_eq!(s.admit(KvCache::default), 1);
+        assert_eq!(s.admit(|_| KvCache::default()), 1);
         assert_eq!(s.running.len(), 1);
         // While it prefills, the step is over budget: the next waits.
-        assert_eq!(s.admit(KvCache::default), 0);
+        assert_eq!(s.admit(|_| KvCache::default()), 0);
     }
 
     #[test]
@@ -168,7 +168,7 @@ mod tests {
         let (b, _rb) = request(12, 1);
         s.enqueue(a);
         s.enqueue(b);
-        assert_eq!(s.admit(KvCache::default), 1);
+        assert_eq!(s.admit(|_| KvCache::default()), 1);
         assert_eq!(s.waiting_len(), 1);
     }
 
@@ -179,7 +179,7 @@ mod tests {
         let (b, rb) = request(4, 1);
         let (c, _rc) = request(4, 1);
         s.enqueue(a);
-        s.admit(KvCache::default);
+        s.admit(|_| KvCache::default());
         s.enqueue(b);
         s.enqueue(c);
         drop(ra);

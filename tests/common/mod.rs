@@ -1,0 +1,215 @@
+//! Test helpers: a tiny random-weight llama GGUF made on the fly (with a byte-level BPE tokenizer and
+//! a ChatML template in its metadata), and a Wick server on a free loopback port.
+#![allow(dead_code)]
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use wick::arch::linear::WeightFormat;
+use wick::deploy::{DeploymentSpec, Deployments};
+use wick::engine::scheduler::Limits;
+use wick::loader::ModelSource;
+
+pub const HIDDEN: usize = 64;
+pub const CONTEXT: usize = 256;
+/// Control tokens of the tiny vocabulary.
+pub const ENDOFTEXT: u32 = 0;
+pub const IM_START: u32 = 1;
+pub const IM_END: u32 = 2;
+
+/// Deterministic pseudo-random numbers in [-scale, scale).
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// GPT-2's byte-to-character table (the inverse of the tokenizer's).
+fn byte_chars() -> Vec<char> {
+    let mut shifted = 0;
+    (0..=255u8)
+        .map(|b| {
+            if matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF) {
+                b as char
+            } else {
+                shifted += 1;
+                char::from_u32(255 + shifted).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// Writes a 2-layer llama GGUF with random weights to `path`.
+pub fn write_tiny_gguf(path: &Path, seed: u64, context: usize) {
+    let dev = Device::Cpu;
+    let (inter, layers, heads, kv_heads) = (128usize, 2usize, 4u32, 2u32);
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut types: Vec<i32> = vec![3, 3, 3];
+    for c in byte_chars() {
+        tokens.push(c.to_string());
+        types.push(1);
+    }
+    let merges = ["h e", "l l", "he ll", "Ġ w", "o r"];
+    for m in merges {
+        tokens.push(m.replace(' ', ""));
+        types.push(1);
+    }
+    let vocab = tokens.len();
+
+    let mut n = 0u64;
+    let mut matrix = |rows: usize, cols: usize| {
+        n += 1;
+        let t = Tensor::from_vec(values(seed * 1000 + n, rows * cols, 0.2), (rows, cols), &dev).unwrap();
+        QTensor::quantize(&t, GgmlDType::Q4_1).unwrap()
+    };
+    let ones = |len: usize| QTensor::quantize(&Tensor::ones(len, candle_core::DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap();
+    let head_dim = HIDDEN / heads as usize;
+    let mut named: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), matrix(vocab, HIDDEN))];
+    for i in 0..layers {
+        named.push((format!("blk.{i}.attn_norm.weight"), ones(HIDDEN)));
+        named.push((format!("blk.{i}.ffn_norm.weight"), ones(HIDDEN)));
+        named.push((format!("blk.{i}.attn_q.weight"), matrix(HIDDEN, HIDDEN)));
+        named.push((format!("blk.{i}.attn_k.weight"), matrix(kv_heads as usize * head_dim, HIDDEN)));
+        named.push((format!("blk.{i}.attn_v.weight"), matrix(kv_heads as usize * head_dim, HIDDEN)));
+        named.push((format!("blk.{i}.attn_output.weight"), matrix(HIDDEN, HIDDEN)));
+        named.push((format!("blk.{i}.ffn_gate.weight"), matrix(inter, HIDDEN)));
+        named.push((format!("blk.{i}.ffn_up.weight"), matrix(inter, HIDDEN)));
+        named.push((format!("blk.{i}.ffn_down.weight"), matrix(HIDDEN, inter)));
+    }
+    named.push(("output_norm.weight".into(), ones(HIDDEN)));
+
+    let s = |v: &str| Value::String(v.to_string());
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", s("llama")),
+        ("llama.block_count", Value::U32(layers as u32)),
+        ("llama.context_length", Value::U32(context as u32)),
+        ("llama.embedding_length", Value::U32(HIDDEN as u32)),
+        ("llama.feed_forward_length", Value::U32(inter as u32)),
+        ("llama.attention.head_count", Value::U32(heads)),
+        ("llama.attention.head_count_kv", Value::U32(kv_heads)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.pre", s("smollm")),
+        ("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| s(t)).collect())),
+        ("tokenizer.ggml.token_type", Value::Array(types.iter().map(|&t| Value::I32(t)).collect())),
+        ("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| s(m)).collect())),
+        ("tokenizer.ggml.bos_token_id", Value::U32(IM_START)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(IM_END)),
+        (
+            "tokenizer.chat_template",
+            s("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+        ),
+    ];
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &md, &ts).unwrap();
+}
+
+/// The tiny model, written once per test process.
+pub fn tiny_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wick-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-llama.gguf");
+        write_tiny_gguf(&path, 1, CONTEXT);
+        path
+    })
+    .clone()
+}
+
+/// The tiny model with a 4096-token context: for generations long enough to interrupt.
+pub fn tiny_long_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wick-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-llama-long.gguf");
+        write_tiny_gguf(&path, 2, 4096);
+        path
+    })
+    .clone()
+}
+
+pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
+    DeploymentSpec { name: name.into(), source: ModelSource::GgufFile(path.into()), weights: WeightFormat::Q8_0, limits }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub state: wick::AppState,
+    pub client: reqwest::Client,
+    pub key: Option<String>,
+}
+
+impl TestServer {
+    pub async fn start(specs: Vec<DeploymentSpec>, keys: &[&str]) -> Self {
+        let state = wick::AppState {
+            deployments: Arc::new(Deployments::new(specs).unwrap()),
+            keys: Arc::new(wick::auth::ApiKeys::new(keys)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = wick::app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state, client: reqwest::Client::new(), key: keys.first().map(|k| k.to_string()) }
+    }
+
+    /// The tiny model served as `tiny`, no keys.
+    pub async fn tiny() -> Self {
+        Self::start(vec![spec("tiny", &tiny_model(), Limits::default())], &[]).await
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let r = self.client.post(format!("{}{path}", self.url));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let r = self.client.get(format!("{}{path}", self.url));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    /// POSTs a chat request and returns (status, JSON body).
+    pub async fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self.post("/v1/chat/completions").json(&body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// POSTs a streaming chat request and returns every `data:` payload in order.
+    pub async fn chat_stream(&self, body: serde_json::Value) -> Vec<String> {
+        let resp = self.post("/v1/chat/completions").json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let text = resp.text().await.unwrap();
+        text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_string).collect()
+    }
+}
+
+/// A greedy request that never ends early on the tiny model's control tokens.
+pub fn greedy(content: &str, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "logit_bias": {"0": -100, "1": -100, "2": -100},
+    })
+}
