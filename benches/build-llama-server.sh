@@ -11,6 +11,13 @@
 #   WICK_BENCH_DIR=/some/dir benches/...     # choose the install dir
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 ...      # override the pinned version
 #   JOBS=4 ...                               # parallel compile jobs (default 2)
+#   WICK_LLAMA_AMX=1 ...                     # keep Intel AMX kernels (default: off)
+#
+# AMX is compiled out by default: with -march=native on an AMX-capable Xeon
+# (as on our dev VM), this llama.cpp segfaults in ggml_backend_amx_mul_mat
+# (`ldtilecfg` on an invalid tile config) during the warm-up decode, i.e.
+# llama-server dies right after loading the model.  Upstream: llama.cpp issue
+# #20824 and PR #26954.  The plain AVX-512 CPU path is used instead.
 #
 # Result: $WICK_BENCH_DIR/bin/{llama-server,llama-tokenize}; the path of
 # llama-server is printed on the last line of stdout.
@@ -20,6 +27,14 @@ LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 BENCH_DIR="${WICK_BENCH_DIR:-$HOME/.cache/wick/llama.cpp}"
 JOBS="${JOBS:-2}"
 PYTHON="${PYTHON:-python3}"
+WICK_LLAMA_AMX="${WICK_LLAMA_AMX:-0}"
+
+NATIVE_EXTRA_FLAGS=""
+if [[ "$WICK_LLAMA_AMX" == 0 && "$(uname -m)" == x86_64 ]]; then
+    # Explicit -mno-* flags win over the -march=native that ggml adds.
+    NATIVE_EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+CONFIG_ID="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION amx=$WICK_LLAMA_AMX"
 
 SRC_ROOT="$BENCH_DIR/src"
 SDIST_DIR="$BENCH_DIR/sdist"
@@ -33,11 +48,11 @@ log() { echo "[build-llama-server] $*" >&2; }
 
 have_bins() {
     [[ -x "$BIN_DIR/llama-server" && -x "$BIN_DIR/llama-tokenize" && -f "$STAMP" ]] &&
-        [[ "$(cat "$STAMP")" == "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" ]]
+        [[ "$(cat "$STAMP")" == "$CONFIG_ID" ]]
 }
 
 if have_bins; then
-    log "already built from llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION in $BIN_DIR"
+    log "already built ($CONFIG_ID) in $BIN_DIR"
     echo "$BIN_DIR/llama-server"
     exit 0
 fi
@@ -80,21 +95,23 @@ fi
 # --- 4. configure + build ----------------------------------------------------
 # No network at build time: no CURL, no OpenSSL, no prebuilt web UI download
 # (the server then embeds an empty UI table, the HTTP API is unaffected).
-if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-    log "configuring in $BUILD_DIR"
-    cmake -S "$LLAMA_SRC" -B "$BUILD_DIR" \
-        -DCMAKE_BUILD_TYPE=Release \
-        -DGGML_NATIVE=ON \
-        -DLLAMA_CURL=OFF \
-        -DLLAMA_OPENSSL=OFF \
-        -DLLAMA_BUILD_UI=OFF \
-        -DLLAMA_USE_PREBUILT_UI=OFF \
-        -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_TOOLS=ON \
-        -DLLAMA_BUILD_SERVER=ON \
-        -DBUILD_SHARED_LIBS=OFF >&2
-fi
+# Configuring is cheap and cmake only rebuilds what changed, so it is re-run
+# whenever the binaries are missing or were built with another config.
+log "configuring in $BUILD_DIR ($CONFIG_ID)"
+cmake -S "$LLAMA_SRC" -B "$BUILD_DIR" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS="$NATIVE_EXTRA_FLAGS" \
+    -DCMAKE_CXX_FLAGS="$NATIVE_EXTRA_FLAGS" \
+    -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_UI=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_TOOLS=ON \
+    -DLLAMA_BUILD_SERVER=ON \
+    -DBUILD_SHARED_LIBS=OFF >&2
 
 log "building llama-server llama-tokenize with -j$JOBS (slow on few cores)"
 start=$(date +%s)
@@ -108,7 +125,7 @@ for b in llama-server llama-tokenize; do
     [[ -x "$src" ]] || { log "missing $src after build"; exit 1; }
     install -m 0755 "$src" "$BIN_DIR/$b"
 done
-echo "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" > "$STAMP"
+echo "$CONFIG_ID" > "$STAMP"
 
 log "installed into $BIN_DIR"
 echo "$BIN_DIR/llama-server"

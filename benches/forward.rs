@@ -1,0 +1,49 @@
+//! Micro-benchmark of the batched forward: time per decode step at several batch sizes, for each
+//! weight format. Tells which matmul kernel to use on this machine (BENCHMARKS.md).
+//!
+//!   cargo bench --bench forward -- [path/to/model.gguf] [formats: q8-0,native,f32] [batches: 1,4,16]
+
+use std::time::Instant;
+use wick::arch::linear::WeightFormat;
+use wick::loader::ModelSource;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let model = args.first().cloned().unwrap_or_else(|| "smollm2-135m-instruct".into());
+    let formats = args.get(1).cloned().unwrap_or_else(|| "q8-0,native,f32".into());
+    let batches: Vec<usize> =
+        args.get(2).cloned().unwrap_or_else(|| "1,4,16".into()).split(',').map(|b| b.parse().unwrap()).collect();
+    let source = ModelSource::parse(&model)?;
+    println!("model {model}; context 128 tokens per sequence; median of 20 decode steps");
+    println!("{:<8} {:>6} {:>12} {:>12}", "weights", "batch", "ms/step", "tok/s");
+    for f in formats.split(',') {
+        let format = <WeightFormat as clap::ValueEnum>::from_str(f, true).map_err(anyhow::Error::msg)?;
+        let loaded = source.load(format, &candle_core::Device::Cpu)?;
+        let model = &loaded.model;
+        for &batch in &batches {
+            let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache(256)).collect();
+            let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+            for c in caches.iter_mut() {
+                model.forward(&mut [wick::arch::llama::StepInput { cache: c, tokens: &prompt }])?;
+            }
+            let mut times = Vec::new();
+            for step in 0..23 {
+                let tokens: Vec<[u32; 1]> = (0..batch).map(|i| [(500 + i + step) as u32]).collect();
+                let mut inputs: Vec<_> = caches
+                    .iter_mut()
+                    .zip(&tokens)
+                    .map(|(cache, t)| wick::arch::llama::StepInput { cache, tokens: t })
+                    .collect();
+                let t0 = Instant::now();
+                model.forward(&mut inputs)?;
+                if step >= 3 {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let ms = times[times.len() / 2];
+            println!("{:<8} {:>6} {:>12.2} {:>12.1}", f, batch, ms, batch as f64 * 1e3 / ms);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+// The official OpenAI Node client against a running Wick server.
+// tests/clients.rs starts the server and runs `node --test` on this file with WICK_BASE_URL,
+// WICK_API_KEY and WICK_MODEL set.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+
+const baseURL = process.env.WICK_BASE_URL;
+const model = process.env.WICK_MODEL;
+const client = new OpenAI({ baseURL, apiKey: process.env.WICK_API_KEY, maxRetries: 0 });
+const messages = [{ role: "user", content: "What is the capital of France? Answer in one word." }];
+
+test("models list", async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert.ok(ids.includes(model), ids.join(","));
+});
+
+test("plain completion", async () => {
+  const r = await client.chat.completions.create({ model, messages, temperature: 0, max_tokens: 32 });
+  assert.equal(r.object, "chat.completion");
+  assert.match(r.choices[0].message.content, /Paris/);
+  assert.equal(r.choices[0].finish_reason, "stop");
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+});
+
+test("stream with usage", async () => {
+  const stream = await client.chat.completions.create({
+    model, messages, temperature: 0, max_tokens: 32, stream: true, stream_options: { include_usage: true },
+  });
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  assert.equal(chunks[0].choices[0].delta.role, "assistant");
+  const text = chunks.filter((c) => c.choices.length).map((c) => c.choices[0].delta.content ?? "").join("");
+  assert.match(text, /Paris/);
+  const last = chunks[chunks.length - 1];
+  assert.deepEqual(last.choices, []);
+  assert.ok(last.usage.completion_tokens > 0);
+});
+
+test("stop is not emitted", async () => {
+  const r = await client.chat.completions.create({ model, messages, temperature: 0, max_tokens: 32, stop: ["Paris"] });
+  assert.ok(!r.choices[0].message.content.includes("Paris"), r.choices[0].message.content);
+  assert.equal(r.choices[0].finish_reason, "stop");
+});
+
+test("n = 2", async () => {
+  const r = await client.chat.completions.create({ model, messages, n: 2, seed: 1, max_tokens: 16 });
+  assert.deepEqual(r.choices.map((c) => c.index), [0, 1]);
+});
+
+test("wrong key raises AuthenticationError", async () => {
+  const bad = new OpenAI({ baseURL, apiKey: "sk-wrong", maxRetries: 0 });
+  await assert.rejects(bad.chat.completions.create({ model, messages }), (e) => {
+    assert.ok(e instanceof OpenAI.AuthenticationError, String(e));
+    assert.equal(e.code, "invalid_api_key");
+    return true;
+  });
+});
+
+test("unknown model raises NotFoundError", async () => {
+  await assert.rejects(client.chat.completions.create({ model: "no-such-model", messages }), (e) => {
+    assert.ok(e instanceof OpenAI.NotFoundError, String(e));
+    assert.equal(e.code, "model_not_found");
+    return true;
+  });
+});

@@ -1,0 +1,79 @@
+"""The official OpenAI Python client against a running Wick server.
+
+tests/clients.rs starts the server and runs this file with WICK_BASE_URL, WICK_API_KEY and WICK_MODEL set.
+"""
+import os
+
+import openai
+import pytest
+
+BASE_URL = os.environ["WICK_BASE_URL"]
+MODEL = os.environ["WICK_MODEL"]
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture
+def client():
+    return openai.OpenAI(base_url=BASE_URL, api_key=os.environ["WICK_API_KEY"], max_retries=0)
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list().data]
+    assert MODEL in ids
+
+
+def test_plain_completion(client):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32)
+    assert r.object == "chat.completion"
+    assert r.model == MODEL
+    assert "Paris" in r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.completion_tokens > 0
+
+
+def test_stream_with_usage(client):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=32, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stop_is_not_emitted(client):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32, stop=["Paris"])
+    assert "Paris" not in r.choices[0].message.content
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_n_two(client):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, n=2, seed=1, max_tokens=16)
+    assert [c.index for c in r.choices] == [0, 1]
+
+
+def test_wrong_key_is_an_authentication_error():
+    bad = openai.OpenAI(base_url=BASE_URL, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model=MODEL, messages=QUESTION)
+    assert e.value.code == "invalid_api_key"
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert e.value.code == "model_not_found"
+
+
+def test_bad_parameter_is_a_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=5)
+    assert e.value.param == "temperature"
