@@ -26,8 +26,9 @@ fn main() -> anyhow::Result<()> {
             for c in caches.iter_mut() {
                 model.forward(&mut [wick::arch::llama::StepInput { cache: c, tokens: &prompt }])?;
             }
+            let steps: usize = std::env::var("WICK_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(23);
             let mut times = Vec::new();
-            for step in 0..23 {
+            for step in 0..steps {
                 let tokens: Vec<[u32; 1]> = (0..batch).map(|i| [(500 + i + step) as u32]).collect();
                 let mut inputs: Vec<_> = caches
                     .iter_mut()

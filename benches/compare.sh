@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Wick against llama.cpp's llama-server on the same GGUF, same machine, same run.
+#   bash benches/compare.sh [concurrency list, default 1,4,16] [max tokens, default 128]
+# Builds Wick (release) and llama-server (benches/build-llama-server.sh) when missing, pulls the
+# default model, starts both servers on loopback, runs benches/load.rs against both, stops them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+levels=${1:-1,4,16}
+max_tokens=${2:-128}
+wick_port=${WICK_BENCH_PORT:-8380}
+llama_port=${LLAMA_BENCH_PORT:-8381}
+
+cargo build --release --bin wick --bench load
+load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
+model=$(./target/release/wick pull smollm2-135m-instruct)
+llama_server=$(bash benches/build-llama-server.sh | tail -n 1)
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+./target/release/wick serve --port "$wick_port" --max-batch-size 16 >/tmp/wick-bench.log 2>&1 &
+wick_pid=$!; pids+=("$wick_pid")
+"$llama_server" -m "$model" -t 2 -np 16 -c 16384 --host 127.0.0.1 --port "$llama_port" >/tmp/llama-bench.log 2>&1 &
+llama_pid=$!; pids+=("$llama_pid")
+
+for url in "http://127.0.0.1:$wick_port/health" "http://127.0.0.1:$llama_port/health"; do
+  for _ in $(seq 1 120); do curl -sf "$url" >/dev/null && break; sleep 0.5; done
+done
+
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "wick $(git rev-parse --short HEAD 2>/dev/null || echo '?'); llama-server: $("$llama_server" --version 2>&1 | head -n 1)"
+# SmolLM2's end-of-generation tokens (<|endoftext|>=0, <|im_end|>=2) are banned so that every request
+# generates exactly max_tokens on both servers.
+"$load" --target "wick=http://127.0.0.1:$wick_port,smollm2-135m-instruct,$wick_pid" \
+        --target "llama=http://127.0.0.1:$llama_port,smollm2,$llama_pid" \
+        --concurrency "$levels" --max-tokens "$max_tokens" --ban 0,2
