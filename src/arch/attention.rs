@@ -6,7 +6,7 @@
 //! Here one pass per (sequence, head) does it with no allocation beyond the output. The CUDA path
 //! (issue 6) replaces this with a paged-attention kernel; this stays as its CPU reference.
 
-use rayon::prelude::*;
+use super::cpu::{parallel_for, SharedOut};
 
 /// How a GGUF and a Hugging Face checkpoint lay out the rotary pairs: llama.cpp permutes q and k at
 /// conversion so that rotated pairs are adjacent; Hugging Face rotates the two halves of a head.
@@ -157,13 +157,14 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRow
     let seqs: &[SeqRows<'_>] = seqs;
     let scale = 1.0 / (d as f32).sqrt();
     let group = shape.num_heads / shape.num_kv_heads;
-    let results: Vec<Vec<f32>> = items
-        .par_iter()
-        .map(|&(s, h, first_row)| {
+    let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
+    let mut out = vec![0f32; total_rows * q_dim];
+    let shared = SharedOut::new(&mut out);
+    parallel_for(items.len(), |range| {
+        let mut scores = Vec::new();
+        for &(s, h, first_row) in &items[range] {
             let seq = &seqs[s];
             let kv_head = h / group;
-            let mut out = vec![0f32; seq.rows * d];
-            let mut scores = Vec::with_capacity(seq.start + seq.rows);
             for t in 0..seq.rows {
                 let q = &qkv[(first_row + t) * row_len + h * d..][..d];
                 let visible = seq.start + t + 1; // causal: keys 0..=pos
@@ -180,23 +181,15 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRow
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                let o = &mut out[t * d..(t + 1) * d];
+                // SAFETY: (row, head) pairs are distinct across items, so are these parts.
+                let o = unsafe { shared.part((first_row + t) * q_dim + h * d, d) };
                 for (j, &w) in scores.iter().enumerate() {
                     let v = &seq.cache.v[j * kv_dim + kv_head * d..][..d];
                     axpy(w / sum, v, o);
                 }
             }
-            out
-        })
-        .collect();
-
-    let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
-    let mut out = vec![0f32; total_rows * q_dim];
-    for (&(_, h, first_row), res) in items.iter().zip(&results) {
-        for (t, chunk) in res.chunks_exact(d).enumerate() {
-            out[(first_row + t) * q_dim + h * d..][..d].copy_from_slice(chunk);
         }
-    }
+    });
     out
 }
 

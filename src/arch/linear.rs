@@ -6,6 +6,7 @@
 //! batched. So the CPU default converts every matrix to Q8_0 once at load; `native` keeps the file's
 //! types and `f32` dequantizes (for large-batch experiments and for weights Q8_0 cannot hold).
 
+use super::cpu::q4_1::Q4_1Matrix;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -46,8 +47,14 @@ impl RawWeight {
 
 /// `y = x W^T` for a weight `W` of shape `[out, in]`.
 pub struct Linear {
-    matmul: QMatMul,
+    kernel: Kernel,
     pub out_features: usize,
+}
+
+enum Kernel {
+    Candle(QMatMul),
+    /// Our AVX2 kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.
+    Q4_1(Q4_1Matrix),
 }
 
 impl Linear {
@@ -71,18 +78,30 @@ impl Linear {
                 RawWeight::Dense(_) => None,
             },
         };
-        let matmul = match target {
+        let kernel = match target {
             None => {
                 let dense: Vec<Tensor> = parts.iter().map(|p| p.dequantize(device)).collect::<Result<_>>()?;
-                QMatMul::Tensor(Tensor::cat(&dense, 0)?)
+                Kernel::Candle(QMatMul::Tensor(Tensor::cat(&dense, 0)?))
             }
-            Some(dtype) => QMatMul::from_qtensor(stack_quantized(parts, dtype, device)?)?,
+            Some(GgmlDType::Q4_1) if device.is_cpu() => {
+                let q = stack_quantized(parts, GgmlDType::Q4_1, device)?;
+                Kernel::Q4_1(Q4_1Matrix::new(q.data()?.into_owned(), out_features, in_features)?)
+            }
+            Some(dtype) => Kernel::Candle(QMatMul::from_qtensor(stack_quantized(parts, dtype, device)?)?),
         };
-        Ok(Self { matmul, out_features })
+        Ok(Self { kernel, out_features })
     }
 
+    /// `x` is `[rows, in_features]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.matmul.forward(x)?)
+        match &self.kernel {
+            Kernel::Candle(m) => Ok(m.forward(x)?),
+            Kernel::Q4_1(w) => {
+                let rows = x.dim(0)?;
+                let xs = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Tensor::from_vec(w.matmul(&xs, rows), (rows, w.n), x.device())?)
+            }
+        }
     }
 }
 

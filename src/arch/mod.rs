@@ -2,5 +2,6 @@
 //! batched over sequences of different lengths.
 
 pub mod attention;
+pub mod cpu;
 pub mod linear;
 pub mod llama;

@@ -1,0 +1,38 @@
+//! Our own CPU kernels, where candle's are missing or too slow for what the engine needs, and the
+//! thread pool they run on.
+
+pub mod q4_1;
+
+use std::ops::Range;
+
+/// Runs `f` over `0..n` in chunks on candle's worker pool, the one its own matmuls use. Its workers
+/// spin between calls: a decode step makes ~150 parallel calls, and waking sleeping rayon threads for
+/// each cost more than the work at one or two sequences (measured: BENCHMARKS.md).
+pub fn parallel_for(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, f)
+}
+
+/// One output buffer written by many workers, each to its own disjoint part.
+#[derive(Clone, Copy)]
+pub struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: workers only ever touch disjoint ranges (the callers' contract of `part`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    pub fn new(buf: &mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// # Safety
+    /// No two live parts may overlap, and the buffer must outlive them.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "part {start}+{len} outside {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
