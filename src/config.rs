@@ -32,8 +32,8 @@ pub struct ServeArgs {
     /// the catalog's default chat model.
     #[arg(long = "model", env = "WICK_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
-    /// How weight matrices are stored in memory on CPU (see BENCHMARKS.md for why q8-0 is the default).
-    #[arg(long, env = "WICK_WEIGHTS", value_enum, default_value_t = WeightFormat::Q8_0)]
+    /// How weight matrices are stored in memory on CPU (native: the file's own types; see BENCHMARKS.md).
+    #[arg(long, env = "WICK_WEIGHTS", value_enum, default_value_t = WeightFormat::Native)]
     pub weights: WeightFormat,
     /// Most sequences decoded together in one step.
     #[arg(long, env = "WICK_MAX_BATCH_SIZE", default_value_t = Limits::default().max_batch_size)]

@@ -1,10 +1,13 @@
 //! Weight matrices and the choice of matmul kernel.
 //!
-//! DESIGN.md's measurements on this machine: candle's Q8_0 `QMatMul` runs 3x faster than Q4_1 at one row
-//! and still beats dense f32 at 16 rows, while dense f32 only wins from ~64 rows. Q8_0 also keeps each
-//! row's result independent of the other rows in the batch, so a greedy completion is the same alone or
-//! batched. So the CPU default converts every matrix to Q8_0 once at load; `native` keeps the file's
-//! types and `f32` dequantizes (for large-batch experiments and for weights Q8_0 cannot hold).
+//! Decoding one or two sequences is bound by reading the weights, so the fewest bytes per weight win;
+//! at 16 sequences the arithmetic starts to count. Measured on our 2-core CPU (BENCHMARKS.md,
+//! `cargo bench --bench forward`): the GGUF's own Q4_1 through our AVX2 kernel (`cpu::q4_1`) is the
+//! fastest at 1-4 rows and within 10% of a Q8_0 conversion at 16, so `native` is the default; `q8-0`
+//! converts every matrix once at load; `f32` dequantizes (dense GEMM only wins from ~64 rows).
+//! Every kernel here computes each row independently of the others in the batch, so a greedy
+//! completion is the same alone or batched; a kernel choice that switched with the batch size would
+//! break that, which is why the choice is per deployment and not per step.
 
 use super::cpu::q4_1::Q4_1Matrix;
 use anyhow::{bail, Context, Result};
@@ -14,11 +17,11 @@ use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum WeightFormat {
-    /// Every matrix as Q8_0 (the CPU default).
+    /// The types stored in the file (the default).
     #[default]
-    Q8_0,
-    /// The types stored in the file.
     Native,
+    /// Every matrix as Q8_0.
+    Q8_0,
     /// Dense f32.
     F32,
 }

@@ -142,7 +142,7 @@ pub fn tiny_long_model() -> PathBuf {
 }
 
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
-    DeploymentSpec { name: name.into(), source: ModelSource::GgufFile(path.into()), weights: WeightFormat::Q8_0, limits }
+    DeploymentSpec { name: name.into(), source: ModelSource::GgufFile(path.into()), weights: WeightFormat::Native, limits }
 }
 
 pub struct TestServer {
