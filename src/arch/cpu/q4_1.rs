@@ -1,10 +1,12 @@
 //! Q4_1 weights times f32 activations, batched.
 //!
 //! Why ours: candle 0.11 has no SIMD dot product for Q4_1, so a Q4_1 GGUF ran 25x slower than its
-//! Q8_0 conversion, and the conversion reads 1.7x the bytes per token (decode at one or two rows is
-//! bound by reading the weights). This kernel keeps the file's 5 bits per weight and uses AVX2:
-//! activations are quantized per 32-value block to i8 (`ActBlock`, like ggml's Q8_1), and
-//! `maddubs` multiplies the weight nibbles (u8) by them.
+//! Q8_0 conversion, and the conversion reads 1.7x the bytes per token. This kernel keeps the file's
+//! 5 bits per weight. Activations are quantized per 32-value block to i8 (`Activations`, like ggml's
+//! Q8_1); weights are multiplied as unsigned nibbles against them:
+//! - with AVX-512 VNNI (this project's machines), weights are repacked at load so that one 64-byte
+//!   load holds 128 weights and `vpdpbusd` does 64 multiply-adds per instruction;
+//! - elsewhere, ggml's own layout with AVX2 `maddubs` (or the scalar reference).
 //!
 //! Batch invariance: a row's result never depends on which other rows share the call. Each (row,
 //! column) is reduced over the blocks in the same order whatever `m` is, so a greedy completion gives
@@ -12,61 +14,97 @@
 
 use super::{parallel_for, SharedOut};
 
-/// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first).
+/// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first), f16 d and m.
 pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = 20;
 
-/// One block of 32 activations as i8 with scale `d`; `s = d * sum(q)` carries the weights' offset term.
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(32))]
-pub struct ActBlock {
-    q: [i8; BLOCK],
-    d: f32,
-    s: f32,
+/// Whether this build runs the VNNI kernel (decided at compile time by the target features).
+pub const VNNI: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni",
+    target_feature = "f16c"
+));
+
+/// Rows of activations quantized per block: `x ~= d * q`, and `s = d * sum(q)` for the weights' offset.
+pub struct Activations {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    k: usize,
 }
 
-/// Quantizes one row of activations (length a multiple of 32).
-pub fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
-    for (xs, blk) in x.chunks_exact(BLOCK).zip(out.iter_mut()) {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in blk.q.iter_mut().zip(xs) {
-            *q = (v * inv).round() as i8;
-            sum += *q as i32;
+impl Activations {
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let blocks = x.len() / BLOCK;
+        let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
+        for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, &v) in a.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
+                *q = (v * inv).round() as i8;
+                sum += *q as i32;
+            }
+            a.d[b] = d;
+            a.s[b] = d * sum as f32;
         }
-        blk.d = d;
-        blk.s = d * sum as f32;
+        a
+    }
+
+    fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
+        let blocks = self.k / BLOCK;
+        (&self.q[r * self.k..(r + 1) * self.k], &self.d[r * blocks..(r + 1) * blocks], &self.s[r * blocks..(r + 1) * blocks])
     }
 }
 
-/// A Q4_1 matrix `[n, k]` (n output features, k inputs), as raw ggml blocks.
+/// A Q4_1 matrix `[n, k]` (n output features, k inputs).
 pub struct Q4_1Matrix {
-    data: Vec<u8>,
     pub n: usize,
     pub k: usize,
+    layout: Layout,
+}
+
+enum Layout {
+    /// ggml's blocks, as in the file.
+    Ggml(Vec<u8>),
+    /// Per row: nibbles in groups of 128 weights (byte i = w[i] | w[i + 64] << 4; a last group of
+    /// 64 as byte i = w[i] | w[i + 32] << 4), then per-block f16 scales and mins in their own arrays.
+    Vnni { nibbles: Vec<u8>, d: Vec<u16>, m: Vec<u16> },
+}
+
+fn f16_bits(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+fn f16(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// The 4-bit value of weight `j` (0..32) of a ggml block.
+fn nibble(block: &[u8], j: usize) -> u8 {
+    if j < 16 {
+        block[4 + j] & 0x0F
+    } else {
+        block[4 + j - 16] >> 4
+    }
 }
 
 impl Q4_1Matrix {
+    /// `data` holds ggml Q4_1 blocks, row after row.
     pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(k % BLOCK == 0, "Q4_1 rows must be whole blocks (k = {k})");
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
-        Ok(Self { data, n, k })
-    }
-
-    fn row(&self, j: usize) -> &[u8] {
-        let len = self.k / BLOCK * BLOCK_BYTES;
-        &self.data[j * len..(j + 1) * len]
+        let layout = if VNNI && k % 64 == 0 { repack(&data, n, k) } else { Layout::Ggml(data) };
+        Ok(Self { n, k, layout })
     }
 
     /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let blocks = self.k / BLOCK;
-        let mut acts = vec![ActBlock::default(); m * blocks];
-        for (row, out) in x.chunks_exact(self.k).zip(acts.chunks_exact_mut(blocks)) {
-            quantize_row(row, out);
-        }
+        let acts = Activations::quantize(x, self.k);
         // Columns are split across threads; each writes its columns column-major, transposed after.
         let mut col_major = vec![0f32; self.n * m];
         let out = SharedOut::new(&mut col_major);
@@ -74,9 +112,8 @@ impl Q4_1Matrix {
             // SAFETY: column ranges are disjoint, so are their parts of the buffer.
             let out = unsafe { out.part(cols.start * m, cols.len() * m) };
             for (j, out_col) in cols.zip(out.chunks_exact_mut(m)) {
-                let w = self.row(j);
                 for (r, o) in out_col.iter_mut().enumerate() {
-                    *o = dot(w, &acts[r * blocks..(r + 1) * blocks]);
+                    *o = self.dot(j, acts.row(r));
                 }
             }
         });
@@ -91,66 +128,160 @@ impl Q4_1Matrix {
         }
         y
     }
-}
 
-/// One weight row (blocks of 20 bytes) dotted with one quantized activation row.
-#[inline]
-fn dot(w: &[u8], a: &[ActBlock]) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        // SAFETY: the cfg guarantees AVX2 and FMA; slices are bounds-checked by the callers' shapes.
-        unsafe { dot_avx2(w, a) }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    {
-        dot_scalar(w, a)
-    }
-}
-
-fn f16_at(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// The reference: same arithmetic as the SIMD path, one value at a time.
-pub fn dot_scalar(w: &[u8], a: &[ActBlock]) -> f32 {
-    let mut total = 0f32;
-    for (wb, ab) in w.chunks_exact(BLOCK_BYTES).zip(a) {
-        let (d, m) = (f16_at(&wb[0..2]), f16_at(&wb[2..4]));
-        let mut isum = 0i32;
-        for j in 0..16 {
-            isum += (wb[4 + j] & 0x0F) as i32 * ab.q[j] as i32;
-            isum += (wb[4 + j] >> 4) as i32 * ab.q[j + 16] as i32;
+    /// Weight row `j` dotted with one activation row.
+    #[inline]
+    fn dot(&self, j: usize, a: (&[i8], &[f32], &[f32])) -> f32 {
+        let blocks = self.k / BLOCK;
+        match &self.layout {
+            Layout::Ggml(data) => {
+                let w = &data[j * blocks * BLOCK_BYTES..(j + 1) * blocks * BLOCK_BYTES];
+                #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+                // SAFETY: the cfg guarantees AVX2 and FMA; `w` and `a` hold `blocks` blocks each.
+                return unsafe { dot_ggml_avx2(w, a) };
+                #[allow(unreachable_code)]
+                dot_ggml_scalar(w, a)
+            }
+            Layout::Vnni { nibbles, d, m } => {
+                let (nib, d, m) =
+                    (&nibbles[j * self.k / 2..(j + 1) * self.k / 2], &d[j * blocks..(j + 1) * blocks], &m[j * blocks..(j + 1) * blocks]);
+                #[cfg(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx512f",
+                    target_feature = "avx512bw",
+                    target_feature = "avx512vl",
+                    target_feature = "avx512vnni",
+                    target_feature = "f16c"
+                ))]
+                // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
+                return unsafe { dot_vnni(nib, d, m, a) };
+                #[allow(unreachable_code)]
+                {
+                    let _ = (nib, d, m);
+                    unreachable!("the VNNI layout is only built when VNNI is compiled in")
+                }
+            }
         }
-        total += d * ab.d * isum as f32 + m * ab.s;
+    }
+}
+
+fn repack(data: &[u8], n: usize, k: usize) -> Layout {
+    let blocks = k / BLOCK;
+    let (mut nibbles, mut d, mut m) = (Vec::with_capacity(n * k / 2), Vec::with_capacity(n * blocks), Vec::with_capacity(n * blocks));
+    for row in data.chunks_exact(blocks * BLOCK_BYTES) {
+        let w = |t: usize| nibble(&row[(t / BLOCK) * BLOCK_BYTES..], t % BLOCK);
+        let mut base = 0;
+        while base < k {
+            let half = if k - base >= 128 { 64 } else { 32 };
+            for i in 0..half {
+                nibbles.push(w(base + i) | (w(base + half + i) << 4));
+            }
+            base += 2 * half;
+        }
+        for b in row.chunks_exact(BLOCK_BYTES) {
+            d.push(f16_bits(&b[0..2]));
+            m.push(f16_bits(&b[2..4]));
+        }
+    }
+    Layout::Vnni { nibbles, d, m }
+}
+
+/// The reference: what every SIMD path computes, one value at a time.
+pub fn dot_ggml_scalar(w: &[u8], (q, d, s): (&[i8], &[f32], &[f32])) -> f32 {
+    let mut total = 0f32;
+    for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+        let isum: i32 = (0..BLOCK).map(|j| nibble(wb, j) as i32 * q[b * BLOCK + j] as i32).sum();
+        total += f16(f16_bits(&wb[0..2])) * d[b] * isum as f32 + f16(f16_bits(&wb[2..4])) * s[b];
     }
     total
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline]
-unsafe fn dot_avx2(w: &[u8], a: &[ActBlock]) -> f32 {
+unsafe fn dot_ggml_avx2(w: &[u8], (q, d, s): (&[i8], &[f32], &[f32])) -> f32 {
     use std::arch::x86_64::*;
     let low_mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let mut offset = 0f32;
-    for (wb, ab) in w.chunks_exact(BLOCK_BYTES).zip(a) {
-        let (d, m) = (f16_at(&wb[0..2]), f16_at(&wb[2..4]));
+    for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
         let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
         // Low nibbles are weights 0..16, high nibbles 16..32.
-        let nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        let q = _mm256_and_si256(nibbles, low_mask);
-        let x = _mm256_load_si256(ab.q.as_ptr() as *const __m256i);
-        let pairs = _mm256_maddubs_epi16(q, x);
-        let sums = _mm256_madd_epi16(pairs, ones);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * ab.d), acc);
-        offset += m * ab.s;
+        let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
+        let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
+        let scale = f16(f16_bits(&wb[0..2])) * d[b];
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+        offset += f16(f16_bits(&wb[2..4])) * s[b];
     }
     let hi = _mm256_extractf128_ps(acc, 1);
     let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
     let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
     _mm_cvtss_f32(s1) + offset
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
+    target_feature = "avx512vl",
+    target_feature = "avx512vnni",
+    target_feature = "f16c"
+))]
+#[inline]
+unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[f32], &[f32])) -> f32 {
+    use std::arch::x86_64::*;
+    let k = q.len();
+    assert!(nib.len() * 2 == k && wd.len() * BLOCK == k && ad.len() * BLOCK == k);
+    let mask = _mm512_set1_epi8(0x0F);
+    // Lanes 0-7 of a dot-product vector belong to the first block of a pair, lanes 8-15 to the second.
+    let first_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let second_pair = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    let mut acc = _mm512_setzero_ps();
+    let mut offsets = _mm_setzero_ps();
+    let groups = k / 128;
+    for g in 0..groups {
+        let x = _mm512_loadu_si512(nib.as_ptr().add(64 * g) as *const _);
+        let lo = _mm512_and_si512(x, mask);
+        let hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), mask);
+        let a0 = _mm512_loadu_si512(q.as_ptr().add(128 * g) as *const _);
+        let a1 = _mm512_loadu_si512(q.as_ptr().add(128 * g + 64) as *const _);
+        let p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a0);
+        let p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, a1);
+        let dw = _mm_cvtph_ps(_mm_loadl_epi64(wd.as_ptr().add(4 * g) as *const __m128i));
+        let scales = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(ad.as_ptr().add(4 * g))));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_permutexvar_ps(first_pair, scales), acc);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_permutexvar_ps(second_pair, scales), acc);
+        let mins = _mm_cvtph_ps(_mm_loadl_epi64(wm.as_ptr().add(4 * g) as *const __m128i));
+        offsets = _mm_fmadd_ps(mins, _mm_loadu_ps(asum.as_ptr().add(4 * g)), offsets);
+    }
+    let mut total = _mm512_reduce_add_ps(acc);
+    let mut offset = {
+        let s2 = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    };
+    if k % 128 == 64 {
+        // The last two blocks: 32 bytes, low nibbles one block, high nibbles the other.
+        let (b, base) = (4 * groups, 128 * groups);
+        let mask = _mm256_set1_epi8(0x0F);
+        let x = _mm256_loadu_si256(nib.as_ptr().add(64 * groups) as *const __m256i);
+        let a0 = _mm256_loadu_si256(q.as_ptr().add(base) as *const __m256i);
+        let a1 = _mm256_loadu_si256(q.as_ptr().add(base + 32) as *const __m256i);
+        let p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(x, mask), a0);
+        let p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(_mm256_srli_epi16(x, 4), mask), a1);
+        let t = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(p1),
+            _mm256_set1_ps(f16(wd[b + 1]) * ad[b + 1]),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(f16(wd[b]) * ad[b])),
+        );
+        let hi = _mm256_extractf128_ps(t, 1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(t), hi);
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        total += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        offset += f16(wm[b]) * asum[b] + f16(wm[b + 1]) * asum[b + 1];
+    }
+    total + offset
 }
 
 #[cfg(test)]
@@ -171,47 +302,52 @@ mod tests {
             .collect()
     }
 
-    fn q4_1(n: usize, k: usize) -> (Q4_1Matrix, Tensor) {
+    fn q4_1(n: usize, k: usize) -> (Vec<u8>, Tensor) {
         let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        let dense = q.dequantize(&Device::Cpu).unwrap();
-        (Q4_1Matrix::new(q.data().unwrap().into_owned(), n, k).unwrap(), dense)
+        (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
     }
 
     #[test]
     fn matches_dense_matmul_of_the_dequantized_weights() {
-        let (n, k, m) = (200, 96, 3);
-        let (q, dense) = q4_1(n, k);
-        let x = random(m * k, 9);
-        let y = q.matmul(&x, m);
-        let want = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap().matmul(&dense.t().unwrap()).unwrap();
-        let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        for (a, b) in y.iter().zip(&want) {
-            // Only the activations' 8-bit quantization separates the two.
-            assert!((a - b).abs() < 0.02 * scale, "{a} vs {b}");
+        // k = 576 has a 64-weight tail in the VNNI layout; k = 96 is not a multiple of 64 (ggml layout).
+        for (n, k, m) in [(200, 576, 3), (70, 96, 2), (33, 128, 5)] {
+            let (data, dense) = q4_1(n, k);
+            let q = Q4_1Matrix::new(data, n, k).unwrap();
+            let x = random(m * k, 9);
+            let y = q.matmul(&x, m);
+            let want = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap().matmul(&dense.t().unwrap()).unwrap();
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (a, b) in y.iter().zip(&want) {
+                // Only the activations' 8-bit quantization separates the two.
+                assert!((a - b).abs() < 0.02 * scale, "k={k}: {a} vs {b}");
+            }
         }
     }
 
     #[test]
-    fn simd_equals_scalar_reference() {
-        let (q, _) = q4_1(8, 128);
-        let x = random(128, 4);
-        let mut acts = vec![ActBlock::default(); 4];
-        quantize_row(&x, &mut acts);
-        for j in 0..8 {
-            let (a, b) = (dot(q.row(j), &acts), dot_scalar(q.row(j), &acts));
-            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    fn every_path_equals_the_scalar_reference() {
+        for k in [64, 576, 1536] {
+            let (data, _) = q4_1(8, k);
+            let q = Q4_1Matrix::new(data.clone(), 8, k).unwrap();
+            let acts = Activations::quantize(&random(k, 4), k);
+            for j in 0..8 {
+                let w = &data[j * k / BLOCK * BLOCK_BYTES..(j + 1) * k / BLOCK * BLOCK_BYTES];
+                let (a, b) = (q.dot(j, acts.row(0)), dot_ggml_scalar(w, acts.row(0)));
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "k={k}: {a} vs {b}");
+            }
         }
     }
 
     #[test]
     fn rows_do_not_depend_on_their_batch() {
-        let (q, _) = q4_1(130, 64);
-        let x = random(7 * 64, 5);
+        let (data, _) = q4_1(130, 576);
+        let q = Q4_1Matrix::new(data, 130, 576).unwrap();
+        let x = random(7 * 576, 5);
         let batched = q.matmul(&x, 7);
         for r in 0..7 {
-            let alone = q.matmul(&x[r * 64..(r + 1) * 64], 1);
+            let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
             assert_eq!(&batched[r * 130..(r + 1) * 130], &alone[..], "row {r}");
         }
     }
