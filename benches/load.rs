@@ -90,7 +90,9 @@ async fn one_request(client: &reqwest::Client, t: &Target, prompt: &str, max_tok
 }
 
 async fn run_level(t: &Target, concurrency: usize, max_tokens: usize, rounds: usize, ban: &serde_json::Value) -> Level {
-    let client = reqwest::Client::new();
+    // A fresh connection per request: llama-server closes idle keep-alive connections, and a
+    // request sent on one that was just closed fails without ever reaching the server.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let start = Instant::now();
     let workers = (0..concurrency).map(|w| {
         let client = client.clone();
