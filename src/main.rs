@@ -18,7 +18,6 @@ enum Command {
     /// Fetch a catalog model into the cache and check its sha256.
     Pull {
         /// Catalog name (see `wick models`).
-        #[arg(env = "WICK_PULL_NAME")]
         name: String,
     },
     /// List the catalog and what is already pulled.

@@ -18,15 +18,8 @@ use super::{parallel_for, SharedOut};
 pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = 20;
 
-/// Whether this build runs the VNNI kernel (decided at compile time by the target features).
-pub const VNNI: bool = cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vl",
-    target_feature = "avx512vnni",
-    target_feature = "f16c"
-));
+/// Whether this build runs the VNNI kernel (decided at compile time by the target features, build.rs).
+pub const VNNI: bool = cfg!(wick_vnni);
 
 /// Rows of activations quantized per block: `x ~= d * q`, and `s = d * sum(q)` for the weights' offset.
 pub struct Activations {
@@ -145,14 +138,7 @@ impl Q4_1Matrix {
             Layout::Vnni { nibbles, d, m } => {
                 let (nib, d, m) =
                     (&nibbles[j * self.k / 2..(j + 1) * self.k / 2], &d[j * blocks..(j + 1) * blocks], &m[j * blocks..(j + 1) * blocks]);
-                #[cfg(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx512f",
-                    target_feature = "avx512bw",
-                    target_feature = "avx512vl",
-                    target_feature = "avx512vnni",
-                    target_feature = "f16c"
-                ))]
+                #[cfg(wick_vnni)]
                 // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
                 return unsafe { dot_vnni(nib, d, m, a) };
                 #[allow(unreachable_code)]
@@ -214,21 +200,25 @@ unsafe fn dot_ggml_avx2(w: &[u8], (q, d, s): (&[i8], &[f32], &[f32])) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
         offset += f16(f16_bits(&wb[2..4])) * s[b];
     }
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), hi);
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    _mm_cvtss_f32(s1) + offset
+    hsum256(acc) + offset
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512bw",
-    target_feature = "avx512vl",
-    target_feature = "avx512vnni",
-    target_feature = "f16c"
-))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline]
+unsafe fn hsum128(x: std::arch::x86_64::__m128) -> f32 {
+    use std::arch::x86_64::*;
+    let s2 = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline]
+unsafe fn hsum256(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    hsum128(_mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)))
+}
+
+#[cfg(wick_vnni)]
 #[inline]
 unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[f32], &[f32])) -> f32 {
     use std::arch::x86_64::*;
@@ -257,10 +247,7 @@ unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[
         offsets = _mm_fmadd_ps(mins, _mm_loadu_ps(asum.as_ptr().add(4 * g)), offsets);
     }
     let mut total = _mm512_reduce_add_ps(acc);
-    let mut offset = {
-        let s2 = _mm_add_ps(offsets, _mm_movehl_ps(offsets, offsets));
-        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
-    };
+    let mut offset = hsum128(offsets);
     if k % 128 == 64 {
         // The last two blocks: 32 bytes, low nibbles one block, high nibbles the other.
         let (b, base) = (4 * groups, 128 * groups);
@@ -275,10 +262,7 @@ unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[
             _mm256_set1_ps(f16(wd[b + 1]) * ad[b + 1]),
             _mm256_mul_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(f16(wd[b]) * ad[b])),
         );
-        let hi = _mm256_extractf128_ps(t, 1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(t), hi);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        total += _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        total += hsum256(t);
         offset += f16(wm[b]) * asum[b] + f16(wm[b + 1]) * asum[b + 1];
     }
     total + offset
