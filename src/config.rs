@@ -117,3 +117,46 @@ impl ServeArgs {
         <Only as clap::Parser>::parse_from(["wick"]).args
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("wick").chain(args.iter().copied())).args
+    }
+
+    #[test]
+    fn no_key_means_loopback_only_unless_allowed() {
+        assert!(parse(&[]).check_exposure(false).is_ok());
+        assert!(parse(&["--host", "::1"]).check_exposure(false).is_ok());
+        assert!(parse(&["--host", "0.0.0.0"]).check_exposure(false).is_err());
+        assert!(parse(&["--host", "0.0.0.0"]).check_exposure(true).is_ok());
+        assert!(parse(&["--host", "0.0.0.0", "--allow-unauthenticated"]).check_exposure(false).is_ok());
+    }
+
+    #[test]
+    fn keys_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# team keys\nsk-file-1\n\n  sk-file-2  \n").unwrap();
+        let args = parse(&["--api-key", "sk-flag", "--api-key-file", file.to_str().unwrap()]);
+        assert_eq!(args.all_api_keys().unwrap(), vec!["sk-flag", "sk-file-1", "sk-file-2"]);
+    }
+
+    #[test]
+    fn models_take_names_with_slashes() {
+        let args = parse(&["--model", "u-8105f7322477/test=smollm2-135m-instruct", "--model", "smollm2-135m-instruct"]);
+        let specs = args.deployments().unwrap();
+        assert_eq!(specs[0].name, "u-8105f7322477/test");
+        assert_eq!(specs[1].name, "smollm2-135m-instruct");
+        assert!(parse(&["--model", "not-a-model"]).deployments().is_err());
+    }
+}
