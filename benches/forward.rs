@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         args.get(2).cloned().unwrap_or_else(|| "1,4,16".into()).split(',').map(|b| b.parse().unwrap()).collect();
     let source = ModelSource::parse(&model)?;
     println!("model {model}; context 128 tokens per sequence; median of 20 decode steps");
-    println!("{:<8} {:>6} {:>12} {:>12}", "weights", "batch", "ms/step", "tok/s");
+    println!("{:<8} {:>6} {:>12} {:>12} {:>14}", "weights", "batch", "ms/step", "tok/s", "prefill128 ms");
     for f in formats.split(',') {
         let format = <WeightFormat as clap::ValueEnum>::from_str(f, true).map_err(anyhow::Error::msg)?;
         let loaded = source.load(format, &candle_core::Device::Cpu)?;
@@ -23,9 +23,13 @@ fn main() -> anyhow::Result<()> {
         for &batch in &batches {
             let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache(256)).collect();
             let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+            let mut prefill = Vec::new();
             for c in caches.iter_mut() {
+                let t0 = Instant::now();
                 model.forward(&mut [wick::arch::llama::StepInput { cache: c, tokens: &prompt }])?;
+                prefill.push(t0.elapsed().as_secs_f64() * 1e3);
             }
+            prefill.sort_by(|a, b| a.total_cmp(b));
             let steps: usize = std::env::var("WICK_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(23);
             let mut times = Vec::new();
             for step in 0..steps {
@@ -43,7 +47,14 @@ fn main() -> anyhow::Result<()> {
             }
             times.sort_by(|a, b| a.total_cmp(b));
             let ms = times[times.len() / 2];
-            println!("{:<8} {:>6} {:>12.2} {:>12.1}", f, batch, ms, batch as f64 * 1e3 / ms);
+            println!(
+                "{:<8} {:>6} {:>12.2} {:>12.1} {:>14.0}",
+                f,
+                batch,
+                ms,
+                batch as f64 * 1e3 / ms,
+                prefill[prefill.len() / 2]
+            );
         }
     }
     Ok(())

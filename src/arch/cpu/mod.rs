@@ -13,25 +13,31 @@ pub fn parallel_for(n: usize, f: impl Fn(Range<usize>) + Sync) {
 }
 
 /// One output buffer written by many workers, each to its own disjoint part.
-#[derive(Clone, Copy)]
-pub struct SharedOut {
-    ptr: *mut f32,
+pub struct SharedOut<T> {
+    ptr: *mut T,
     len: usize,
 }
 
-// SAFETY: workers only ever touch disjoint ranges (the callers' contract of `part`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedOut<T> {}
 
-impl SharedOut {
-    pub fn new(buf: &mut [f32]) -> Self {
+// SAFETY: workers only ever touch disjoint ranges (the callers' contract of `part`).
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    pub fn new(buf: &mut [T]) -> Self {
         Self { ptr: buf.as_mut_ptr(), len: buf.len() }
     }
 
     /// # Safety
     /// No two live parts may overlap, and the buffer must outlive them.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
+    pub unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.len, "part {start}+{len} outside {}", self.len);
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
     }

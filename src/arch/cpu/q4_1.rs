@@ -33,18 +33,25 @@ impl Activations {
     pub fn quantize(x: &[f32], k: usize) -> Self {
         let blocks = x.len() / BLOCK;
         let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
-        for (b, xs) in x.chunks_exact(BLOCK).enumerate() {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in a.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
-                *q = (v * inv).round() as i8;
-                sum += *q as i32;
+        let (q, d, s) = (SharedOut::new(&mut a.q), SharedOut::new(&mut a.d), SharedOut::new(&mut a.s));
+        parallel_for(blocks, |range| {
+            // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
+            let (qs, ds, ss) = unsafe {
+                (q.part(range.start * BLOCK, range.len() * BLOCK), d.part(range.start, range.len()), s.part(range.start, range.len()))
+            };
+            for (b, xs) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(BLOCK).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, &v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
+                    *q = (v * inv).round() as i8;
+                    sum += *q as i32;
+                }
+                ds[b] = scale;
+                ss[b] = scale * sum as f32;
             }
-            a.d[b] = d;
-            a.s[b] = d * sum as f32;
-        }
+        });
         a
     }
 
@@ -98,27 +105,18 @@ impl Q4_1Matrix {
     /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let acts = Activations::quantize(x, self.k);
-        // Columns are split across threads; each writes its columns column-major, transposed after.
-        let mut col_major = vec![0f32; self.n * m];
-        let out = SharedOut::new(&mut col_major);
+        // Columns are split across threads; each thread writes its columns of every row.
+        let mut y = vec![0f32; m * self.n];
+        let out = SharedOut::new(&mut y);
         parallel_for(self.n, |cols| {
-            // SAFETY: column ranges are disjoint, so are their parts of the buffer.
-            let out = unsafe { out.part(cols.start * m, cols.len() * m) };
-            for (j, out_col) in cols.zip(out.chunks_exact_mut(m)) {
-                for (r, o) in out_col.iter_mut().enumerate() {
+            for r in 0..m {
+                // SAFETY: column ranges are disjoint, so are these parts of each row.
+                let out = unsafe { out.part(r * self.n + cols.start, cols.len()) };
+                for (j, o) in cols.clone().zip(out.iter_mut()) {
                     *o = self.dot(j, acts.row(r));
                 }
             }
         });
-        if m == 1 {
-            return col_major;
-        }
-        let mut y = vec![0f32; m * self.n];
-        for (j, col) in col_major.chunks_exact(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                y[r * self.n + j] = *v;
-            }
-        }
         y
     }
 
