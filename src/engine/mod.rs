@@ -117,8 +117,24 @@ impl Worker {
             while let Ok(request) = rx.try_recv() {
                 self.scheduler.enqueue(request);
             }
-            self.step();
+            // A bug in a step must not take the model down with it: the sequences of that step get an
+            // error, the worker goes on with the next requests.
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                self.fail_running(&format!("internal error: {}", what.as_deref().unwrap_or("the engine step panicked")));
+            }
         }
+    }
+
+    /// Ends every running sequence with an error; their caches may be half-written.
+    fn fail_running(&mut self, message: &str) {
+        tracing::error!(error = message, sequences = self.scheduler.running.len(), "engine step failed");
+        for seq in self.scheduler.running.iter_mut() {
+            let _ = seq.events.send(Event::Error(message.to_string()));
+            seq.finish = Some(FinishReason::Stop);
+        }
+        self.scheduler.retire_finished();
+        self.stats.running.store(0, Ordering::SeqCst);
     }
 
     fn step(&mut self) {
@@ -150,14 +166,8 @@ impl Worker {
                     seq.advance(logits, &self.tokenizer, model.cfg.context_length);
                 }
             }
-            Err(e) => {
-                // A failed step leaves the caches of everyone in it half-written: end them all.
-                tracing::error!(error = %e, sequences = running.len(), "forward step failed");
-                for seq in running.iter_mut() {
-                    let _ = seq.events.send(Event::Error(format!("inference failed: {e}")));
-                    seq.finish = Some(FinishReason::Stop);
-                }
-            }
+            // A failed step leaves the caches of everyone in it half-written: end them all.
+            Err(e) => return self.fail_running(&format!("inference failed: {e}")),
         }
         self.scheduler.retire_finished();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
