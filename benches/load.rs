@@ -44,7 +44,13 @@ const PROMPTS: &[&str] = &[
     "Write a letter to a friend about a trip to the mountains.",
 ];
 
-async fn one_request(client: &reqwest::Client, t: &Target, prompt: &str, max_tokens: usize, ban: &serde_json::Value) -> anyhow::Result<Sample> {
+async fn one_request(
+    client: &reqwest::Client,
+    t: &Target,
+    prompt: &str,
+    max_tokens: usize,
+    ban: &serde_json::Value,
+) -> anyhow::Result<Sample> {
     let body = serde_json::json!({
         "model": t.model,
         "messages": [{"role": "user", "content": prompt}],
@@ -142,7 +148,8 @@ fn main() -> anyhow::Result<()> {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
             "--target" => {
-                let (name, rest) = value.split_once('=').ok_or_else(|| anyhow::anyhow!("--target NAME=URL,MODEL[,PID]"))?;
+                let (name, rest) =
+                    value.split_once('=').ok_or_else(|| anyhow::anyhow!("--target NAME=URL,MODEL[,PID]"))?;
                 let parts: Vec<&str> = rest.split(',').collect();
                 targets.push(Target {
                     name: name.into(),
@@ -155,7 +162,13 @@ fn main() -> anyhow::Result<()> {
             "--max-tokens" => max_tokens = value.parse()?,
             "--rounds" => rounds = value.parse()?,
             // Token ids to ban (comma-separated), so that every request runs to max-tokens.
-            "--ban" => ban = value.split(',').map(|id| (id.to_string(), serde_json::json!(-100))).collect::<serde_json::Map<_, _>>().into(),
+            "--ban" => {
+                ban = value
+                    .split(',')
+                    .map(|id| (id.to_string(), serde_json::json!(-100)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into()
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
         i += 2;
@@ -168,7 +181,10 @@ fn main() -> anyhow::Result<()> {
             // One warm-up request so that lazy loading is not measured.
             let _ = rt.block_on(run_level(t, 1, 4, 1, &ban));
             let level = rt.block_on(run_level(t, c, max_tokens, rounds, &ban));
-            eprintln!("{:>6} c={:<3} {:>8.1} tok/s  ttft {:>7.0} ms  decode {:>6.1} tok/s/stream", t.name, c, level.aggregate, level.ttft_p50, level.decode_p50);
+            eprintln!(
+                "{:>6} c={:<3} {:>8.1} tok/s  ttft {:>7.0} ms  decode {:>6.1} tok/s/stream",
+                t.name, c, level.aggregate, level.ttft_p50, level.decode_p50
+            );
             row.1.push(level);
         }
     }
@@ -177,7 +193,10 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for (name, row) in &table {
         for l in row {
-            println!("| {name} | {} | {:.1} | {:.0} | {:.1} | {} |", l.concurrency, l.aggregate, l.ttft_p50, l.decode_p50, l.failures);
+            println!(
+                "| {name} | {} | {:.1} | {:.0} | {:.1} | {} |",
+                l.concurrency, l.aggregate, l.ttft_p50, l.decode_p50, l.failures
+            );
         }
     }
     for t in &targets {
@@ -187,10 +206,19 @@ fn main() -> anyhow::Result<()> {
     }
     if table.len() >= 2 {
         let (a, b) = (&table[0], &table[1]);
-        println!("\n| streams | {}/{} aggregate | {}/{} per-stream decode | {}/{} TTFT |", a.0, b.0, a.0, b.0, a.0, b.0);
+        println!(
+            "\n| streams | {}/{} aggregate | {}/{} per-stream decode | {}/{} TTFT |",
+            a.0, b.0, a.0, b.0, a.0, b.0
+        );
         println!("|---|---|---|---|");
         for (x, y) in a.1.iter().zip(&b.1) {
-            println!("| {} | {:.2}x | {:.2}x | {:.2}x |", x.concurrency, x.aggregate / y.aggregate, x.decode_p50 / y.decode_p50, x.ttft_p50 / y.ttft_p50);
+            println!(
+                "| {} | {:.2}x | {:.2}x | {:.2}x |",
+                x.concurrency,
+                x.aggregate / y.aggregate,
+                x.decode_p50 / y.decode_p50,
+                x.ttft_p50 / y.ttft_p50
+            );
         }
     }
     Ok(())

@@ -24,7 +24,11 @@ impl std::fmt::Debug for ApiKeys {
 impl ApiKeys {
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> Self {
         Self {
-            digests: keys.into_iter().filter(|k| !k.as_ref().is_empty()).map(|k| Sha256::digest(k.as_ref().as_bytes()).into()).collect(),
+            digests: keys
+                .into_iter()
+                .filter(|k| !k.as_ref().is_empty())
+                .map(|k| Sha256::digest(k.as_ref().as_bytes()).into())
+                .collect(),
         }
     }
 

@@ -64,7 +64,8 @@ impl ServeArgs {
 
     /// Every configured key: flags, the environment and the key file.
     pub fn all_api_keys(&self) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        let mut keys: Vec<String> =
+            self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
         if let Some(path) = &self.api_key_file {
             keys.extend(crate::auth::read_key_file(path)?);
         }
@@ -72,8 +73,11 @@ impl ServeArgs {
     }
 
     pub fn deployments(&self) -> Result<Vec<DeploymentSpec>> {
-        let specs: Vec<String> =
-            if self.models.is_empty() { vec![Catalog::builtin().default_chat().name.clone()] } else { self.models.clone() };
+        let specs: Vec<String> = if self.models.is_empty() {
+            vec![Catalog::builtin().default_chat().name.clone()]
+        } else {
+            self.models.clone()
+        };
         specs
             .iter()
             .map(|spec| {

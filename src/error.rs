@@ -126,12 +126,7 @@ impl ApiError {
     /// The JSON body alone, for errors that happen inside an event stream.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Body {
-            error: Inner {
-                message: &self.message,
-                kind: self.kind,
-                param: self.param.as_deref(),
-                code: self.code,
-            },
+            error: Inner { message: &self.message, kind: self.kind, param: self.param.as_deref(), code: self.code },
         })
         .expect("error body serialises")
     }

@@ -43,14 +43,19 @@ pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         if let loader::ModelSource::Catalog(entry) = &spec.source {
             if !entry.is_pulled() {
                 if args.no_pull {
-                    anyhow::bail!("`{}` is not pulled and --no-pull was given: run `wick pull {}`", entry.name, entry.name);
+                    anyhow::bail!(
+                        "`{}` is not pulled and --no-pull was given: run `wick pull {}`",
+                        entry.name,
+                        entry.name
+                    );
                 }
                 let entry = entry.clone();
                 tokio::task::spawn_blocking(move || pull::pull(&entry, true)).await??;
             }
         }
     }
-    let state = AppState { deployments: Arc::new(deploy::Deployments::new(specs)?), keys: Arc::new(auth::ApiKeys::new(&keys)) };
+    let state =
+        AppState { deployments: Arc::new(deploy::Deployments::new(specs)?), keys: Arc::new(auth::ApiKeys::new(&keys)) };
     let addr = std::net::SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
     let names: Vec<&str> = state.deployments.iter().map(|d| d.name.as_str()).collect();

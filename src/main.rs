@@ -26,7 +26,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| "info,tower_http=warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WICK_LOG").unwrap_or_else(|_| "info,tower_http=warn".into());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format == "json" {
         subscriber.json().init();
@@ -35,7 +36,9 @@ fn main() -> anyhow::Result<()> {
     }
     let command = cli.command.unwrap_or_else(|| Command::Serve(wick::config::ServeArgs::parse_from_env()));
     match command {
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(wick::serve(args)),
+        Command::Serve(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(wick::serve(args))
+        }
         Command::Pull { name } => {
             let entry = Catalog::builtin()
                 .get(&name)

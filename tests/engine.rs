@@ -29,7 +29,8 @@ async fn last_event(mut rx: mpsc::UnboundedReceiver<Event>) -> Event {
 
 #[tokio::test]
 async fn a_failed_step_answers_an_error_and_the_engine_goes_on() {
-    let loaded = ModelSource::GgufFile(common::tiny_model()).load(WeightFormat::Native, &candle_core::Device::Cpu).unwrap();
+    let loaded =
+        ModelSource::GgufFile(common::tiny_model()).load(WeightFormat::Native, &candle_core::Device::Cpu).unwrap();
     let engine = Engine::start(loaded, Limits::default(), "tiny").unwrap();
     // Token 999999 is outside the vocabulary: the forward refuses the step.
     let (bad, bad_rx) = request(vec![5, 999_999]);

@@ -19,7 +19,8 @@ fn write_folder(dir: &std::path::Path) {
     let mut rand = |shape: (usize, usize)| {
         seed += 1;
         let n = shape.0 * shape.1;
-        let v: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 1000.0 - 0.5) * 0.4).collect();
+        let v: Vec<f32> =
+            (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 1000.0 - 0.5) * 0.4).collect();
         Tensor::from_vec(v, shape, &dev).unwrap()
     };
     let head_dim = hidden / heads;
@@ -29,7 +30,10 @@ fn write_folder(dir: &std::path::Path) {
     for i in 0..layers {
         let p = format!("model.layers.{i}");
         t.insert(format!("{p}.input_layernorm.weight"), Tensor::ones(hidden, candle_core::DType::F32, &dev).unwrap());
-        t.insert(format!("{p}.post_attention_layernorm.weight"), Tensor::ones(hidden, candle_core::DType::F32, &dev).unwrap());
+        t.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            Tensor::ones(hidden, candle_core::DType::F32, &dev).unwrap(),
+        );
         t.insert(format!("{p}.self_attn.q_proj.weight"), rand((hidden, hidden)));
         t.insert(format!("{p}.self_attn.k_proj.weight"), rand((kv_heads * head_dim, hidden)));
         t.insert(format!("{p}.self_attn.v_proj.weight"), rand((kv_heads * head_dim, hidden)));

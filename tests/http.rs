@@ -167,13 +167,34 @@ async fn bad_requests_get_openai_errors_naming_the_param() {
         (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_p": -0.1}), "top_p"),
         (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 0}), "n"),
         (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}), "max_tokens"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 3}), "presence_penalty"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}), "stop"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}), "logit_bias"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}), "logit_bias"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}), "temperature"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": true}}), "stream_options"),
-        (json!({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}), "messages[0].content[0].type"),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 3}),
+            "presence_penalty",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}),
+            "stop",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 1}}),
+            "logit_bias",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}),
+            "logit_bias",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}),
+            "temperature",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
+        (
+            json!({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            "messages[0].content[0].type",
+        ),
     ];
     for (body, param) in cases {
         let (status, err) = s.chat(body.clone()).await;
@@ -218,7 +239,9 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
 
 #[tokio::test]
 async fn api_keys_guard_v1_but_not_health() {
-    let s = TestServer::start(vec![spec("tiny", &tiny_model(), Limits::default())], &["sk-test-key-1", "sk-test-key-2"]).await;
+    let s =
+        TestServer::start(vec![spec("tiny", &tiny_model(), Limits::default())], &["sk-test-key-1", "sk-test-key-2"])
+            .await;
     let url = |p: &str| format!("{}{p}", s.url);
     let r = s.client.get(url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -236,7 +259,10 @@ async fn api_keys_guard_v1_but_not_health() {
 #[tokio::test]
 async fn models_list_and_names_with_slashes() {
     let s = TestServer::start(
-        vec![spec("u-8105f7322477/test", &tiny_model(), Limits::default()), spec("tiny", &tiny_model(), Limits::default())],
+        vec![
+            spec("u-8105f7322477/test", &tiny_model(), Limits::default()),
+            spec("tiny", &tiny_model(), Limits::default()),
+        ],
         &[],
     )
     .await;

@@ -57,7 +57,9 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
                 for (j, p) in parts.iter().enumerate() {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => text.push_str(t),
-                        ("text", None) => return bad("A text part needs 'text'.".into(), &format!("messages[{i}].content[{j}].text")),
+                        ("text", None) => {
+                            return bad("A text part needs 'text'.".into(), &format!("messages[{i}].content[{j}].text"))
+                        }
                         (kind, _) => {
                             return bad(
                                 format!("Content parts of type '{kind}' are not supported by this model; only 'text'."),
@@ -73,8 +75,15 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     }
 
     let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
-        (Some(v), _) if v < 1 => return bad(format!("Invalid 'max_completion_tokens': {v}. It must be at least 1."), "max_completion_tokens"),
-        (None, Some(v)) if v < 1 => return bad(format!("Invalid 'max_tokens': {v}. It must be at least 1."), "max_tokens"),
+        (Some(v), _) if v < 1 => {
+            return bad(
+                format!("Invalid 'max_completion_tokens': {v}. It must be at least 1."),
+                "max_completion_tokens",
+            )
+        }
+        (None, Some(v)) if v < 1 => {
+            return bad(format!("Invalid 'max_tokens': {v}. It must be at least 1."), "max_tokens")
+        }
         (Some(v), _) | (None, Some(v)) => Some(v as usize),
         (None, None) => None,
     };
@@ -84,9 +93,10 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     }
     let in_range = |v: Option<f32>, lo: f32, hi: f32, name: &str| -> Result<(), ApiError> {
         match v {
-            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
-                Err(ApiError::invalid_request(format!("Invalid '{name}': {x}. It must be between {lo} and {hi}."), Some(name)))
-            }
+            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid_request(
+                format!("Invalid '{name}': {x}. It must be between {lo} and {hi}."),
+                Some(name),
+            )),
             _ => Ok(()),
         }
     };
@@ -111,7 +121,10 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
             return bad(format!("Invalid key in 'logit_bias': '{token}' is not a token id."), "logit_bias");
         };
         if !(-100.0..=100.0).contains(&bias) {
-            return bad(format!("Invalid value in 'logit_bias' for {token}: {bias}. It must be between -100 and 100."), "logit_bias");
+            return bad(
+                format!("Invalid value in 'logit_bias' for {token}: {bias}. It must be between -100 and 100."),
+                "logit_bias",
+            );
         }
         logit_bias.push((id, bias));
     }
@@ -120,7 +133,10 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     }
     let stream = req.stream.unwrap_or(false);
     if req.stream_options.is_some() && !stream {
-        return bad("The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(), "stream_options");
+        return bad(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(),
+            "stream_options",
+        );
     }
     Ok(Checked {
         messages,
@@ -175,14 +191,19 @@ pub async fn chat_completions(
         let prompt = tokenize(&engine, &checked.messages)?;
         let context = engine.context_length;
         let max_tokens = match checked.max_tokens {
-            Some(m) if prompt.len() + m > context => return Err(ApiError::context_length_exceeded(context, prompt.len(), m)),
+            Some(m) if prompt.len() + m > context => {
+                return Err(ApiError::context_length_exceeded(context, prompt.len(), m))
+            }
             Some(m) => m,
             None if prompt.len() >= context => return Err(ApiError::context_length_exceeded(context, prompt.len(), 1)),
             None => context - prompt.len(),
         };
         if checked.n > engine.limits.max_batch_size {
             return Err(ApiError::invalid_request(
-                format!("Invalid 'n': {}. This deployment runs at most {} sequences at once.", checked.n, engine.limits.max_batch_size),
+                format!(
+                    "Invalid 'n': {}. This deployment runs at most {} sequences at once.",
+                    checked.n, engine.limits.max_batch_size
+                ),
                 Some("n"),
             ));
         }
@@ -211,7 +232,11 @@ pub async fn chat_completions(
             started,
             span: Span::current(),
         };
-        Ok(if checked.stream { reply.stream(rx, checked.include_usage) } else { reply.collect(rx).await?.into_response() })
+        Ok(if checked.stream {
+            reply.stream(rx, checked.include_usage)
+        } else {
+            reply.collect(rx).await?.into_response()
+        })
     }
     .instrument(span)
     .await
@@ -240,7 +265,11 @@ impl Reply {
     }
 
     fn usage(&self, completion_tokens: usize) -> Usage {
-        Usage { prompt_tokens: self.prompt_tokens, completion_tokens, total_tokens: self.prompt_tokens + completion_tokens }
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+        }
     }
 
     async fn collect(self, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<axum::Json<ChatCompletion>, ApiError> {
@@ -293,7 +322,11 @@ impl Reply {
     fn stream(self, rx: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> Response {
         let state = StreamState {
             rx,
-            queue: (0..self.n).map(|i| self.chunk(i, Delta { role: Some("assistant"), content: Some(String::new()) }, None, include_usage)).collect(),
+            queue: (0..self.n)
+                .map(|i| {
+                    self.chunk(i, Delta { role: Some("assistant"), content: Some(String::new()) }, None, include_usage)
+                })
+                .collect(),
             remaining: self.n,
             completion_tokens: 0,
             first_token: true,

@@ -8,7 +8,14 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 fn card(d: &Deployment) -> ModelCard {
-    ModelCard { id: d.name.clone(), object: "model", created: d.created, owned_by: "wick", root: d.source.root(), parent: None }
+    ModelCard {
+        id: d.name.clone(),
+        object: "model",
+        created: d.created,
+        owned_by: "wick",
+        root: d.source.root(),
+        parent: None,
+    }
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {

@@ -84,10 +84,7 @@ pub struct KvCache {
 impl KvCache {
     /// Reserves room for `positions` so that decoding never reallocates (and copies) the cache.
     pub fn with_capacity(num_layers: usize, kv_dim: usize, positions: usize) -> Self {
-        let layer = || LayerKv {
-            k: Vec::with_capacity(kv_dim * positions),
-            v: Vec::with_capacity(kv_dim * positions),
-        };
+        let layer = || LayerKv { k: Vec::with_capacity(kv_dim * positions), v: Vec::with_capacity(kv_dim * positions) };
         Self { layers: (0..num_layers).map(|_| layer()).collect(), len: 0 }
     }
 
@@ -226,8 +223,7 @@ mod tests {
     fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f32> {
         let d = q.len();
         let scale = 1.0 / (d as f32).sqrt();
-        let scores: Vec<f32> =
-            keys.iter().map(|k| k.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+        let scores: Vec<f32> = keys.iter().map(|k| k.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
         let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
         let sum: f32 = exps.iter().sum();
@@ -272,11 +268,9 @@ mod tests {
             v
         };
         let q = rot(&original[2 * row_len..], 3 * d, 2);
-        let keys: Vec<Vec<f32>> =
-            (0..3).map(|p| rot(&original[p * row_len..], shape.q_dim() + d, p)).collect();
-        let values: Vec<Vec<f32>> = (0..3)
-            .map(|p| original[p * row_len + shape.q_dim() + shape.kv_dim() + d..][..d].to_vec())
-            .collect();
+        let keys: Vec<Vec<f32>> = (0..3).map(|p| rot(&original[p * row_len..], shape.q_dim() + d, p)).collect();
+        let values: Vec<Vec<f32>> =
+            (0..3).map(|p| original[p * row_len + shape.q_dim() + shape.kv_dim() + d..][..d].to_vec()).collect();
         let want = naive(&q, &keys, &values);
         let got = &out[2 * shape.q_dim() + 3 * d..][..d];
         for (a, b) in want.iter().zip(got) {

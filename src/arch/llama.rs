@@ -29,10 +29,10 @@ impl LlamaConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("{} attention heads cannot share {} KV heads", self.num_heads, self.num_kv_heads);
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head size {} is odd: rotary embeddings need pairs", self.head_dim);
         }
         Ok(())

@@ -28,7 +28,13 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn new(spec: DeploymentSpec) -> Self {
-        Self { name: spec.name.clone(), source: spec.source.clone(), created: crate::unix_now(), spec, engine: Mutex::new(None) }
+        Self {
+            name: spec.name.clone(),
+            source: spec.source.clone(),
+            created: crate::unix_now(),
+            spec,
+            engine: Mutex::new(None),
+        }
     }
 
     /// The running engine, loading the model first if it is not loaded. A failed load answers 503

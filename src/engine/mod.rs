@@ -8,10 +8,10 @@ pub mod scheduler;
 pub mod sequence;
 pub mod stop;
 
+use crate::arch::llama::{Llama, StepInput};
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
 use crate::loader::LoadedModel;
-use crate::arch::llama::{Llama, StepInput};
 use scheduler::{Limits, Scheduler};
 pub use sequence::GenerationRequest;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,8 +35,15 @@ impl FinishReason {
 /// What a request hears back, per choice.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Text { choice: usize, text: String },
-    Done { choice: usize, reason: FinishReason, completion_tokens: usize },
+    Text {
+        choice: usize,
+        text: String,
+    },
+    Done {
+        choice: usize,
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
     /// The step failed; the request's choices are over.
     Error(String),
 }
@@ -120,8 +127,14 @@ impl Worker {
             // A bug in a step must not take the model down with it: the sequences of that step get an
             // error, the worker goes on with the next requests.
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                self.fail_running(&format!("internal error: {}", what.as_deref().unwrap_or("the engine step panicked")));
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
+                self.fail_running(&format!(
+                    "internal error: {}",
+                    what.as_deref().unwrap_or("the engine step panicked")
+                ));
             }
         }
     }

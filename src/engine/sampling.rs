@@ -167,26 +167,35 @@ mod tests {
     fn logit_bias_can_force_and_forbid() {
         let mut s = Sampler::new(params(|p| p.logit_bias = vec![(3, 100.0)]), 0);
         assert_eq!(s.sample(&mut [5.0, 5.0, 5.0, 0.0]), 3);
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 0.0;
-            p.logit_bias = vec![(0, -100.0)];
-        }), 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.logit_bias = vec![(0, -100.0)];
+            }),
+            0,
+        );
         assert_eq!(s.sample(&mut [5.0, 4.0]), 1);
     }
 
     #[test]
     fn penalties_discourage_repeats() {
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 0.0;
-            p.frequency_penalty = 2.0;
-        }), 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.frequency_penalty = 2.0;
+            }),
+            0,
+        );
         assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
         // Token 0 now has count 1: 1.0 - 2.0 < 0.5.
         assert_eq!(s.sample(&mut [1.0, 0.5]), 1);
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 0.0;
-            p.presence_penalty = 0.4;
-        }), 0);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.presence_penalty = 0.4;
+            }),
+            0,
+        );
         assert_eq!(s.sample(&mut [1.0, 0.7]), 0);
         assert_eq!(s.sample(&mut [1.0, 0.7]), 1);
     }

@@ -89,7 +89,8 @@ impl Scheduler {
 
     /// Removes and returns the sequences that finished in the last step.
     pub fn retire_finished(&mut self) -> Vec<Sequence> {
-        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running).into_iter().partition(|s| s.finish.is_some());
+        let (done, running): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.running).into_iter().partition(|s| s.finish.is_some());
         self.running = running;
         done
     }

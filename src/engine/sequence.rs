@@ -2,7 +2,7 @@
 //! into text for the client.
 
 use super::detok::Utf8Stream;
-use super::sampling::{SamplingParams, Sampler};
+use super::sampling::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use super::{Event, FinishReason};
 use crate::arch::attention::KvCache;

@@ -34,8 +34,20 @@ impl ChatTemplate {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let days = (secs / 86_400) as i64;
             let (y, m, d) = civil_from_days(days);
-            const MONTHS: [&str; 12] =
-                ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+            const MONTHS: [&str; 12] = [
+                "January",
+                "February",
+                "March",
+                "April",
+                "May",
+                "June",
+                "July",
+                "August",
+                "September",
+                "October",
+                "November",
+                "December",
+            ];
             format
                 .replace("%Y", &y.to_string())
                 .replace("%m", &format!("{m:02}"))
@@ -60,7 +72,9 @@ impl ChatTemplate {
                 eos_token => self.eos_token,
             })
             .map_err(|e| match e.kind() {
-                ErrorKind::InvalidOperation => e.detail().unwrap_or("the chat template refused the messages").to_string(),
+                ErrorKind::InvalidOperation => {
+                    e.detail().unwrap_or("the chat template refused the messages").to_string()
+                }
                 _ => format!("chat template failed: {e}"),
             })
     }

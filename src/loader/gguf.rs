@@ -42,8 +42,14 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
             down: tensor(&format!("{p}.ffn_down.weight"))?,
         });
     }
-    let lm_head = if content.tensor_infos.contains_key("output.weight") { Some(tensor("output.weight")?) } else { None };
-    let raw = RawWeights { embed: tensor("token_embd.weight")?, norm: tensor("output_norm.weight")?.dequantize(device)?, layers, lm_head };
+    let lm_head =
+        if content.tensor_infos.contains_key("output.weight") { Some(tensor("output.weight")?) } else { None };
+    let raw = RawWeights {
+        embed: tensor("token_embd.weight")?,
+        norm: tensor("output_norm.weight")?.dequantize(device)?,
+        layers,
+        lm_head,
+    };
     let model = Llama::new(cfg, raw, format, device)?;
 
     let tokenizer = TextTokenizer::from_gguf(&content.metadata)?;
@@ -60,7 +66,9 @@ fn config(md: &HashMap<String, Value>) -> Result<LlamaConfig> {
     let u = |k: &str| -> Result<usize> {
         Ok(md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF has no {arch}.{k}"))?.to_u32()? as usize)
     };
-    let f = |k: &str, default: f32| -> f32 { md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok()).unwrap_or(default) };
+    let f = |k: &str, default: f32| -> f32 {
+        md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok()).unwrap_or(default)
+    };
     let hidden = u("embedding_length")?;
     let heads = u("attention.head_count")?;
     let vocab = match md.get(&format!("{arch}.vocab_size")) {

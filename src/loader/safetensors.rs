@@ -73,7 +73,9 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
     }
     // SAFETY: the files are only read; a model file changing under a running server is not supported.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
-    let get = |name: &str| -> Result<candle_core::Tensor> { st.load(name, device).with_context(|| format!("tensor `{name}`")) };
+    let get = |name: &str| -> Result<candle_core::Tensor> {
+        st.load(name, device).with_context(|| format!("tensor `{name}`"))
+    };
     let dense = |name: &str| -> Result<RawWeight> { Ok(RawWeight::Dense(get(name)?)) };
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -91,15 +93,17 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         });
     }
     let lm_head = if hf.tie_word_embeddings { None } else { Some(dense("lm_head.weight")?) };
-    let raw = RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
+    let raw =
+        RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
     let model = Llama::new(cfg, raw, format, device)?;
 
     let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(serde_json::Value::Null);
-    let extra_eos: Vec<u32> = match read_json(&dir.join("generation_config.json")).ok().and_then(|g| g.get("eos_token_id").cloned()) {
-        Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|n| n as u32).collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
-        _ => Vec::new(),
-    };
+    let extra_eos: Vec<u32> =
+        match read_json(&dir.join("generation_config.json")).ok().and_then(|g| g.get("eos_token_id").cloned()) {
+            Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|n| n as u32).collect(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64()).map(|n| n as u32).collect(),
+            _ => Vec::new(),
+        };
     let tokenizer = TextTokenizer::from_hf(&dir.join("tokenizer.json"), &tok_config, &extra_eos)?;
     let template_src = match tok_config.get("chat_template") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),

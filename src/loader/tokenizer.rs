@@ -20,7 +20,8 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 /// llama.cpp's LLAMA3 regex (also used by several later BPE models).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// llama.cpp's QWEN2 regex: like LLAMA3 with single digits.
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -53,8 +54,11 @@ impl TextTokenizer {
         if model != "gpt2" {
             bail!("tokenizer model `{model}` is not supported yet (only gpt2-style BPE)");
         }
-        let tokens: Vec<String> =
-            get("tokenizer.ggml.tokens")?.to_vec()?.iter().map(|v| Ok(v.to_string()?.clone())).collect::<Result<_>>()?;
+        let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+            .to_vec()?
+            .iter()
+            .map(|v| Ok(v.to_string()?.clone()))
+            .collect::<Result<_>>()?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v.to_vec()?.iter().map(|t| Ok(t.to_i32()?)).collect::<Result<_>>()?,
             None => vec![1; tokens.len()],
@@ -68,7 +72,8 @@ impl TextTokenizer {
                 Ok((a.to_string(), b.to_string()))
             })
             .collect::<Result<_>>()?;
-        let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str).unwrap_or("default");
+        let pre =
+            md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).map(String::as_str).unwrap_or("default");
         let id_of = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
 
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
@@ -95,10 +100,11 @@ impl TextTokenizer {
             })
             .collect();
 
-        let mut eog: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-            .iter()
-            .filter_map(|k| id_of(k))
-            .collect();
+        let mut eog: Vec<u32> =
+            ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+                .iter()
+                .filter_map(|k| id_of(k))
+                .collect();
         for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
             if ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&t.as_str()) {
                 eog.push(i as u32);
@@ -133,7 +139,8 @@ impl TextTokenizer {
         };
         let bos_token = config.get("bos_token").and_then(token_text);
         let eos_token = config.get("eos_token").and_then(token_text);
-        let byte_level = serde_json::to_value(tok.get_decoder()).ok().map_or(false, |d| d.to_string().contains("ByteLevel"));
+        let byte_level =
+            serde_json::to_value(tok.get_decoder()).ok().is_some_and(|d| d.to_string().contains("ByteLevel"));
         let byte_of = byte_level_decoder();
         let specials: std::collections::HashSet<u32> =
             tok.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
@@ -219,7 +226,9 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         "llama3" | "llama-bpe" | "llama-v3" | "falcon3" | "pixtral" | "smaug-bpe" => {
             Sequence::new(vec![split(LLAMA3_REGEX)?, bytes_only()]).into()
         }
-        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => Sequence::new(vec![split(QWEN2_REGEX)?, bytes_only()]).into(),
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "hunyuan" => {
+            Sequence::new(vec![split(QWEN2_REGEX)?, bytes_only()]).into()
+        }
         other => bail!("pre-tokenizer `{other}` is not supported yet"),
     })
 }
@@ -282,8 +291,11 @@ mod tests {
         let pre = pre_tokenizer("smollm").unwrap();
         let mut s = PreTokenizedString::from("year 2024, ok");
         pre.pre_tokenize(&mut s).unwrap();
-        let parts: Vec<String> =
-            s.get_splits(OffsetReferential::Original, OffsetType::Byte).into_iter().map(|(p, _, _)| p.to_string()).collect();
+        let parts: Vec<String> = s
+            .get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(p, _, _)| p.to_string())
+            .collect();
         assert_eq!(parts, vec!["year", "Ġ", "2", "0", "2", "4", ",", "Ġok"]);
     }
 

@@ -70,7 +70,9 @@ pub fn write_tiny_gguf(path: &Path, seed: u64, context: usize) {
         let t = Tensor::from_vec(values(seed * 1000 + n, rows * cols, 0.2), (rows, cols), &dev).unwrap();
         QTensor::quantize(&t, GgmlDType::Q4_1).unwrap()
     };
-    let ones = |len: usize| QTensor::quantize(&Tensor::ones(len, candle_core::DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap();
+    let ones = |len: usize| {
+        QTensor::quantize(&Tensor::ones(len, candle_core::DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap()
+    };
     let head_dim = HIDDEN / heads as usize;
     let mut named: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), matrix(vocab, HIDDEN))];
     for i in 0..layers {
@@ -142,7 +144,12 @@ pub fn tiny_long_model() -> PathBuf {
 }
 
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
-    DeploymentSpec { name: name.into(), source: ModelSource::GgufFile(path.into()), weights: WeightFormat::Native, limits }
+    DeploymentSpec {
+        name: name.into(),
+        source: ModelSource::GgufFile(path.into()),
+        weights: WeightFormat::Native,
+        limits,
+    }
 }
 
 pub struct TestServer {

@@ -37,7 +37,11 @@ impl Activations {
         parallel_for(blocks, |range| {
             // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
             let (qs, ds, ss) = unsafe {
-                (q.part(range.start * BLOCK, range.len() * BLOCK), d.part(range.start, range.len()), s.part(range.start, range.len()))
+                (
+                    q.part(range.start * BLOCK, range.len() * BLOCK),
+                    d.part(range.start, range.len()),
+                    s.part(range.start, range.len()),
+                )
             };
             for (b, xs) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(BLOCK).enumerate() {
                 let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -57,7 +61,11 @@ impl Activations {
 
     fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
         let blocks = self.k / BLOCK;
-        (&self.q[r * self.k..(r + 1) * self.k], &self.d[r * blocks..(r + 1) * blocks], &self.s[r * blocks..(r + 1) * blocks])
+        (
+            &self.q[r * self.k..(r + 1) * self.k],
+            &self.d[r * blocks..(r + 1) * blocks],
+            &self.s[r * blocks..(r + 1) * blocks],
+        )
     }
 }
 
@@ -96,9 +104,9 @@ fn nibble(block: &[u8], j: usize) -> u8 {
 impl Q4_1Matrix {
     /// `data` holds ggml Q4_1 blocks, row after row.
     pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
-        anyhow::ensure!(k % BLOCK == 0, "Q4_1 rows must be whole blocks (k = {k})");
+        anyhow::ensure!(k.is_multiple_of(BLOCK), "Q4_1 rows must be whole blocks (k = {k})");
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
-        let layout = if VNNI && k % 64 == 0 { repack(&data, n, k) } else { Layout::Ggml(data) };
+        let layout = if VNNI && k.is_multiple_of(64) { repack(&data, n, k) } else { Layout::Ggml(data) };
         Ok(Self { n, k, layout })
     }
 
@@ -134,8 +142,11 @@ impl Q4_1Matrix {
                 dot_ggml_scalar(w, a)
             }
             Layout::Vnni { nibbles, d, m } => {
-                let (nib, d, m) =
-                    (&nibbles[j * self.k / 2..(j + 1) * self.k / 2], &d[j * blocks..(j + 1) * blocks], &m[j * blocks..(j + 1) * blocks]);
+                let (nib, d, m) = (
+                    &nibbles[j * self.k / 2..(j + 1) * self.k / 2],
+                    &d[j * blocks..(j + 1) * blocks],
+                    &m[j * blocks..(j + 1) * blocks],
+                );
                 #[cfg(wick_vnni)]
                 // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
                 return unsafe { dot_vnni(nib, d, m, a) };
@@ -151,7 +162,8 @@ impl Q4_1Matrix {
 
 fn repack(data: &[u8], n: usize, k: usize) -> Layout {
     let blocks = k / BLOCK;
-    let (mut nibbles, mut d, mut m) = (Vec::with_capacity(n * k / 2), Vec::with_capacity(n * blocks), Vec::with_capacity(n * blocks));
+    let (mut nibbles, mut d, mut m) =
+        (Vec::with_capacity(n * k / 2), Vec::with_capacity(n * blocks), Vec::with_capacity(n * blocks));
     for row in data.chunks_exact(blocks * BLOCK_BYTES) {
         let w = |t: usize| nibble(&row[(t / BLOCK) * BLOCK_BYTES..], t % BLOCK);
         let mut base = 0;
