@@ -117,6 +117,10 @@ impl Q4_1Matrix {
         let mut y = vec![0f32; m * self.n];
         let out = SharedOut::new(&mut y);
         parallel_for(self.n, |cols| {
+            #[cfg(wick_vnni)]
+            if let Layout::Vnni { .. } = self.layout {
+                return self.tiles_vnni(cols, &acts, m, out);
+            }
             for r in 0..m {
                 // SAFETY: column ranges are disjoint, so are these parts of each row.
                 let out = unsafe { out.part(r * self.n + cols.start, cols.len()) };
@@ -126,6 +130,46 @@ impl Q4_1Matrix {
             }
         });
         y
+    }
+
+    /// Weight row `j` in the VNNI layout: nibbles, scales, mins.
+    #[cfg(wick_vnni)]
+    fn vnni_row(&self, j: usize) -> (&[u8], &[u16], &[u16]) {
+        let Layout::Vnni { nibbles, d, m } = &self.layout else { unreachable!("VNNI layout") };
+        let blocks = self.k / BLOCK;
+        (&nibbles[j * self.k / 2..(j + 1) * self.k / 2], &d[j * blocks..(j + 1) * blocks], &m[j * blocks..(j + 1) * blocks])
+    }
+
+    /// Columns `cols` of every row, in tiles of 4 rows x 2 columns: a tile loads and unpacks each
+    /// weight block once for 4 rows and each activation block once for 2 columns.
+    #[cfg(wick_vnni)]
+    fn tiles_vnni(&self, cols: std::ops::Range<usize>, acts: &Activations, m: usize, out: SharedOut<f32>) {
+        let write = |r: usize, j: usize, v: f32| {
+            // SAFETY: this thread owns columns `cols` of every row; (r, j) is one of them.
+            unsafe { out.part(r * self.n + j, 1)[0] = v };
+        };
+        let mut j = cols.start;
+        while j < cols.end {
+            let pair = j + 1 < cols.end;
+            let mut r = 0;
+            while r < m {
+                // SAFETY (all calls): the cfg guarantees the instructions; lengths follow from `k`.
+                if r + 4 <= m && pair {
+                    let rows = [acts.row(r), acts.row(r + 1), acts.row(r + 2), acts.row(r + 3)];
+                    let y = unsafe { tile_vnni(&[self.vnni_row(j), self.vnni_row(j + 1)], &rows) };
+                    (0..4).for_each(|t| (0..2).for_each(|c| write(r + t, j + c, y[t][c])));
+                    r += 4;
+                } else if pair {
+                    let y = unsafe { tile_vnni(&[self.vnni_row(j), self.vnni_row(j + 1)], &[acts.row(r)]) };
+                    (0..2).for_each(|c| write(r, j + c, y[0][c]));
+                    r += 1;
+                } else {
+                    write(r, j, unsafe { tile_vnni(&[self.vnni_row(j)], &[acts.row(r)]) }[0][0]);
+                    r += 1;
+                }
+            }
+            j += if pair { 2 } else { 1 };
+        }
     }
 
     /// Weight row `j` dotted with one activation row.
@@ -149,7 +193,7 @@ impl Q4_1Matrix {
                 );
                 #[cfg(wick_vnni)]
                 // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
-                return unsafe { dot_vnni(nib, d, m, a) };
+                return unsafe { tile_vnni(&[(nib, d, m)], &[a]) }[0][0];
                 #[allow(unreachable_code)]
                 {
                     let _ = (nib, d, m);
@@ -228,36 +272,77 @@ unsafe fn hsum256(x: std::arch::x86_64::__m256) -> f32 {
     hsum128(_mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)))
 }
 
+type WeightRow<'a> = (&'a [u8], &'a [u16], &'a [u16]);
+type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+/// `R` activation rows times `C` weight rows (VNNI layout). Every (row, column) pair goes through the
+/// same operations in the same order whatever `R` and `C` are, so results do not depend on the tile.
 #[cfg(wick_vnni)]
-#[inline]
-unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[f32], &[f32])) -> f32 {
+#[inline(always)]
+unsafe fn tile_vnni<const R: usize, const C: usize>(w: &[WeightRow<'_>; C], a: &[ActRow<'_>; R]) -> [[f32; C]; R] {
     use std::arch::x86_64::*;
-    let k = q.len();
-    assert!(nib.len() * 2 == k && wd.len() * BLOCK == k && ad.len() * BLOCK == k);
+    let k = a[0].0.len();
+    for (nib, wd, _) in w {
+        assert!(nib.len() * 2 == k && wd.len() * BLOCK == k);
+    }
+    for (q, ad, _) in a {
+        assert!(q.len() == k && ad.len() * BLOCK == k);
+    }
     let mask = _mm512_set1_epi8(0x0F);
     // Lanes 0-7 of a dot-product vector belong to the first block of a pair, lanes 8-15 to the second.
     let first_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let second_pair = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-    let mut acc = _mm512_setzero_ps();
-    let mut offsets = _mm_setzero_ps();
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
     let groups = k / 128;
     for g in 0..groups {
-        let x = _mm512_loadu_si512(nib.as_ptr().add(64 * g) as *const _);
-        let lo = _mm512_and_si512(x, mask);
-        let hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), mask);
-        let a0 = _mm512_loadu_si512(q.as_ptr().add(128 * g) as *const _);
-        let a1 = _mm512_loadu_si512(q.as_ptr().add(128 * g + 64) as *const _);
-        let p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, a0);
-        let p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi, a1);
-        let dw = _mm_cvtph_ps(_mm_loadl_epi64(wd.as_ptr().add(4 * g) as *const __m128i));
-        let scales = _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(ad.as_ptr().add(4 * g))));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_permutexvar_ps(first_pair, scales), acc);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_permutexvar_ps(second_pair, scales), acc);
+        let mut lo = [_mm512_setzero_si512(); C];
+        let mut hi = [_mm512_setzero_si512(); C];
+        let mut wlo = [_mm512_setzero_ps(); C];
+        let mut whi = [_mm512_setzero_ps(); C];
+        for c in 0..C {
+            let x = _mm512_loadu_si512(w[c].0.as_ptr().add(64 * g) as *const _);
+            lo[c] = _mm512_and_si512(x, mask);
+            hi[c] = _mm512_and_si512(_mm512_srli_epi16(x, 4), mask);
+            let dw = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(w[c].1.as_ptr().add(4 * g) as *const __m128i)));
+            wlo[c] = _mm512_permutexvar_ps(first_pair, dw);
+            whi[c] = _mm512_permutexvar_ps(second_pair, dw);
+        }
+        for r in 0..R {
+            let a0 = _mm512_loadu_si512(a[r].0.as_ptr().add(128 * g) as *const _);
+            let a1 = _mm512_loadu_si512(a[r].0.as_ptr().add(128 * g + 64) as *const _);
+            let ad = _mm512_castps128_ps512(_mm_loadu_ps(a[r].1.as_ptr().add(4 * g)));
+            let (alo, ahi) = (_mm512_permutexvar_ps(first_pair, ad), _mm512_permutexvar_ps(second_pair, ad));
+            for c in 0..C {
+                let p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[c], a0);
+                let p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[c], a1);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(wlo[c], alo), acc[r][c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(whi[c], ahi), acc[r][c]);
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(acc[r][c]) + tail_and_offsets_vnni(w[c], a[r]);
+        }
+    }
+    out
+}
+
+/// The parts of a VNNI dot product outside the 128-weight groups: the last 64 weights when `k` is
+/// not a multiple of 128, and the weights' offsets (`m * s` per block).
+#[cfg(wick_vnni)]
+#[inline(always)]
+unsafe fn tail_and_offsets_vnni((nib, wd, wm): WeightRow<'_>, (q, ad, asum): ActRow<'_>) -> f32 {
+    use std::arch::x86_64::*;
+    let k = q.len();
+    let groups = k / 128;
+    let mut offsets = _mm_setzero_ps();
+    for g in 0..groups {
         let mins = _mm_cvtph_ps(_mm_loadl_epi64(wm.as_ptr().add(4 * g) as *const __m128i));
         offsets = _mm_fmadd_ps(mins, _mm_loadu_ps(asum.as_ptr().add(4 * g)), offsets);
     }
-    let mut total = _mm512_reduce_add_ps(acc);
-    let mut offset = hsum128(offsets);
+    let mut total = hsum128(offsets);
     if k % 128 == 64 {
         // The last two blocks: 32 bytes, low nibbles one block, high nibbles the other.
         let (b, base) = (4 * groups, 128 * groups);
@@ -272,10 +357,9 @@ unsafe fn dot_vnni(nib: &[u8], wd: &[u16], wm: &[u16], (q, ad, asum): (&[i8], &[
             _mm256_set1_ps(f16(wd[b + 1]) * ad[b + 1]),
             _mm256_mul_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(f16(wd[b]) * ad[b])),
         );
-        total += hsum256(t);
-        offset += f16(wm[b]) * asum[b] + f16(wm[b + 1]) * asum[b + 1];
+        total += hsum256(t) + f16(wm[b]) * asum[b] + f16(wm[b + 1]) * asum[b + 1];
     }
-    total + offset
+    total
 }
 
 #[cfg(test)]
