@@ -2,9 +2,9 @@
 //!
 //! Decoding one or two sequences is bound by reading the weights, so the fewest bytes per weight win;
 //! at 16 sequences the arithmetic starts to count. Measured on our 2-core CPU (BENCHMARKS.md,
-//! `cargo bench --bench forward`): the GGUF's own Q4_1 through our AVX2 kernel (`cpu::q4_1`) is the
-//! fastest at 1-4 rows and within 10% of a Q8_0 conversion at 16, so `native` is the default; `q8-0`
-//! converts every matrix once at load; `f32` dequantizes (dense GEMM only wins from ~64 rows).
+//! `cargo bench --bench forward`): the GGUF's own Q4_1 through our kernel (`cpu::q4_1`, AVX-512 VNNI)
+//! is the fastest from 1 to 64 rows, prefill included, so `native` is the default; `q8-0` converts
+//! every matrix once at load (candle's kernels); `f32` dequantizes (dense GEMM only ties at 64 rows).
 //! Every kernel here computes each row independently of the others in the batch, so a greedy
 //! completion is the same alone or batched; a kernel choice that switched with the batch size would
 //! break that, which is why the choice is per deployment and not per step.
