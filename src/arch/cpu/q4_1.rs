@@ -272,7 +272,9 @@ unsafe fn hsum256(x: std::arch::x86_64::__m256) -> f32 {
     hsum128(_mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)))
 }
 
+#[cfg(wick_vnni)]
 type WeightRow<'a> = (&'a [u8], &'a [u16], &'a [u16]);
+#[cfg(wick_vnni)]
 type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// `R` activation rows times `C` weight rows (VNNI layout). Every (row, column) pair goes through the
