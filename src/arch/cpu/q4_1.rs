@@ -4,9 +4,12 @@
 //! Q8_0 conversion, and the conversion reads 1.7x the bytes per token. This kernel keeps the file's
 //! 5 bits per weight. Activations are quantized per 32-value block to i8 (`Activations`, like ggml's
 //! Q8_1); weights are multiplied as unsigned nibbles against them:
-//! - with AVX-512 VNNI (this project's machines), weights are repacked at load so that one 64-byte
-//!   load holds 128 weights and `vpdpbusd` does 64 multiply-adds per instruction;
-//! - elsewhere, ggml's own layout with AVX2 `maddubs` (or the scalar reference).
+//! - with AVX-512 VNNI (this project's machines), weights are repacked at load so that 16 columns sit
+//!   side by side, one per vector lane (`repack_lanes`): `vpdpbusd` advances 16 columns by 4 weights
+//!   per instruction, a block's integer sum needs one scaling for all 16 columns, and each unpacked
+//!   weight block serves 4 activation rows;
+//! - elsewhere (or when the column count is not a multiple of 16), ggml's own layout with AVX2
+//!   `maddubs`, or the scalar reference.
 //!
 //! Batch invariance: a row's result never depends on which other rows share the call. Each (row,
 //! column) is reduced over the blocks in the same order whatever `m` is, so a greedy completion gives
@@ -79,10 +82,13 @@ pub struct Q4_1Matrix {
 enum Layout {
     /// ggml's blocks, as in the file.
     Ggml(Vec<u8>),
-    /// Per row: nibbles in groups of 128 weights (byte i = w[i] | w[i + 64] << 4; a last group of
-    /// 64 as byte i = w[i] | w[i + 32] << 4), then per-block f16 scales and mins in their own arrays.
-    Vnni { nibbles: Vec<u8>, d: Vec<u16>, m: Vec<u16> },
+    /// Columns in groups of 16, one per vector lane (see `repack_lanes`).
+    Lanes(Vec<u8>),
 }
+
+/// Bytes of one block of one 16-column group in the `Lanes` layout: 16 f16 scales, 16 f16 mins, and
+/// 4 x 64 bytes of nibbles.
+const LANE_BLOCK_BYTES: usize = 32 + 32 + 256;
 
 fn f16_bits(b: &[u8]) -> u16 {
     u16::from_le_bytes([b[0], b[1]])
@@ -106,7 +112,7 @@ impl Q4_1Matrix {
     pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(k.is_multiple_of(BLOCK), "Q4_1 rows must be whole blocks (k = {k})");
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
-        let layout = if VNNI && k.is_multiple_of(64) { repack(&data, n, k) } else { Layout::Ggml(data) };
+        let layout = if VNNI && n.is_multiple_of(16) { repack_lanes(&data, n, k) } else { Layout::Ggml(data) };
         Ok(Self { n, k, layout })
     }
 
@@ -116,11 +122,38 @@ impl Q4_1Matrix {
         // Columns are split across threads; each thread writes its columns of every row.
         let mut y = vec![0f32; m * self.n];
         let out = SharedOut::new(&mut y);
+        #[cfg(wick_vnni)]
+        if let Layout::Lanes(data) = &self.layout {
+            let blocks = self.k / BLOCK;
+            parallel_for(self.n / 16, |groups| {
+                for g in groups {
+                    let w = &data[g * blocks * LANE_BLOCK_BYTES..(g + 1) * blocks * LANE_BLOCK_BYTES];
+                    let mut r = 0;
+                    while r < m {
+                        let rows = (m - r).min(4);
+                        // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
+                        let y = unsafe {
+                            if rows == 4 {
+                                lanes_vnni(w, &[acts.row(r), acts.row(r + 1), acts.row(r + 2), acts.row(r + 3)])
+                            } else {
+                                let mut y = [[0f32; 16]; 4];
+                                for (t, lanes) in y.iter_mut().enumerate().take(rows) {
+                                    *lanes = lanes_vnni(w, &[acts.row(r + t)])[0];
+                                }
+                                y
+                            }
+                        };
+                        for (t, lanes) in y.iter().take(rows).enumerate() {
+                            // SAFETY: this thread owns column group `g` of every row.
+                            unsafe { out.part((r + t) * self.n + 16 * g, 16) }.copy_from_slice(lanes);
+                        }
+                        r += rows;
+                    }
+                }
+            });
+            return y;
+        }
         parallel_for(self.n, |cols| {
-            #[cfg(wick_vnni)]
-            if let Layout::Vnni { .. } = self.layout {
-                return self.tiles_vnni(cols, &acts, m, out);
-            }
             for r in 0..m {
                 // SAFETY: column ranges are disjoint, so are these parts of each row.
                 let out = unsafe { out.part(r * self.n + cols.start, cols.len()) };
@@ -130,46 +163,6 @@ impl Q4_1Matrix {
             }
         });
         y
-    }
-
-    /// Weight row `j` in the VNNI layout: nibbles, scales, mins.
-    #[cfg(wick_vnni)]
-    fn vnni_row(&self, j: usize) -> (&[u8], &[u16], &[u16]) {
-        let Layout::Vnni { nibbles, d, m } = &self.layout else { unreachable!("VNNI layout") };
-        let blocks = self.k / BLOCK;
-        (&nibbles[j * self.k / 2..(j + 1) * self.k / 2], &d[j * blocks..(j + 1) * blocks], &m[j * blocks..(j + 1) * blocks])
-    }
-
-    /// Columns `cols` of every row, in tiles of 4 rows x 2 columns: a tile loads and unpacks each
-    /// weight block once for 4 rows and each activation block once for 2 columns.
-    #[cfg(wick_vnni)]
-    fn tiles_vnni(&self, cols: std::ops::Range<usize>, acts: &Activations, m: usize, out: SharedOut<f32>) {
-        let write = |r: usize, j: usize, v: f32| {
-            // SAFETY: this thread owns columns `cols` of every row; (r, j) is one of them.
-            unsafe { out.part(r * self.n + j, 1)[0] = v };
-        };
-        let mut j = cols.start;
-        while j < cols.end {
-            let pair = j + 1 < cols.end;
-            let mut r = 0;
-            while r < m {
-                // SAFETY (all calls): the cfg guarantees the instructions; lengths follow from `k`.
-                if r + 4 <= m && pair {
-                    let rows = [acts.row(r), acts.row(r + 1), acts.row(r + 2), acts.row(r + 3)];
-                    let y = unsafe { tile_vnni(&[self.vnni_row(j), self.vnni_row(j + 1)], &rows) };
-                    (0..4).for_each(|t| (0..2).for_each(|c| write(r + t, j + c, y[t][c])));
-                    r += 4;
-                } else if pair {
-                    let y = unsafe { tile_vnni(&[self.vnni_row(j), self.vnni_row(j + 1)], &[acts.row(r)]) };
-                    (0..2).for_each(|c| write(r, j + c, y[0][c]));
-                    r += 1;
-                } else {
-                    write(r, j, unsafe { tile_vnni(&[self.vnni_row(j)], &[acts.row(r)]) }[0][0]);
-                    r += 1;
-                }
-            }
-            j += if pair { 2 } else { 1 };
-        }
     }
 
     /// Weight row `j` dotted with one activation row.
@@ -185,45 +178,50 @@ impl Q4_1Matrix {
                 #[allow(unreachable_code)]
                 dot_ggml_scalar(w, a)
             }
-            Layout::Vnni { nibbles, d, m } => {
-                let (nib, d, m) = (
-                    &nibbles[j * self.k / 2..(j + 1) * self.k / 2],
-                    &d[j * blocks..(j + 1) * blocks],
-                    &m[j * blocks..(j + 1) * blocks],
-                );
+            Layout::Lanes(data) => {
+                let (g, lane) = (j / 16, j % 16);
+                let w = &data[g * blocks * LANE_BLOCK_BYTES..(g + 1) * blocks * LANE_BLOCK_BYTES];
                 #[cfg(wick_vnni)]
                 // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
-                return unsafe { tile_vnni(&[(nib, d, m)], &[a]) }[0][0];
+                return unsafe { lanes_vnni(w, &[a]) }[0][lane];
                 #[allow(unreachable_code)]
                 {
-                    let _ = (nib, d, m);
-                    unreachable!("the VNNI layout is only built when VNNI is compiled in")
+                    let _ = (w, lane);
+                    unreachable!("the lanes layout is only built when VNNI is compiled in")
                 }
             }
         }
     }
 }
 
-fn repack(data: &[u8], n: usize, k: usize) -> Layout {
+/// Repacks ggml blocks so that 16 columns sit side by side, one per 32-bit vector lane. Per group
+/// of 16 columns and per block: the 16 scales (f16), the 16 mins (f16), then for steps t = 0..4 a
+/// 64-byte vector whose byte 4c + j holds weight 4t + j of column c in its low nibble and weight
+/// 16 + 4t + j in its high nibble. `vpdpbusd` against 4 broadcast activation bytes then advances all
+/// 16 columns by 4 weights at once, and each block needs one scaling for 16 columns.
+fn repack_lanes(data: &[u8], n: usize, k: usize) -> Layout {
     let blocks = k / BLOCK;
-    let (mut nibbles, mut d, mut m) =
-        (Vec::with_capacity(n * k / 2), Vec::with_capacity(n * blocks), Vec::with_capacity(n * blocks));
-    for row in data.chunks_exact(blocks * BLOCK_BYTES) {
-        let w = |t: usize| nibble(&row[(t / BLOCK) * BLOCK_BYTES..], t % BLOCK);
-        let mut base = 0;
-        while base < k {
-            let half = if k - base >= 128 { 64 } else { 32 };
-            for i in 0..half {
-                nibbles.push(w(base + i) | (w(base + half + i) << 4));
+    let row_bytes = blocks * BLOCK_BYTES;
+    let mut out = Vec::with_capacity(n / 16 * blocks * LANE_BLOCK_BYTES);
+    for g in 0..n / 16 {
+        for b in 0..blocks {
+            let block = |c: usize| &data[(16 * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+            for c in 0..16 {
+                out.extend_from_slice(&block(c)[0..2]);
             }
-            base += 2 * half;
-        }
-        for b in row.chunks_exact(BLOCK_BYTES) {
-            d.push(f16_bits(&b[0..2]));
-            m.push(f16_bits(&b[2..4]));
+            for c in 0..16 {
+                out.extend_from_slice(&block(c)[2..4]);
+            }
+            for t in 0..4 {
+                for c in 0..16 {
+                    for j in 0..4 {
+                        out.push(nibble(block(c), 4 * t + j) | (nibble(block(c), 16 + 4 * t + j) << 4));
+                    }
+                }
+            }
         }
     }
-    Layout::Vnni { nibbles, d, m }
+    Layout::Lanes(out)
 }
 
 /// The reference: what every SIMD path computes, one value at a time.
@@ -272,96 +270,49 @@ unsafe fn hsum256(x: std::arch::x86_64::__m256) -> f32 {
     hsum128(_mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)))
 }
 
-#[cfg(wick_vnni)]
-type WeightRow<'a> = (&'a [u8], &'a [u16], &'a [u16]);
-#[cfg(wick_vnni)]
-type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
-
-/// `R` activation rows times `C` weight rows (VNNI layout). Every (row, column) pair goes through the
-/// same operations in the same order whatever `R` and `C` are, so results do not depend on the tile.
+/// `R` activation rows times one 16-column group (`Lanes` layout): 16 results per row. Each row goes
+/// through the same operations whatever `R` is, so results do not depend on the batch.
 #[cfg(wick_vnni)]
 #[inline(always)]
-unsafe fn tile_vnni<const R: usize, const C: usize>(w: &[WeightRow<'_>; C], a: &[ActRow<'_>; R]) -> [[f32; C]; R] {
+unsafe fn lanes_vnni<const R: usize>(w: &[u8], a: &[(&[i8], &[f32], &[f32]); R]) -> [[f32; 16]; R] {
     use std::arch::x86_64::*;
-    let k = a[0].0.len();
-    for (nib, wd, _) in w {
-        assert!(nib.len() * 2 == k && wd.len() * BLOCK == k);
-    }
-    for (q, ad, _) in a {
-        assert!(q.len() == k && ad.len() * BLOCK == k);
+    let blocks = w.len() / LANE_BLOCK_BYTES;
+    for (q, ad, s) in a {
+        assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
     }
     let mask = _mm512_set1_epi8(0x0F);
-    // Lanes 0-7 of a dot-product vector belong to the first block of a pair, lanes 8-15 to the second.
-    let first_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let second_pair = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-    let mut acc = [[_mm512_setzero_ps(); C]; R];
-    let groups = k / 128;
-    for g in 0..groups {
-        let mut lo = [_mm512_setzero_si512(); C];
-        let mut hi = [_mm512_setzero_si512(); C];
-        let mut wlo = [_mm512_setzero_ps(); C];
-        let mut whi = [_mm512_setzero_ps(); C];
-        for c in 0..C {
-            let x = _mm512_loadu_si512(w[c].0.as_ptr().add(64 * g) as *const _);
-            lo[c] = _mm512_and_si512(x, mask);
-            hi[c] = _mm512_and_si512(_mm512_srli_epi16(x, 4), mask);
-            let dw = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_loadl_epi64(w[c].1.as_ptr().add(4 * g) as *const __m128i)));
-            wlo[c] = _mm512_permutexvar_ps(first_pair, dw);
-            whi[c] = _mm512_permutexvar_ps(second_pair, dw);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut offset = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
+        let mins = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32) as *const __m256i));
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for t in 0..4 {
+            let packed = _mm512_loadu_si512(wb.add(64 + 64 * t) as *const _);
+            lo[t] = _mm512_and_si512(packed, mask);
+            hi[t] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
         }
         for r in 0..R {
-            let a0 = _mm512_loadu_si512(a[r].0.as_ptr().add(128 * g) as *const _);
-            let a1 = _mm512_loadu_si512(a[r].0.as_ptr().add(128 * g + 64) as *const _);
-            let ad = _mm512_castps128_ps512(_mm_loadu_ps(a[r].1.as_ptr().add(4 * g)));
-            let (alo, ahi) = (_mm512_permutexvar_ps(first_pair, ad), _mm512_permutexvar_ps(second_pair, ad));
-            for c in 0..C {
-                let p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[c], a0);
-                let p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[c], a1);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(wlo[c], alo), acc[r][c]);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(whi[c], ahi), acc[r][c]);
+            let q = a[r].0.as_ptr().add(b * BLOCK);
+            let mut isum = _mm512_setzero_si512();
+            for t in 0..4 {
+                let x_lo = _mm512_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                let x_hi = _mm512_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
+                isum = _mm512_dpbusd_epi32(isum, lo[t], x_lo);
+                isum = _mm512_dpbusd_epi32(isum, hi[t], x_hi);
             }
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(a[r].1[b]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
+            offset[r] = _mm512_fmadd_ps(mins, _mm512_set1_ps(a[r].2[b]), offset[r]);
         }
     }
-    let mut out = [[0f32; C]; R];
+    let mut out = [[0f32; 16]; R];
     for r in 0..R {
-        for c in 0..C {
-            out[r][c] = _mm512_reduce_add_ps(acc[r][c]) + tail_and_offsets_vnni(w[c], a[r]);
-        }
+        _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_add_ps(acc[r], offset[r]));
     }
     out
-}
-
-/// The parts of a VNNI dot product outside the 128-weight groups: the last 64 weights when `k` is
-/// not a multiple of 128, and the weights' offsets (`m * s` per block).
-#[cfg(wick_vnni)]
-#[inline(always)]
-unsafe fn tail_and_offsets_vnni((nib, wd, wm): WeightRow<'_>, (q, ad, asum): ActRow<'_>) -> f32 {
-    use std::arch::x86_64::*;
-    let k = q.len();
-    let groups = k / 128;
-    let mut offsets = _mm_setzero_ps();
-    for g in 0..groups {
-        let mins = _mm_cvtph_ps(_mm_loadl_epi64(wm.as_ptr().add(4 * g) as *const __m128i));
-        offsets = _mm_fmadd_ps(mins, _mm_loadu_ps(asum.as_ptr().add(4 * g)), offsets);
-    }
-    let mut total = hsum128(offsets);
-    if k % 128 == 64 {
-        // The last two blocks: 32 bytes, low nibbles one block, high nibbles the other.
-        let (b, base) = (4 * groups, 128 * groups);
-        let mask = _mm256_set1_epi8(0x0F);
-        let x = _mm256_loadu_si256(nib.as_ptr().add(64 * groups) as *const __m256i);
-        let a0 = _mm256_loadu_si256(q.as_ptr().add(base) as *const __m256i);
-        let a1 = _mm256_loadu_si256(q.as_ptr().add(base + 32) as *const __m256i);
-        let p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(x, mask), a0);
-        let p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(_mm256_srli_epi16(x, 4), mask), a1);
-        let t = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(p1),
-            _mm256_set1_ps(f16(wd[b + 1]) * ad[b + 1]),
-            _mm256_mul_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(f16(wd[b]) * ad[b])),
-        );
-        total += hsum256(t) + f16(wm[b]) * asum[b] + f16(wm[b + 1]) * asum[b + 1];
-    }
-    total
 }
 
 #[cfg(test)]
@@ -390,8 +341,8 @@ mod tests {
 
     #[test]
     fn matches_dense_matmul_of_the_dequantized_weights() {
-        // k = 576 has a 64-weight tail in the VNNI layout; k = 96 is not a multiple of 64 (ggml layout).
-        for (n, k, m) in [(200, 576, 3), (70, 96, 2), (33, 128, 5)] {
+        // Multiples of 16 columns use the lanes layout, the others ggml's.
+        for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
             let (data, dense) = q4_1(n, k);
             let q = Q4_1Matrix::new(data, n, k).unwrap();
             let x = random(m * k, 9);
@@ -408,11 +359,12 @@ mod tests {
 
     #[test]
     fn every_path_equals_the_scalar_reference() {
-        for k in [64, 576, 1536] {
-            let (data, _) = q4_1(8, k);
-            let q = Q4_1Matrix::new(data.clone(), 8, k).unwrap();
+        // 32 columns: lanes layout; 8 columns: ggml's layout.
+        for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576), (8, 1536)] {
+            let (data, _) = q4_1(n, k);
+            let q = Q4_1Matrix::new(data.clone(), n, k).unwrap();
             let acts = Activations::quantize(&random(k, 4), k);
-            for j in 0..8 {
+            for j in 0..n {
                 let w = &data[j * k / BLOCK * BLOCK_BYTES..(j + 1) * k / BLOCK * BLOCK_BYTES];
                 let (a, b) = (q.dot(j, acts.row(0)), dot_ggml_scalar(w, acts.row(0)));
                 assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "k={k}: {a} vs {b}");
@@ -422,13 +374,16 @@ mod tests {
 
     #[test]
     fn rows_do_not_depend_on_their_batch() {
-        let (data, _) = q4_1(130, 576);
-        let q = Q4_1Matrix::new(data, 130, 576).unwrap();
-        let x = random(7 * 576, 5);
-        let batched = q.matmul(&x, 7);
-        for r in 0..7 {
-            let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
-            assert_eq!(&batched[r * 130..(r + 1) * 130], &alone[..], "row {r}");
+        // 144 columns: lanes layout; 130: ggml's. 7 rows: a tile of 4 and 3 single rows.
+        for n in [144, 130] {
+            let (data, _) = q4_1(n, 576);
+            let q = Q4_1Matrix::new(data, n, 576).unwrap();
+            let x = random(7 * 576, 5);
+            let batched = q.matmul(&x, 7);
+            for r in 0..7 {
+                let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
+                assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "n={n} row {r}");
+            }
         }
     }
 }
