@@ -117,30 +117,28 @@ pub fn write_tiny_gguf(path: &Path, seed: u64, context: usize) {
     gguf_file::write(&mut f, &md, &ts).unwrap();
 }
 
-/// The tiny model, written once per test process.
-pub fn tiny_model() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+/// Writes a tiny model once per test process and returns its path.
+fn written_once(cell: &'static OnceLock<PathBuf>, file: &str, seed: u64, context: usize) -> PathBuf {
+    cell.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("wick-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tiny-llama.gguf");
-        write_tiny_gguf(&path, 1, CONTEXT);
+        let path = dir.join(file);
+        write_tiny_gguf(&path, seed, context);
         path
     })
     .clone()
 }
 
+/// The tiny model with a 256-token context.
+pub fn tiny_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    written_once(&PATH, "tiny-llama.gguf", 1, CONTEXT)
+}
+
 /// The tiny model with a 4096-token context: for generations long enough to interrupt.
 pub fn tiny_long_model() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("wick-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("tiny-llama-long.gguf");
-        write_tiny_gguf(&path, 2, 4096);
-        path
-    })
-    .clone()
+    written_once(&PATH, "tiny-llama-long.gguf", 2, 4096)
 }
 
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
