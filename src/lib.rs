@@ -58,7 +58,7 @@ pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         AppState { deployments: Arc::new(deploy::Deployments::new(specs)?), keys: Arc::new(auth::ApiKeys::new(&keys)) };
     let addr = std::net::SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
-    let names: Vec<&str> = state.deployments.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = state.deployments.iter().map(|d| d.name()).collect();
     tracing::info!(%addr, models = ?names, auth = !keys.is_empty(), "listening");
     eprintln!("wick: serving {} on http://{addr}", names.join(", "));
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;

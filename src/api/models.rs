@@ -9,11 +9,11 @@ use axum::Json;
 
 fn card(d: &Deployment) -> ModelCard {
     ModelCard {
-        id: d.name.clone(),
+        id: d.name().to_string(),
         object: "model",
         created: d.created,
         owned_by: "wick",
-        root: d.source.root(),
+        root: d.spec.source.root(),
         parent: None,
     }
 }

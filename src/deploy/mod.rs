@@ -19,22 +19,19 @@ pub struct DeploymentSpec {
 }
 
 pub struct Deployment {
-    pub name: String,
-    pub source: ModelSource,
+    pub spec: DeploymentSpec,
     pub created: u64,
-    spec: DeploymentSpec,
     engine: Mutex<Option<Arc<Engine>>>,
 }
 
 impl Deployment {
     pub fn new(spec: DeploymentSpec) -> Self {
-        Self {
-            name: spec.name.clone(),
-            source: spec.source.clone(),
-            created: crate::unix_now(),
-            spec,
-            engine: Mutex::new(None),
-        }
+        Self { spec, created: crate::unix_now(), engine: Mutex::new(None) }
+    }
+
+    /// The name clients put in `model`.
+    pub fn name(&self) -> &str {
+        &self.spec.name
     }
 
     /// The running engine, loading the model first if it is not loaded. A failed load answers 503
@@ -46,18 +43,18 @@ impl Deployment {
         }
         let spec = self.spec.clone();
         let started = std::time::Instant::now();
-        tracing::info!(model = %self.name, source = %spec.source.root(), "loading");
+        tracing::info!(model = %self.spec.name, source = %spec.source.root(), "loading");
         let loaded = tokio::task::spawn_blocking(move || {
             let loaded = spec.source.load(spec.weights, &candle_core::Device::Cpu)?;
             Ok::<_, anyhow::Error>(Engine::start(loaded, spec.limits, &spec.name)?)
         })
         .await
-        .map_err(|e| ApiError::model_unavailable(&self.name, &format!("the loader crashed: {e}")))?;
+        .map_err(|e| ApiError::model_unavailable(&self.spec.name, &format!("the loader crashed: {e}")))?;
         let engine = Arc::new(loaded.map_err(|e| {
-            tracing::error!(model = %self.name, error = %format!("{e:#}"), "load failed");
-            ApiError::model_unavailable(&self.name, &format!("{e:#}"))
+            tracing::error!(model = %self.spec.name, error = %format!("{e:#}"), "load failed");
+            ApiError::model_unavailable(&self.spec.name, &format!("{e:#}"))
         })?);
-        tracing::info!(model = %self.name, seconds = started.elapsed().as_secs_f32(), "loaded");
+        tracing::info!(model = %self.spec.name, seconds = started.elapsed().as_secs_f32(), "loaded");
         *slot = Some(engine.clone());
         Ok(engine)
     }
@@ -78,7 +75,7 @@ impl Deployments {
     pub fn new(specs: Vec<DeploymentSpec>) -> anyhow::Result<Self> {
         let mut list: Vec<Arc<Deployment>> = Vec::new();
         for spec in specs {
-            if list.iter().any(|d| d.name == spec.name) {
+            if list.iter().any(|d| d.name() == spec.name) {
                 anyhow::bail!("two models are served as `{}`: give one another name with NAME=MODEL", spec.name);
             }
             list.push(Arc::new(Deployment::new(spec)));
@@ -87,7 +84,7 @@ impl Deployments {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
-        self.list.iter().find(|d| d.name == name).cloned()
+        self.list.iter().find(|d| d.name() == name).cloned()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {
