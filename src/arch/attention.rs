@@ -87,10 +87,6 @@ impl KvCache {
         let layer = || LayerKv { k: Vec::with_capacity(kv_dim * positions), v: Vec::with_capacity(kv_dim * positions) };
         Self { layers: (0..num_layers).map(|_| layer()).collect(), len: 0 }
     }
-
-    pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * 4).sum()
-    }
 }
 
 /// Shape of the attention of one layer.

@@ -37,11 +37,6 @@ impl LlamaConfig {
         }
         Ok(())
     }
-
-    /// Bytes of KV cache one position takes across all layers.
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.num_layers * self.num_kv_heads * self.head_dim * 4
-    }
 }
 
 /// The weights of one layer as a loader found them, before the kernel choice.

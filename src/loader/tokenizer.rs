@@ -196,15 +196,6 @@ impl TextTokenizer {
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }
-
-    pub fn vocab_size(&self) -> usize {
-        self.token_bytes.len()
-    }
-
-    /// Looks up the id of an exact token text (for tests and logit_bias diagnostics).
-    pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.special.token_to_id(text)
-    }
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
