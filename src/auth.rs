@@ -1,70 +1,239 @@
-//! Bearer API keys. Keys are kept only as SHA-256 digests and compared in constant time, so neither
+//! Bearer keys. Keys are kept only as SHA-256 digests and compared in constant time, so neither
 //! timing nor a memory dump of this struct gives them away; they are never logged.
+//!
+//! Two kinds of key: inference keys for the OpenAI API (/v1), management keys for the management API
+//! (/sdk/v1) and /metrics. Either may be scoped to some deployments: an inference key used for a
+//! deployment outside its scope is answered as if the deployment did not exist; a management key sees
+//! and manages only the deployments in its scope.
 
 use crate::error::ApiError;
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-#[derive(Default)]
-pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Inference,
+    Admin,
 }
 
-impl std::fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} configured)", self.digests.len())
+/// Which deployments a key may use, by name: exact names, or prefixes ending in `*` (`team-a/*`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scope {
+    /// Empty: every deployment.
+    patterns: Vec<String>,
+}
+
+impl Scope {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(patterns: I) -> Self {
+        Self { patterns: patterns.into_iter().map(Into::into).collect() }
+    }
+
+    pub fn allows(&self, deployment: &str) -> bool {
+        self.patterns.is_empty()
+            || self.patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => deployment.starts_with(prefix),
+                None => p == deployment,
+            })
     }
 }
 
-impl ApiKeys {
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> Self {
+/// One configured key: `KEY` or, in a key file, `KEY NAME NAME...` for a scoped one.
+#[derive(Clone)]
+pub struct KeySpec {
+    pub secret: String,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+impl KeySpec {
+    pub fn new(secret: impl Into<String>, role: Role) -> Self {
+        Self { secret: secret.into(), role, scope: Scope::all() }
+    }
+
+    pub fn scoped(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+}
+
+impl std::fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySpec({:?}, {:?})", self.role, self.scope)
+    }
+}
+
+struct Entry {
+    digest: [u8; 32],
+    role: Role,
+    scope: Scope,
+}
+
+#[derive(Default)]
+pub struct Keys {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} configured)", self.entries.len())
+    }
+}
+
+/// Who is calling, as the auth layer established it. Handlers read it to apply scopes.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub scope: Scope,
+}
+
+impl Keys {
+    pub fn new(keys: Vec<KeySpec>) -> Self {
         Self {
-            digests: keys
+            entries: keys
                 .into_iter()
-                .filter(|k| !k.as_ref().is_empty())
-                .map(|k| Sha256::digest(k.as_ref().as_bytes()).into())
+                .filter(|k| !k.secret.is_empty())
+                .map(|k| Entry { digest: Sha256::digest(k.secret.as_bytes()).into(), role: k.role, scope: k.scope })
                 .collect(),
         }
     }
 
-    /// No keys: every request is let in (the server then binds only loopback unless told otherwise).
+    /// Unscoped inference keys only (the common case, and the tests').
+    pub fn inference<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> Self {
+        Self::new(keys.into_iter().map(|k| KeySpec::new(k.as_ref(), Role::Inference)).collect())
+    }
+
+    /// No keys at all: every request is let in (the server then binds only loopback unless told otherwise).
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Checks every configured key, so the time taken does not depend on which one matched.
-    pub fn accepts(&self, presented: &str) -> bool {
+    pub fn has(&self, role: Role) -> bool {
+        self.entries.iter().any(|e| e.role == role)
+    }
+
+    /// The entry the presented key matches. Every entry is compared, so the time taken does not
+    /// depend on which one matched.
+    fn find(&self, presented: &str) -> Option<&Entry> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.digests.iter().fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest)).into()
+        let mut found = None;
+        for e in &self.entries {
+            if bool::from(e.digest.ct_eq(&digest)) {
+                found = Some(e);
+            }
+        }
+        found
+    }
+
+    /// What a request presenting `presented` may do under `role`.
+    fn check(&self, presented: Option<&str>, role: Role) -> Result<Caller, Refusal> {
+        // Inference is open when no inference key is configured (then the server binds only
+        // loopback unless told otherwise); management is open only when no key at all is, so that
+        // configuring inference keys alone never leaves management open.
+        match role {
+            Role::Inference if !self.has(Role::Inference) => return Ok(Caller { scope: Scope::all() }),
+            Role::Admin if self.is_empty() => return Ok(Caller { scope: Scope::all() }),
+            Role::Admin if !self.has(Role::Admin) => return Err(Refusal::ManagementDisabled),
+            _ => {}
+        }
+        let Some(key) = presented else { return Err(Refusal::Missing) };
+        match self.find(key) {
+            Some(e) if e.role == role => Ok(Caller { scope: e.scope.clone() }),
+            Some(_) => Err(Refusal::WrongRole),
+            None => Err(Refusal::Invalid(key.to_string())),
+        }
     }
 }
 
-/// Reads keys from a file: one per line; blank lines and lines starting with `#` are skipped.
-pub fn read_key_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+enum Refusal {
+    Missing,
+    Invalid(String),
+    /// A valid key of the other kind.
+    WrongRole,
+    /// Keys are configured but no management key: the management API is closed.
+    ManagementDisabled,
+}
+
+/// Reads keys from a file: one per line, optionally followed by the deployments it is scoped to
+/// (`sk-team-a chat-a team-a/*`); blank lines and lines starting with `#` are skipped.
+pub fn read_key_file(path: &std::path::Path, role: Role) -> anyhow::Result<Vec<KeySpec>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("read key file {}: {e}", path.display()))?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let secret = words.next().unwrap_or_default();
+            KeySpec::new(secret, role).scoped(Scope::only(words))
+        })
+        .collect())
 }
 
-pub async fn require_key(State(keys): State<Arc<ApiKeys>>, request: Request, next: Next) -> Response {
-    if keys.is_empty() {
-        return next.run(request).await;
-    }
-    let presented = request
+fn bearer(request: &Request) -> Option<String> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim().to_string());
-    match presented {
-        Some(key) if keys.accepts(&key) => next.run(request).await,
-        Some(key) => ApiError::invalid_api_key(Some(&key)).into_response(),
-        None => ApiError::invalid_api_key(None).into_response(),
+        .map(|(_, key)| key.trim().to_string())
+}
+
+/// The OpenAI API's layer: inference keys, errors in OpenAI's shape.
+pub async fn require_inference_key(State(keys): State<Arc<Keys>>, mut request: Request, next: Next) -> Response {
+    match keys.check(bearer(&request).as_deref(), Role::Inference) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(Refusal::Missing) => ApiError::invalid_api_key(None).into_response(),
+        Err(Refusal::Invalid(key)) => ApiError::invalid_api_key(Some(&key)).into_response(),
+        Err(Refusal::WrongRole | Refusal::ManagementDisabled) => ApiError::permission_denied(
+            "This is a management key: it is accepted by the management API, not by the inference API.",
+        )
+        .into_response(),
+    }
+}
+
+/// The management API's layer: management keys, errors in its `{"code", "msg"}` shape.
+pub async fn require_admin_key(State(keys): State<Arc<Keys>>, mut request: Request, next: Next) -> Response {
+    let (status, msg) = match keys.check(bearer(&request).as_deref(), Role::Admin) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
+        Err(Refusal::Missing) => {
+            (StatusCode::UNAUTHORIZED, "Missing management key: send it as `Authorization: Bearer KEY`.".to_string())
+        }
+        Err(Refusal::Invalid(_)) => (StatusCode::UNAUTHORIZED, "Invalid management key.".to_string()),
+        Err(Refusal::WrongRole) => (
+            StatusCode::FORBIDDEN,
+            "This is an inference key: the management API takes a management key (--admin-key).".to_string(),
+        ),
+        Err(Refusal::ManagementDisabled) => (
+            StatusCode::FORBIDDEN,
+            "The management API is disabled: start wick with --admin-key to enable it.".to_string(),
+        ),
+    };
+    crate::api::instances::failure(status, msg).into_response()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Set by the auth layers on every route that takes a `Caller`; missing means a route was
+        // added without its layer, which must fail closed.
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::internal("no auth layer on this route"))
     }
 }
 
@@ -73,11 +242,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_only_configured_keys() {
-        let keys = ApiKeys::new(["sk-one", "sk-two", ""]);
-        assert!(keys.accepts("sk-one") && keys.accepts("sk-two"));
-        assert!(!keys.accepts("sk-three") && !keys.accepts("") && !keys.accepts("sk-one "));
+    fn keys_match_by_role_and_never_show() {
+        let keys = Keys::new(vec![
+            KeySpec::new("sk-one", Role::Inference),
+            KeySpec::new("sk-admin", Role::Admin),
+            KeySpec::new("", Role::Inference),
+        ]);
+        assert!(keys.check(Some("sk-one"), Role::Inference).is_ok());
+        assert!(keys.check(Some("sk-admin"), Role::Admin).is_ok());
+        assert!(matches!(keys.check(Some("sk-one"), Role::Admin), Err(Refusal::WrongRole)));
+        assert!(matches!(keys.check(Some("sk-one "), Role::Inference), Err(Refusal::Invalid(_))));
+        assert!(matches!(keys.check(Some(""), Role::Inference), Err(Refusal::Invalid(_))));
+        assert!(matches!(keys.check(None, Role::Inference), Err(Refusal::Missing)));
         assert!(!format!("{keys:?}").contains("sk-"));
-        assert!(ApiKeys::new(Vec::<String>::new()).is_empty());
+        assert!(Keys::inference(Vec::<String>::new()).is_empty());
+    }
+
+    #[test]
+    fn management_is_closed_when_only_inference_keys_exist() {
+        let keys = Keys::inference(["sk-one"]);
+        assert!(matches!(keys.check(Some("sk-one"), Role::Admin), Err(Refusal::ManagementDisabled)));
+        assert!(Keys::default().check(None, Role::Admin).is_ok(), "no keys at all: a loopback dev server");
+        let admin_only = Keys::new(vec![KeySpec::new("sk-admin", Role::Admin)]);
+        assert!(admin_only.check(None, Role::Inference).is_ok(), "no inference key: inference is open");
+        assert!(matches!(admin_only.check(None, Role::Admin), Err(Refusal::Missing)));
+    }
+
+    #[test]
+    fn scopes_match_names_and_prefixes() {
+        let s = Scope::only(["chat-a", "team-b/*"]);
+        assert!(s.allows("chat-a") && s.allows("team-b/x") && !s.allows("chat-ab") && !s.allows("team-c/x"));
+        assert!(Scope::all().allows("anything"));
+    }
+
+    #[test]
+    fn key_files_carry_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# team keys\nsk-file-1\n\n  sk-file-2  chat-a team-b/* \n").unwrap();
+        let keys = read_key_file(&file, Role::Inference).unwrap();
+        assert_eq!(keys.iter().map(|k| k.secret.as_str()).collect::<Vec<_>>(), ["sk-file-1", "sk-file-2"]);
+        assert_eq!(keys[0].scope, Scope::all());
+        assert_eq!(keys[1].scope, Scope::only(["chat-a", "team-b/*"]));
     }
 }

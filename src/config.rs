@@ -1,14 +1,16 @@
 //! Server settings, as `wick serve` takes them (every flag is also a `WICK_*` environment variable).
 
 use crate::arch::linear::WeightFormat;
+use crate::auth::{read_key_file, KeySpec, Role};
 use crate::catalog::Catalog;
-use crate::deploy::DeploymentSpec;
+use crate::deploy::spec::{parse_idle_timeout, DevicePlan};
+use crate::deploy::{Defaults, DeploymentRequest, DeploymentSpec, Origin};
 use crate::engine::scheduler::Limits;
-use crate::loader::ModelSource;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
@@ -21,17 +23,45 @@ pub struct ServeArgs {
     /// comma-separated list.
     #[arg(long = "api-key", env = "WICK_API_KEY", value_delimiter = ',', hide_env_values = true)]
     pub api_keys: Vec<String>,
-    /// A file of API keys, one per line (`#` starts a comment line).
+    /// A file of API keys, one per line, each optionally followed by the deployments it may use
+    /// (`sk-team-a chat-a team-a/*`); `#` starts a comment line.
     #[arg(long, env = "WICK_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// A management key for /sdk/v1 and /metrics (inference keys are refused there). Repeatable.
+    #[arg(long = "admin-key", env = "WICK_ADMIN_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub admin_keys: Vec<String>,
+    /// A file of management keys, in the format of --api-key-file (a scoped key manages only those
+    /// deployments).
+    #[arg(long, env = "WICK_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
     /// Serve on a non-loopback address without any API key.
     #[arg(long, env = "WICK_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
     /// A model to serve: a catalog name, a .gguf file, a Hugging Face folder or a hub id, optionally as
-    /// NAME=MODEL to choose the name clients use. Repeatable; the first is the default. Without any,
-    /// the catalog's default chat model.
+    /// NAME=MODEL to choose the name clients use. Repeatable; the first is the default. Without any
+    /// (here or in --config), the catalog's default chat model.
     #[arg(long = "model", env = "WICK_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// A TOML file of deployments: `[[deployments]]` tables with the fields of the management API's
+    /// create call (model, name, custom_meta_key, replicas, idle_timeout_s, device, remark, ...).
+    #[arg(long, env = "WICK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the deployment store lives (default: $XDG_DATA_HOME/wick or ~/.local/share/wick).
+    #[arg(long, env = "WICK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Unload a deployment after this long without requests: seconds, a duration (90s, 5m, 1h) or
+    /// `never`. A deployment may set its own.
+    #[arg(long, env = "WICK_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_idle_timeout_arg)]
+    pub idle_timeout: IdleTimeout,
+    /// Replicas per deployment unless it sets its own.
+    #[arg(long, env = "WICK_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Where replicas run unless a deployment says: cpu, cuda (every visible GPU) or cuda:0,1.
+    #[arg(long, env = "WICK_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Price of one replica-hour, for each deployment's cost (a deployment may set its own).
+    #[arg(long, env = "WICK_PRICE_PER_REPLICA_HOUR", default_value_t = 0.0)]
+    pub price_per_replica_hour: f64,
     /// How weight matrices are stored in memory on CPU (native: the file's own types; see BENCHMARKS.md).
     #[arg(long, env = "WICK_WEIGHTS", value_enum, default_value_t = WeightFormat::Native)]
     pub weights: WeightFormat,
@@ -41,15 +71,31 @@ pub struct ServeArgs {
     /// Most new tokens (prompt tokens of joining sequences plus one per decoding sequence) in one step.
     #[arg(long, env = "WICK_MAX_STEP_TOKENS", default_value_t = Limits::default().max_step_tokens)]
     pub max_step_tokens: usize,
-    /// Most requests waiting per model; beyond it the server answers 429 with Retry-After.
+    /// Most requests waiting per replica; beyond it the server answers 429 with Retry-After.
     #[arg(long, env = "WICK_MAX_QUEUE", default_value_t = Limits::default().max_queue)]
     pub max_queue: usize,
-    /// Most tokens held in KV caches per model when admitting a new sequence.
+    /// Most tokens held in KV caches per replica when admitting a new sequence.
     #[arg(long, env = "WICK_MAX_KV_TOKENS", default_value_t = Limits::default().max_kv_tokens)]
     pub max_kv_tokens: usize,
     /// Do not fetch missing catalog models at start-up.
     #[arg(long, env = "WICK_NO_PULL")]
     pub no_pull: bool,
+}
+
+/// `--idle-timeout`: `None` means never.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleTimeout(pub Option<Duration>);
+
+fn parse_idle_timeout_arg(text: &str) -> Result<IdleTimeout, String> {
+    parse_idle_timeout(text).map(IdleTimeout).map_err(|e| e.to_string())
+}
+
+/// The `--config` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    deployments: Vec<DeploymentRequest>,
 }
 
 impl ServeArgs {
@@ -62,23 +108,51 @@ impl ServeArgs {
         }
     }
 
-    /// Every configured key: flags, the environment and the key file.
-    pub fn all_api_keys(&self) -> Result<Vec<String>> {
-        let mut keys: Vec<String> =
-            self.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    pub fn defaults(&self) -> Result<Defaults> {
+        crate::deploy::spec::check_replicas(self.replicas).context("--replicas")?;
+        if !self.price_per_replica_hour.is_finite() || self.price_per_replica_hour < 0.0 {
+            bail!("--price-per-replica-hour must be zero or positive");
+        }
+        Ok(Defaults {
+            weights: self.weights,
+            limits: self.limits(),
+            replicas: self.replicas,
+            idle_timeout: self.idle_timeout.0,
+            device: DevicePlan::parse(&self.device).context("--device")?,
+            price_per_replica_hour: self.price_per_replica_hour,
+        })
+    }
+
+    /// Every configured key: inference and management, from flags, the environment and key files.
+    pub fn keys(&self) -> Result<Vec<KeySpec>> {
+        let flags = |keys: &[String], role| -> Vec<KeySpec> {
+            keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()).map(|k| KeySpec::new(k, role)).collect()
+        };
+        let mut keys = flags(&self.api_keys, Role::Inference);
         if let Some(path) = &self.api_key_file {
-            keys.extend(crate::auth::read_key_file(path)?);
+            keys.extend(read_key_file(path, Role::Inference)?);
+        }
+        keys.extend(flags(&self.admin_keys, Role::Admin));
+        if let Some(path) = &self.admin_key_file {
+            keys.extend(read_key_file(path, Role::Admin)?);
         }
         Ok(keys)
     }
 
-    pub fn deployments(&self) -> Result<Vec<DeploymentSpec>> {
-        let specs: Vec<String> = if self.models.is_empty() {
-            vec![Catalog::builtin().default_chat().name.clone()]
-        } else {
-            self.models.clone()
-        };
-        specs
+    /// Where the store lives.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/share")
+            });
+            base.join("wick")
+        })
+    }
+
+    /// The deployments of the command line and the config file.
+    pub fn deployments(&self, defaults: &Defaults) -> Result<Vec<DeploymentSpec>> {
+        let mut requests: Vec<DeploymentRequest> = self
+            .models
             .iter()
             .map(|spec| {
                 // NAME=MODEL; a bare MODEL is served under its default name.
@@ -86,13 +160,23 @@ impl ServeArgs {
                     Some((name, model)) if !name.is_empty() => (Some(name.to_string()), model),
                     _ => (None, spec.as_str()),
                 };
-                let source = ModelSource::parse(model)?;
-                Ok(DeploymentSpec {
-                    name: name.unwrap_or_else(|| source.default_name()),
-                    source,
-                    weights: self.weights,
-                    limits: self.limits(),
-                })
+                DeploymentRequest { model: model.to_string(), name, ..Default::default() }
+            })
+            .collect();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            let file: ConfigFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+            requests.extend(file.deployments);
+        }
+        if requests.is_empty() {
+            let model = Catalog::builtin().default_chat().name.clone();
+            requests.push(DeploymentRequest { model, ..Default::default() });
+        }
+        requests
+            .into_iter()
+            .map(|r| {
+                let model = r.model.clone();
+                DeploymentSpec::resolve(r, defaults, Origin::Config).with_context(|| format!("deployment of `{model}`"))
             })
             .collect()
     }
@@ -151,16 +235,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
         std::fs::write(&file, "# team keys\nsk-file-1\n\n  sk-file-2  \n").unwrap();
-        let args = parse(&["--api-key", "sk-flag", "--api-key-file", file.to_str().unwrap()]);
-        assert_eq!(args.all_api_keys().unwrap(), vec!["sk-flag", "sk-file-1", "sk-file-2"]);
+        let args = parse(&["--api-key", "sk-flag", "--api-key-file", file.to_str().unwrap(), "--admin-key", "sk-adm"]);
+        let keys = args.keys().unwrap();
+        let secrets: Vec<(&str, Role)> = keys.iter().map(|k| (k.secret.as_str(), k.role)).collect();
+        assert_eq!(
+            secrets,
+            [("sk-flag", Role::Inference), ("sk-file-1", Role::Inference), ("sk-file-2", Role::Inference), ("sk-adm", Role::Admin)]
+        );
     }
 
     #[test]
     fn models_take_names_with_slashes() {
         let args = parse(&["--model", "u-8105f7322477/test=smollm2-135m-instruct", "--model", "smollm2-135m-instruct"]);
-        let specs = args.deployments().unwrap();
+        let specs = args.deployments(&Defaults::default()).unwrap();
         assert_eq!(specs[0].name, "u-8105f7322477/test");
         assert_eq!(specs[1].name, "smollm2-135m-instruct");
-        assert!(parse(&["--model", "not-a-model"]).deployments().is_err());
+        assert!(parse(&["--model", "not-a-model"]).deployments(&Defaults::default()).is_err());
+    }
+
+    #[test]
+    fn config_file_and_flags_set_deployment_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wick.toml");
+        std::fs::write(
+            &file,
+            "[[deployments]]\nmodel = \"smollm2-135m-instruct\"\nname = \"chat\"\nreplicas = 2\nidle_timeout_s = \"never\"\n\n\
+             [[deployments]]\nmodel = \"smollm2-135m-instruct\"\nname = \"quick\"\nidle_timeout_s = 2\n",
+        )
+        .unwrap();
+        let args = parse(&["--config", file.to_str().unwrap(), "--idle-timeout", "90s", "--replicas", "3"]);
+        let defaults = args.defaults().unwrap();
+        assert_eq!(defaults.idle_timeout, Some(Duration::from_secs(90)));
+        let specs = args.deployments(&defaults).unwrap();
+        assert_eq!((specs[0].name.as_str(), specs[0].replicas, specs[0].idle_timeout), ("chat", 2, None));
+        assert_eq!((specs[1].replicas, specs[1].idle_timeout), (3, Some(Duration::from_secs(2))));
+        assert_eq!(specs[1].meta_key, "quick");
+        assert!(Cli::try_parse_from(["wick", "--idle-timeout", "0"]).is_err());
+        assert_eq!(parse(&["--idle-timeout", "never"]).idle_timeout, IdleTimeout(None));
+        std::fs::write(&file, "[[deployments]]\nmodel = \"smollm2-135m-instruct\"\nreplica = 2\n").unwrap();
+        let e = format!("{:#}", args.deployments(&defaults).unwrap_err());
+        assert!(e.contains("replica"), "{e}");
     }
 }

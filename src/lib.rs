@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod loader;
+pub mod metrics;
 pub mod pull;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ pub const SYSTEM_FINGERPRINT: &str = concat!("wick-", env!("CARGO_PKG_VERSION"))
 #[derive(Clone)]
 pub struct AppState {
     pub deployments: Arc<deploy::Deployments>,
-    pub keys: Arc<auth::ApiKeys>,
+    pub keys: Arc<auth::Keys>,
 }
 
 pub fn app(state: AppState) -> axum::Router {
@@ -34,11 +35,15 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `wick serve`: pulls missing catalog models, binds, serves until Ctrl-C or SIGTERM.
+/// How often cumulative usage is written to the store (and once more at shutdown).
+const USAGE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `wick serve`: pulls missing catalog models, opens the store, binds, serves until Ctrl-C or SIGTERM.
 pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
-    let keys = args.all_api_keys()?;
-    args.check_exposure(!keys.is_empty())?;
-    let specs = args.deployments()?;
+    let keys = args.keys()?;
+    args.check_exposure(keys.iter().any(|k| k.role == auth::Role::Inference))?;
+    let defaults = args.defaults()?;
+    let specs = args.deployments(&defaults)?;
     for spec in &specs {
         if let loader::ModelSource::Catalog(entry) = &spec.source {
             if !entry.is_pulled() {
@@ -54,15 +59,38 @@ pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let state =
-        AppState { deployments: Arc::new(deploy::Deployments::new(specs)?), keys: Arc::new(auth::ApiKeys::new(&keys)) };
+    let data_dir = args.data_dir();
+    let store = deploy::store::Store::open(&data_dir)?;
+    let deployments =
+        Arc::new(deploy::Deployments::open(specs, Some(store), defaults, Arc::new(metrics::Metrics::default()))?);
+    let state = AppState { deployments: deployments.clone(), keys: Arc::new(auth::Keys::new(keys)) };
     let addr = std::net::SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
-    let names: Vec<&str> = state.deployments.iter().map(|d| d.name()).collect();
-    tracing::info!(%addr, models = ?names, auth = !keys.is_empty(), "listening");
+    let names: Vec<String> = deployments.all().iter().map(|d| d.name().to_string()).collect();
+    tracing::info!(%addr, models = ?names, data_dir = %data_dir.display(), auth = !state.keys.is_empty(), "listening");
     eprintln!("wick: serving {} on http://{addr}", names.join(", "));
+
+    let saver = deployments.clone();
+    let save_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_SAVE_INTERVAL);
+        loop {
+            tick.tick().await;
+            save_usage(&saver).await;
+        }
+    });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    save_task.abort();
+    save_usage(&deployments).await;
     Ok(())
+}
+
+async fn save_usage(deployments: &Arc<deploy::Deployments>) {
+    let d = deployments.clone();
+    match tokio::task::spawn_blocking(move || d.save_usage()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "saving usage failed"),
+        Err(e) => tracing::error!(error = %e, "saving usage panicked"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -8,7 +8,6 @@ use common::TestServer;
 use serde_json::json;
 use std::collections::HashMap;
 use wick::arch::linear::WeightFormat;
-use wick::deploy::DeploymentSpec;
 use wick::engine::scheduler::Limits;
 use wick::loader::ModelSource;
 
@@ -94,7 +93,8 @@ async fn hugging_face_folder_serves_chat() {
     let source = ModelSource::parse(dir.path().to_str().unwrap()).unwrap();
     assert!(matches!(source, ModelSource::HfFolder(_)));
     for weights in [WeightFormat::Native, WeightFormat::Q8_0] {
-        let spec = DeploymentSpec { name: "hf".into(), source: source.clone(), weights, limits: Limits::default() };
+        let mut spec = common::spec("hf", dir.path(), Limits::default());
+        spec.weights = weights;
         let s = TestServer::start(vec![spec], &[]).await;
         let req = json!({
             "model": "hf", "messages": [{"role": "user", "content": "hello world"}],

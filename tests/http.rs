@@ -326,9 +326,9 @@ async fn a_full_queue_answers_429_with_retry_after_and_loses_nothing() {
 async fn a_client_that_disconnects_loses_its_sequence() {
     let s = TestServer::start(vec![spec("tiny", &tiny_long_model(), Limits::default())], &[]).await;
     assert_eq!(s.chat(greedy("warm", 1)).await.0, 200);
-    let engine = s.state.deployments.get("tiny").unwrap().loaded_engine().unwrap();
-    let running = || engine.stats.running.load(std::sync::atomic::Ordering::SeqCst);
-    let steps = || engine.stats.steps.load(std::sync::atomic::Ordering::SeqCst);
+    let engine = s.state.deployments.get("tiny").unwrap().engine_stats().pop().unwrap();
+    let running = || engine.running.load(std::sync::atomic::Ordering::SeqCst);
+    let steps = || engine.steps.load(std::sync::atomic::Ordering::SeqCst);
     let until_running = || async {
         while running() == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -12,15 +12,7 @@ use wick::engine::scheduler::Limits;
 const MODEL: &str = "smollm2-135m-instruct";
 
 fn model_path() -> Option<std::path::PathBuf> {
-    let entry = Catalog::builtin().get(MODEL).unwrap();
-    if entry.is_pulled() {
-        return Some(entry.local_path());
-    }
-    if std::env::var("WICK_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1") {
-        panic!("{MODEL} is not pulled: run `wick pull {MODEL}`");
-    }
-    eprintln!("SKIPPED: {MODEL} is not pulled (run `wick pull {MODEL}`)");
-    None
+    common::real_model_pulled(MODEL).then(|| Catalog::builtin().get(MODEL).unwrap().local_path())
 }
 
 async fn server() -> Option<TestServer> {

@@ -3,6 +3,8 @@
 
 use super::json::AppJson;
 use super::openai::*;
+use crate::auth::Caller;
+use crate::deploy::Lease;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Engine, Event, GenerationRequest, SubmitError};
 use crate::error::ApiError;
@@ -13,7 +15,8 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{field, Instrument, Span};
@@ -171,11 +174,17 @@ fn tokenize(engine: &Engine, messages: &[TemplateMessage]) -> Result<Vec<u32>, A
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    caller: Caller,
     AppJson(req): AppJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let checked = check(&req)?;
-    let deployment = state.deployments.get(&req.model).ok_or_else(|| ApiError::model_not_found(&req.model))?;
+    // A key scoped away from a deployment is told it does not exist, as OpenAI does.
+    let deployment = state
+        .deployments
+        .get(&req.model)
+        .filter(|d| caller.scope.allows(d.name()))
+        .ok_or_else(|| ApiError::model_not_found(&req.model))?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let span = tracing::info_span!(
         "chat",
@@ -187,8 +196,10 @@ pub async fn chat_completions(
         duration_ms = field::Empty,
     );
     async move {
-        let engine = deployment.engine().await?;
-        let prompt = tokenize(&engine, &checked.messages)?;
+        // Loads the deployment if it is in Standby; held until the answer is complete.
+        let lease = deployment.acquire().await?;
+        let engine = lease.engine();
+        let prompt = tokenize(engine, &checked.messages)?;
         let context = engine.context_length;
         let max_tokens = match checked.max_tokens {
             Some(m) if prompt.len() + m > context => {
@@ -231,6 +242,10 @@ pub async fn chat_completions(
             prompt_tokens,
             started,
             span: Span::current(),
+            metrics: state.deployments.metrics().clone(),
+            completion_tokens: AtomicUsize::new(0),
+            last_token_at: Mutex::new(None),
+            lease,
         };
         Ok(if checked.stream {
             reply.stream(rx, checked.include_usage)
@@ -242,7 +257,8 @@ pub async fn chat_completions(
     .await
 }
 
-/// What the answer needs besides the engine's events.
+/// What the answer needs besides the engine's events. Dropping it (the answer is complete, or the
+/// client went away) accounts the request's usage and gives its lease back.
 struct Reply {
     id: String,
     model: String,
@@ -251,11 +267,37 @@ struct Reply {
     prompt_tokens: usize,
     started: Instant,
     span: Span,
+    metrics: Arc<crate::metrics::Metrics>,
+    completion_tokens: AtomicUsize,
+    last_token_at: Mutex<Option<Instant>>,
+    lease: Lease,
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        let completion = self.completion_tokens.load(Ordering::Relaxed);
+        self.lease.deployment().usage.add_request(self.prompt_tokens, completion);
+        self.metrics.tokens(&self.model, self.prompt_tokens, completion);
+    }
 }
 
 impl Reply {
-    fn record_first_token(&self) {
-        self.span.record("ttft_ms", self.started.elapsed().as_millis() as u64);
+    /// Time to first token on the first text event, the gap since the last one after that.
+    fn record_text(&self) {
+        let now = Instant::now();
+        let mut last = self.last_token_at.lock().unwrap_or_else(|e| e.into_inner());
+        match last.replace(now) {
+            None => {
+                let ttft = now - self.started;
+                self.span.record("ttft_ms", ttft.as_millis() as u64);
+                self.metrics.first_token(&self.model, ttft.as_secs_f64());
+            }
+            Some(previous) => self.metrics.inter_token(&self.model, (now - previous).as_secs_f64()),
+        }
+    }
+
+    fn record_done(&self, completion_tokens: usize) {
+        self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
     }
 
     fn record_end(&self, completion_tokens: usize) {
@@ -276,18 +318,16 @@ impl Reply {
         let mut texts = vec![String::new(); self.n];
         let mut reasons = vec![None; self.n];
         let mut completion_tokens = 0;
-        let mut first = true;
         while reasons.iter().any(Option::is_none) {
             match rx.recv().await {
                 Some(Event::Text { choice, text }) => {
-                    if std::mem::take(&mut first) {
-                        self.record_first_token();
-                    }
+                    self.record_text();
                     texts[choice].push_str(&text);
                 }
                 Some(Event::Done { choice, reason, completion_tokens: c }) => {
                     reasons[choice] = Some(reason);
                     completion_tokens += c;
+                    self.record_done(c);
                 }
                 Some(Event::Error(e)) => return Err(ApiError::internal(e)),
                 None => return Err(ApiError::internal("the engine dropped the request")),
@@ -307,10 +347,10 @@ impl Reply {
             .collect();
         Ok(axum::Json(ChatCompletion {
             usage: self.usage(completion_tokens),
-            id: self.id,
+            id: self.id.clone(),
             object: "chat.completion",
             created: self.created,
-            model: self.model,
+            model: self.model.clone(),
             system_fingerprint: Some(crate::SYSTEM_FINGERPRINT.to_string()),
             choices,
         }))
@@ -329,7 +369,6 @@ impl Reply {
                 .collect(),
             remaining: self.n,
             completion_tokens: 0,
-            first_token: true,
             include_usage,
             ended: false,
             reply: Arc::new(self),
@@ -360,7 +399,6 @@ struct StreamState {
     queue: VecDeque<String>,
     remaining: usize,
     completion_tokens: usize,
-    first_token: bool,
     include_usage: bool,
     ended: bool,
     reply: Arc<Reply>,
@@ -383,14 +421,13 @@ impl StreamState {
             let r = &self.reply;
             match self.rx.recv().await {
                 Some(Event::Text { choice, text }) => {
-                    if std::mem::take(&mut self.first_token) {
-                        r.record_first_token();
-                    }
+                    r.record_text();
                     let delta = Delta { role: None, content: Some(text) };
                     self.queue.push_back(r.chunk(choice, delta, None, self.include_usage));
                 }
                 Some(Event::Done { choice, reason, completion_tokens }) => {
                     self.completion_tokens += completion_tokens;
+                    r.record_done(completion_tokens);
                     self.remaining -= 1;
                     self.queue.push_back(r.chunk(choice, Delta::default(), Some(reason.as_str()), self.include_usage));
                 }

@@ -1,6 +1,8 @@
-//! The HTTP surface: OpenAI's endpoints under /v1, behind the API-key layer, and a public /health.
+//! The HTTP surface: OpenAI's endpoints under /v1 behind inference keys; the management API under
+//! /sdk/v1 and /metrics behind management keys; a public /health.
 
 pub mod chat;
+pub mod instances;
 pub mod json;
 pub mod models;
 pub mod openai;
@@ -8,7 +10,9 @@ pub mod openai;
 use crate::auth;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::middleware::from_fn_with_state;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -17,12 +21,36 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
-        .route_layer(from_fn_with_state(state.keys.clone(), auth::require_key));
+        .route_layer(from_fn_with_state(state.keys.clone(), auth::require_inference_key));
+    let management = Router::new()
+        .route("/sdk/v1/instance", post(instances::create).get(instances::get).delete(instances::delete))
+        .route("/sdk/v1/instance/stats", get(instances::stats))
+        .route("/sdk/v1/instance/list", get(instances::list))
+        .route("/sdk/v1/instance/scale", post(instances::scale))
+        .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state(state.keys.clone(), auth::require_admin_key));
     Router::new()
         .merge(v1)
+        .merge(management)
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(from_fn_with_state(state.clone(), count_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.deployments.metrics().render(&state.deployments);
+    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Counts every answer by route and status code.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    state.deployments.metrics().request_answered(&method, &route, response.status().as_u16());
+    response
 }

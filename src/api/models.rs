@@ -1,6 +1,8 @@
-//! `GET /v1/models` and `GET /v1/models/{id}` (ids may contain `/`).
+//! `GET /v1/models` and `GET /v1/models/{id}` (ids may contain `/`). Only the deployments the
+//! caller's key may use are shown; each card carries the deployment's status.
 
 use super::openai::{ModelCard, ModelList};
+use crate::auth::Caller;
 use crate::deploy::Deployment;
 use crate::error::ApiError;
 use crate::AppState;
@@ -15,13 +17,24 @@ fn card(d: &Deployment) -> ModelCard {
         owned_by: "wick",
         root: d.spec.source.root(),
         parent: None,
+        status: d.phase().as_str(),
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList { object: "list", data: state.deployments.iter().map(|d| card(d)).collect() })
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelList> {
+    let data = state.deployments.all().iter().filter(|d| caller.scope.allows(d.name())).map(|d| card(d)).collect();
+    Json(ModelList { object: "list", data })
 }
 
-pub async fn retrieve(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
-    state.deployments.get(&id).map(|d| Json(card(&d))).ok_or_else(|| ApiError::model_not_found(&id))
+pub async fn retrieve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    state
+        .deployments
+        .get(&id)
+        .filter(|d| caller.scope.allows(d.name()))
+        .map(|d| Json(card(&d)))
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }

@@ -137,4 +137,6 @@ pub struct ModelCard {
     /// What the deployment serves (vllm bench serve reads `data[0].root`).
     pub root: String,
     pub parent: Option<String>,
+    /// Wick's own: the deployment's lifecycle state (Standby, Loading, Running, Unloading).
+    pub status: &'static str,
 }

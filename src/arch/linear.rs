@@ -15,12 +15,14 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use std::borrow::Cow;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WeightFormat {
     /// The types stored in the file (the default).
     #[default]
     Native,
     /// Every matrix as Q8_0.
+    #[serde(rename = "q8-0")]
     Q8_0,
     /// Dense f32.
     F32,

@@ -66,6 +66,7 @@ pub struct EngineStats {
 
 pub struct Engine {
     submit: mpsc::Sender<GenerationRequest>,
+    worker: std::thread::JoinHandle<()>,
     pub tokenizer: Arc<TextTokenizer>,
     pub template: ChatTemplate,
     pub context_length: usize,
@@ -87,8 +88,18 @@ impl Engine {
             scheduler: Scheduler::new(limits.clone()),
             stats: stats.clone(),
         };
-        std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || worker.run(rx))?;
-        Ok(Self { submit: tx, tokenizer, template: loaded.template, context_length, limits, stats })
+        let worker = std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || worker.run(rx))?;
+        Ok(Self { submit: tx, worker, tokenizer, template: loaded.template, context_length, limits, stats })
+    }
+
+    /// Stops taking requests and waits until the worker has finished what it has and freed the weights
+    /// and caches. Blocking: call it off the async runtime.
+    pub fn stop(self) {
+        let Self { submit, worker, .. } = self;
+        drop(submit);
+        if worker.join().is_err() {
+            tracing::error!("an engine worker panicked while stopping");
+        }
     }
 
     pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {

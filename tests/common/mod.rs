@@ -2,15 +2,15 @@
 //! a ChatML template in its metadata), and a Wick server on a free loopback port.
 #![allow(dead_code)]
 
+pub mod process;
+
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use wick::arch::linear::WeightFormat;
-use wick::deploy::{DeploymentSpec, Deployments};
+use wick::deploy::{Defaults, DeploymentRequest, DeploymentSpec, Deployments, Origin};
 use wick::engine::scheduler::Limits;
-use wick::loader::ModelSource;
 
 pub const HIDDEN: usize = 64;
 pub const CONTEXT: usize = 256;
@@ -141,13 +141,15 @@ pub fn tiny_long_model() -> PathBuf {
     written_once(&PATH, "tiny-llama-long.gguf", 2, 4096)
 }
 
+/// The model at `path` served as `name`, with the server's default settings and `limits`.
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
-    DeploymentSpec {
-        name: name.into(),
-        source: ModelSource::GgufFile(path.into()),
-        weights: WeightFormat::Native,
-        limits,
-    }
+    let request =
+        DeploymentRequest { model: path.to_str().unwrap().into(), name: Some(name.into()), ..Default::default() };
+    spec_from(request, limits)
+}
+
+pub fn spec_from(request: DeploymentRequest, limits: Limits) -> DeploymentSpec {
+    DeploymentSpec::resolve(request, &Defaults { limits, ..Default::default() }, Origin::Config).unwrap()
 }
 
 pub struct TestServer {
@@ -158,16 +160,22 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server with inference keys `keys` (the first is sent with every request).
     pub async fn start(specs: Vec<DeploymentSpec>, keys: &[&str]) -> Self {
-        let state = wick::AppState {
-            deployments: Arc::new(Deployments::new(specs).unwrap()),
-            keys: Arc::new(wick::auth::ApiKeys::new(keys)),
-        };
+        let deployments = Deployments::new(specs).unwrap();
+        let mut server = Self::serve(deployments, wick::auth::Keys::inference(keys)).await;
+        server.key = keys.first().map(|k| k.to_string());
+        server
+    }
+
+    /// A server over given deployments and keys; it sends no key unless `key` is set.
+    pub async fn serve(deployments: Deployments, keys: wick::auth::Keys) -> Self {
+        let state = wick::AppState { deployments: Arc::new(deployments), keys: Arc::new(keys) };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = wick::app(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, state, client: reqwest::Client::new(), key: keys.first().map(|k| k.to_string()) }
+        Self { url, state, client: reqwest::Client::new(), key: None }
     }
 
     /// The tiny model served as `tiny`, no keys.
@@ -217,4 +225,18 @@ pub fn greedy(content: &str, max_tokens: u32) -> serde_json::Value {
         "max_tokens": max_tokens,
         "logit_bias": {"0": -100, "1": -100, "2": -100},
     })
+}
+
+/// Whether a catalog model is pulled. Missing, the test fails when WICK_REQUIRE_REAL_MODEL=1 (as in
+/// CI) and is skipped with a notice otherwise.
+pub fn real_model_pulled(name: &str) -> bool {
+    let entry = wick::catalog::Catalog::builtin().get(name).unwrap();
+    if entry.is_pulled() {
+        return true;
+    }
+    if std::env::var("WICK_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1") {
+        panic!("{name} is not pulled: run `wick pull {name}`");
+    }
+    eprintln!("SKIPPED: {name} is not pulled (run `wick pull {name}`)");
+    false
 }

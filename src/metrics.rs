@@ -1,0 +1,148 @@
+//! `GET /metrics` for Prometheus (OpenMetrics text). Counters and histograms are updated as requests
+//! go; per-deployment gauges (state, replicas, queue depth, running sequences) are read from the
+//! deployments at scrape time, so they can never drift from the truth.
+
+use crate::deploy::{Deployments, Phase};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabel {
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    deployment: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    method: String,
+    /// The route as declared (`/v1/chat/completions`), never the raw path, so that unknown paths
+    /// cannot grow the label set without bound.
+    route: String,
+    status: u16,
+}
+
+type Histograms = Family<DeploymentLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabel, Counter>,
+    ttft: Histograms,
+    inter_token: Histograms,
+    prompt_tokens: Family<DeploymentLabel, Counter>,
+    generated_tokens: Family<DeploymentLabel, Counter>,
+    load_seconds: Histograms,
+    unload_seconds: Histograms,
+    state: Family<StateLabel, Gauge>,
+    replicas: Family<DeploymentLabel, Gauge>,
+    desired_replicas: Family<DeploymentLabel, Gauge>,
+    queue_depth: Family<DeploymentLabel, Gauge>,
+    running: Family<DeploymentLabel, Gauge>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn load_buckets() -> Histogram {
+    // 10 ms to ~11 min.
+    Histogram::new(exponential_buckets(0.01, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wick");
+        let m = Self {
+            requests: Family::default(),
+            ttft: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            inter_token: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            prompt_tokens: Family::default(),
+            generated_tokens: Family::default(),
+            load_seconds: Family::new_with_constructor(load_buckets as fn() -> Histogram),
+            unload_seconds: Family::new_with_constructor(load_buckets as fn() -> Histogram),
+            state: Family::default(),
+            replicas: Family::default(),
+            desired_replicas: Family::default(),
+            queue_depth: Family::default(),
+            running: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("http_requests", "HTTP requests answered, by route and status code", m.requests.clone());
+        registry.register("time_to_first_token_seconds", "Time from request to first token", m.ttft.clone());
+        registry.register("inter_token_latency_seconds", "Time between streamed tokens", m.inter_token.clone());
+        registry.register("prompt_tokens", "Prompt tokens processed", m.prompt_tokens.clone());
+        registry.register("generated_tokens", "Completion tokens generated", m.generated_tokens.clone());
+        registry.register("load_duration_seconds", "Time to load one replica", m.load_seconds.clone());
+        registry.register("unload_duration_seconds", "Time to unload a deployment", m.unload_seconds.clone());
+        registry.register("deployment_state", "1 for the deployment's current state", m.state.clone());
+        registry.register("deployment_replicas", "Replicas loaded and ready", m.replicas.clone());
+        registry.register("deployment_desired_replicas", "Replicas asked for", m.desired_replicas.clone());
+        registry.register("deployment_queue_depth", "Requests waiting in the engines' queues", m.queue_depth.clone());
+        registry.register("deployment_running_sequences", "Sequences being decoded", m.running.clone());
+        Self { registry, ..m }
+    }
+}
+
+fn label(deployment: &str) -> DeploymentLabel {
+    DeploymentLabel { deployment: deployment.to_string() }
+}
+
+impl Metrics {
+    pub fn request_answered(&self, method: &str, route: &str, status: u16) {
+        let l = RequestLabel { method: method.to_string(), route: route.to_string(), status };
+        self.requests.get_or_create(&l).inc();
+    }
+
+    pub fn first_token(&self, deployment: &str, seconds: f64) {
+        self.ttft.get_or_create(&label(deployment)).observe(seconds);
+    }
+
+    pub fn inter_token(&self, deployment: &str, seconds: f64) {
+        self.inter_token.get_or_create(&label(deployment)).observe(seconds);
+    }
+
+    pub fn tokens(&self, deployment: &str, prompt: usize, generated: usize) {
+        self.prompt_tokens.get_or_create(&label(deployment)).inc_by(prompt as u64);
+        self.generated_tokens.get_or_create(&label(deployment)).inc_by(generated as u64);
+    }
+
+    pub fn loaded(&self, deployment: &str, seconds: f64) {
+        self.load_seconds.get_or_create(&label(deployment)).observe(seconds);
+    }
+
+    pub fn unloaded(&self, deployment: &str, seconds: f64) {
+        self.unload_seconds.get_or_create(&label(deployment)).observe(seconds);
+    }
+
+    /// The OpenMetrics text of every metric, with the gauges read from `deployments` now.
+    pub fn render(&self, deployments: &Deployments) -> String {
+        for family in [&self.replicas, &self.desired_replicas, &self.queue_depth, &self.running] {
+            family.clear();
+        }
+        self.state.clear();
+        for d in deployments.all() {
+            let view = d.view();
+            let l = label(d.name());
+            for phase in Phase::ALL {
+                let s = StateLabel { deployment: d.name().to_string(), state: phase.as_str().to_string() };
+                self.state.get_or_create(&s).set(i64::from(view.phase == phase));
+            }
+            self.replicas.get_or_create(&l).set(view.ready_replicas as i64);
+            self.desired_replicas.get_or_create(&l).set(view.desired_replicas as i64);
+            self.queue_depth.get_or_create(&l).set(view.queued as i64);
+            self.running.get_or_create(&l).set(view.running as i64);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
