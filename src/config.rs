@@ -240,7 +240,12 @@ mod tests {
         let secrets: Vec<(&str, Role)> = keys.iter().map(|k| (k.secret.as_str(), k.role)).collect();
         assert_eq!(
             secrets,
-            [("sk-flag", Role::Inference), ("sk-file-1", Role::Inference), ("sk-file-2", Role::Inference), ("sk-adm", Role::Admin)]
+            [
+                ("sk-flag", Role::Inference),
+                ("sk-file-1", Role::Inference),
+                ("sk-file-2", Role::Inference),
+                ("sk-adm", Role::Admin)
+            ]
         );
     }
 

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod pull;
 

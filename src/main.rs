@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve models over HTTP (the default command).
-    Serve(wick::config::ServeArgs),
+    Serve(Box<wick::config::ServeArgs>),
     /// Fetch a catalog model into the cache and check its sha256.
     Pull {
         /// Catalog name (see `wick models`).
@@ -34,10 +34,10 @@ fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init();
     }
-    let command = cli.command.unwrap_or_else(|| Command::Serve(wick::config::ServeArgs::parse_from_env()));
+    let command = cli.command.unwrap_or_else(|| Command::Serve(Box::new(wick::config::ServeArgs::parse_from_env())));
     match command {
         Command::Serve(args) => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(wick::serve(args))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(wick::serve(*args))
         }
         Command::Pull { name } => {
             let entry = Catalog::builtin()

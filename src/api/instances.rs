@@ -130,7 +130,12 @@ fn params(p: Params) -> Result<HashMap<String, String>, Failure> {
 }
 
 /// The deployment named by `request_id` or `meta_key`, if the caller may see it.
-fn find(state: &AppState, caller: &Caller, request_id: Option<&str>, meta_key: Option<&str>) -> Result<Arc<Deployment>, Failure> {
+fn find(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Option<&str>,
+    meta_key: Option<&str>,
+) -> Result<Arc<Deployment>, Failure> {
     let (found, what) = match (request_id.filter(|s| !s.is_empty()), meta_key.filter(|s| !s.is_empty())) {
         (Some(id), _) => (state.deployments.by_id(id), format!("request_id `{id}`")),
         (None, Some(key)) => (state.deployments.by_meta_key(key), format!("meta_key `{key}`")),
@@ -196,7 +201,9 @@ pub async fn stats(State(state): State<AppState>, caller: Caller) -> Response {
 fn number(q: &HashMap<String, String>, name: &str, default: usize) -> Result<usize, Failure> {
     match q.get(name).filter(|v| !v.is_empty()) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| failure(StatusCode::BAD_REQUEST, format!("`{name}` must be a number, not `{v}`"))),
+        Some(v) => {
+            v.parse().map_err(|_| failure(StatusCode::BAD_REQUEST, format!("`{name}` must be a number, not `{v}`")))
+        }
     }
 }
 
@@ -220,7 +227,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller, q: Params) -> R
     let mut statuses = Vec::new();
     for s in q.get("statuses").map(String::as_str).unwrap_or("").split(',').filter(|s| !s.trim().is_empty()) {
         statuses.push(Phase::parse(s).ok_or_else(|| {
-            failure(StatusCode::BAD_REQUEST, format!("unknown status `{s}`: use Standby, Loading, Running or Unloading"))
+            failure(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status `{s}`: use Standby, Loading, Running or Unloading"),
+            )
         })?);
     }
     // The registry keeps creation order, which breaks ties between deployments created in one second.

@@ -232,9 +232,8 @@ impl Deployment {
         st.loading -= 1;
         match loaded {
             Ok(replica) => {
-                let wanted = !st.deleted
-                    && matches!(st.phase, Phase::Loading | Phase::Running)
-                    && st.ready.len() < st.desired;
+                let wanted =
+                    !st.deleted && matches!(st.phase, Phase::Loading | Phase::Running) && st.ready.len() < st.desired;
                 if !wanted {
                     // Scaled down or deleted while it loaded.
                     drop(st);
@@ -362,23 +361,15 @@ impl Deployment {
 /// serve a request (a drained one, say) stop when that request ends.
 async fn stop_replicas(replicas: Vec<Arc<Replica>>) {
     let _ = tokio::task::spawn_blocking(move || {
-        for replica in replicas {
-            if let Ok(replica) = Arc::try_unwrap(replica) {
-                replica.stop();
+        crate::memory::release(|| {
+            for replica in replicas {
+                if let Ok(replica) = Arc::try_unwrap(replica) {
+                    replica.stop();
+                }
             }
-        }
-        give_memory_back();
+        })
     })
     .await;
-}
-
-/// glibc keeps freed memory in its arenas; unloading is exactly when it should go back to the system.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory held by the allocator.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Gives the in-flight count back if a request stops waiting before it gets a replica.

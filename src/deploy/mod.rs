@@ -15,7 +15,7 @@ pub mod store;
 pub mod usage;
 
 pub use deployment::{Deployment, Lease, Phase, View};
-pub use spec::{Defaults, DeploymentRequest, DeploymentSpec, Origin};
+pub use spec::{Defaults, DeploymentRequest, DeploymentSpec, IdleTimeoutValue, Origin};
 
 use crate::metrics::Metrics;
 use anyhow::{bail, Result};
@@ -50,7 +50,12 @@ fn new_id() -> String {
 impl Deployments {
     /// The deployments of the command line and config file, plus those the store kept from earlier
     /// runs. A config deployment keeps its instance id and usage across restarts (matched by meta key).
-    pub fn open(config: Vec<DeploymentSpec>, store: Option<Store>, defaults: Defaults, metrics: Arc<Metrics>) -> Result<Self> {
+    pub fn open(
+        config: Vec<DeploymentSpec>,
+        store: Option<Store>,
+        defaults: Defaults,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         let stored = match &store {
             Some(s) => s.all()?,
             None => Vec::new(),

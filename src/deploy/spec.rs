@@ -110,9 +110,10 @@ impl DevicePlan {
             "cpu" => return Ok(Self::Cpu),
             "cuda" | "gpu" => Self::Cuda(visible_gpus()?),
             _ => {
-                let list = t.strip_prefix("cuda:").or_else(|| t.strip_prefix("gpu:")).with_context(|| {
-                    format!("device `{text}`: use `cpu`, `cuda` (every visible GPU) or `cuda:0,1`")
-                })?;
+                let list = t
+                    .strip_prefix("cuda:")
+                    .or_else(|| t.strip_prefix("gpu:"))
+                    .with_context(|| format!("device `{text}`: use `cpu`, `cuda` (every visible GPU) or `cuda:0,1`"))?;
                 let gpus = list
                     .split(',')
                     .map(|g| g.trim().parse::<usize>())

@@ -5,7 +5,7 @@
 use super::spec::{DeploymentRequest, Origin};
 use super::usage::UsageSnapshot;
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -108,7 +108,8 @@ impl Store {
     }
 
     pub fn set_replicas(&self, id: &str, replicas: usize) -> Result<()> {
-        self.conn().execute("UPDATE deployments SET replicas = ?2 WHERE instance_id = ?1", params![id, replicas as i64])?;
+        self.conn()
+            .execute("UPDATE deployments SET replicas = ?2 WHERE instance_id = ?1", params![id, replicas as i64])?;
         Ok(())
     }
 
@@ -122,18 +123,13 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for (id, u) in usage {
-            tx.execute("UPDATE deployments SET usage = ?2 WHERE instance_id = ?1", params![id, serde_json::to_string(u)?])?;
+            tx.execute(
+                "UPDATE deployments SET usage = ?2 WHERE instance_id = ?1",
+                params![id, serde_json::to_string(u)?],
+            )?;
         }
         tx.commit()?;
         Ok(())
-    }
-
-    pub fn meta_key_taken(&self, meta_key: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM deployments WHERE meta_key = ?1", params![meta_key], |_| Ok(()))
-            .optional()?
-            .is_some())
     }
 }
 
@@ -171,6 +167,6 @@ mod tests {
         let all = s.all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].replicas, all[0].usage.requests, all[0].usage.completion_tokens), (3, 4, 9));
-        assert!(s.meta_key_taken("ka").unwrap() && !s.meta_key_taken("kb").unwrap());
+        assert_eq!(all[0].meta_key, "ka");
     }
 }
