@@ -344,3 +344,40 @@ async fn metrics_show_state_requests_latency_and_tokens() {
         .unwrap();
     assert!(inter_token >= 4, "{inter_token} inter-token gaps for 6 tokens");
 }
+
+/// The real binary: SIGTERM saves usage on the way out, and a restart brings the API's deployments back.
+#[test]
+fn a_restarted_server_keeps_deployments_and_usage() {
+    use common::process::WickProcess;
+    let data = tempfile::tempdir().unwrap();
+    let model = format!("chat={}", tiny_model().display());
+    let args = ["--model", model.as_str(), "--admin-key", ADMIN, "--api-key", USER];
+    let client = reqwest::blocking::Client::new();
+    let get_instance = |url: &str| -> Value {
+        let r = client.get(format!("{url}/sdk/v1/instance?meta_key=kept")).bearer_auth(ADMIN).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().unwrap()["instance"].clone()
+    };
+    let server = WickProcess::start(&args, data.path());
+    let created: Value = client
+        .post(format!("{}/sdk/v1/instance", server.url))
+        .bearer_auth(ADMIN)
+        .json(&create_body("kept", "kept"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut req = greedy("hello", 4);
+    req["model"] = json!("kept");
+    let r = client.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(USER).json(&req).send().unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop();
+
+    let server = WickProcess::start(&args, data.path());
+    let i = get_instance(&server.url);
+    assert_eq!(i["instanceID"], created["instanceID"]);
+    assert_eq!(i["status"], "Standby");
+    assert_eq!((i["usage"]["requests"].as_u64(), i["usage"]["completionTokens"].as_u64()), (Some(1), Some(4)));
+    let r = client.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(USER).json(&req).send().unwrap();
+    assert_eq!(r.status(), 200);
+}
