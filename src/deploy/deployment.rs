@@ -312,13 +312,13 @@ impl Deployment {
         self.notify();
     }
 
-    /// Sets the replica count. When Running, new replicas start loading now and removed ones drain:
-    /// they take no new request and are freed once their last request is done. In Standby the count
-    /// applies at the next load.
+    /// Sets the replica count. When loaded (or loading), new replicas start loading now and removed
+    /// ones drain: they take no new request and are freed once their last request is done. In
+    /// Standby the count applies at the next load.
     pub fn scale(self: &Arc<Self>, replicas: usize) {
         let mut st = self.state();
         st.desired = replicas;
-        if st.phase == Phase::Running {
+        if matches!(st.phase, Phase::Running | Phase::Loading) {
             for _ in st.ready.len() + st.loading..replicas {
                 self.start_replica_load(&mut st);
             }
