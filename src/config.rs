@@ -38,8 +38,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WICK_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
     /// A model to serve: a catalog name, a .gguf file, a Hugging Face folder or a hub id, optionally as
-    /// NAME=MODEL to choose the name clients use. Repeatable; the first is the default. Without any
-    /// (here or in --config), the catalog's default chat model.
+    /// NAME=MODEL to choose the name clients use. Repeatable. Without any (here or in --config), the
+    /// catalog's default chat model and default voice.
     #[arg(long = "model", env = "WICK_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
     /// A TOML file of deployments: `[[deployments]]` tables with the fields of the management API's
@@ -169,8 +169,10 @@ impl ServeArgs {
             requests.extend(file.deployments);
         }
         if requests.is_empty() {
-            let model = Catalog::builtin().default_chat().name.clone();
-            requests.push(DeploymentRequest { model, ..Default::default() });
+            // The default chat model and the default voice; each loads only when first asked for.
+            for entry in [Catalog::builtin().default_chat(), Catalog::builtin().default_speech()] {
+                requests.push(DeploymentRequest { model: entry.name.clone(), ..Default::default() });
+            }
         }
         requests
             .into_iter()

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod audio;
 pub mod auth;
 pub mod catalog;
 pub mod config;

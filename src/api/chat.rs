@@ -185,6 +185,12 @@ pub async fn chat_completions(
         .get(&req.model)
         .filter(|d| caller.scope.allows(d.name()))
         .ok_or_else(|| ApiError::model_not_found(&req.model))?;
+    if deployment.spec.source.kind() != crate::loader::ModelKind::Chat {
+        return Err(ApiError::invalid_request(
+            format!("`{}` is a text-to-speech model: use /v1/audio/speech.", req.model),
+            Some("model"),
+        ));
+    }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let span = tracing::info_span!(
         "chat",
@@ -198,7 +204,7 @@ pub async fn chat_completions(
     async move {
         // Loads the deployment if it is in Standby; held until the answer is complete.
         let lease = deployment.acquire().await?;
-        let engine = lease.engine();
+        let engine = lease.chat().ok_or_else(|| ApiError::internal("a chat deployment without a chat engine"))?;
         let prompt = tokenize(engine, &checked.messages)?;
         let context = engine.context_length;
         let max_tokens = match checked.max_tokens {

@@ -6,6 +6,7 @@ pub mod instances;
 pub mod json;
 pub mod models;
 pub mod openai;
+pub mod speech;
 
 use crate::auth;
 use crate::error::ApiError;
@@ -19,6 +20,7 @@ use axum::Router;
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route_layer(from_fn_with_state(state.keys.clone(), auth::require_inference_key));

@@ -140,3 +140,25 @@ pub struct ModelCard {
     /// Wick's own: the deployment's lifecycle state (Standby, Loading, Running, Unloading).
     pub status: &'static str,
 }
+
+/// `POST /v1/audio/speech`.
+#[derive(Debug, Deserialize)]
+pub struct SpeechRequest {
+    pub model: String,
+    pub input: String,
+    pub voice: String,
+    pub response_format: Option<String>,
+    pub speed: Option<f64>,
+    /// `audio` (a chunked body, the default) or `sse`.
+    pub stream_format: Option<String>,
+    /// gpt-4o-mini-tts's style instructions; a Piper voice has one style, so they are accepted and unused.
+    pub instructions: Option<String>,
+}
+
+/// Usage in the last event of an SSE speech stream.
+#[derive(Debug, Serialize)]
+pub struct SpeechUsage {
+    pub input_tokens: usize,
+    pub output_tokens: usize,
+    pub total_tokens: usize,
+}

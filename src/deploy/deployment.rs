@@ -8,6 +8,7 @@
 use super::replica::Replica;
 use super::spec::DeploymentSpec;
 use super::usage::{Cost, Usage, UsageSnapshot};
+use crate::engine::speech::SpeechEngine;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -143,8 +144,8 @@ impl Deployment {
             loading_replicas: st.loading,
             replica_devices: st.ready.iter().map(|r| r.device.clone()).collect(),
             in_flight: st.in_flight,
-            queued: st.ready.iter().map(|r| r.engine().stats.waiting.load(Ordering::Relaxed)).sum(),
-            running: st.ready.iter().map(|r| r.engine().stats.running.load(Ordering::Relaxed)).sum(),
+            queued: st.ready.iter().map(|r| r.stats().waiting.load(Ordering::Relaxed)).sum(),
+            running: st.ready.iter().map(|r| r.stats().running.load(Ordering::Relaxed)).sum(),
             last_error: st.last_error.clone(),
             cost: Cost::of(&usage, self.spec.price_per_replica_hour),
             usage,
@@ -153,7 +154,7 @@ impl Deployment {
 
     /// The engine counters of each ready replica.
     pub fn engine_stats(&self) -> Vec<Arc<crate::engine::EngineStats>> {
-        self.state().ready.iter().map(|r| r.engine().stats.clone()).collect()
+        self.state().ready.iter().map(|r| r.stats().clone()).collect()
     }
 
     /// A lease on the least-loaded ready replica. In Standby this starts the load and waits for it;
@@ -398,8 +399,18 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn engine(&self) -> &Engine {
-        self.replica.as_ref().expect("held until drop").engine()
+    fn replica(&self) -> &Replica {
+        self.replica.as_ref().expect("held until drop")
+    }
+
+    /// The chat engine; `None` when the deployment is a voice.
+    pub fn chat(&self) -> Option<&Engine> {
+        self.replica().chat()
+    }
+
+    /// The speech engine; `None` when the deployment is a chat model.
+    pub fn speech(&self) -> Option<&SpeechEngine> {
+        self.replica().speech()
     }
 
     pub fn deployment(&self) -> &Arc<Deployment> {

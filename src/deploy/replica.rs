@@ -2,7 +2,9 @@
 
 use super::spec::DeploymentSpec;
 use super::usage::Usage;
-use crate::engine::Engine;
+use crate::engine::speech::SpeechEngine;
+use crate::engine::{Engine, EngineStats};
+use crate::loader::ModelKind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +13,7 @@ pub struct Replica {
     pub index: usize,
     pub device: String,
     /// `None` only while `stop` takes it out.
-    engine: Option<Engine>,
+    backend: Option<Backend>,
     loaded_at: Instant,
     /// Requests holding a lease on this replica: what "least loaded" compares.
     pub(super) in_flight: AtomicUsize,
@@ -27,20 +29,50 @@ impl Replica {
             }
         }
         let device = spec.device.candle_device(index)?;
-        let loaded = spec.source.load(spec.weights, &device)?;
-        let engine = Engine::start(loaded, spec.limits.clone(), &format!("{}-{index}", spec.name))?;
+        let name = format!("{}-{index}", spec.name);
+        let engine = match spec.source.kind() {
+            ModelKind::Chat => Backend::Chat(Box::new(Engine::start(
+                spec.source.load(spec.weights, &device)?,
+                spec.limits.clone(),
+                &name,
+            )?)),
+            ModelKind::Speech => Backend::Speech(SpeechEngine::start(spec.source.load_voice(&device)?, &name)?),
+        };
         Ok(Self {
             index,
             device: spec.device.device_name(index),
-            engine: Some(engine),
+            backend: Some(engine),
             loaded_at: Instant::now(),
             in_flight: AtomicUsize::new(0),
             usage,
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        self.engine.as_ref().expect("a replica's engine is present until it stops")
+    fn backend(&self) -> &Backend {
+        self.backend.as_ref().expect("a replica's engine is present until it stops")
+    }
+
+    /// The chat engine, if this is a chat model.
+    pub fn chat(&self) -> Option<&Engine> {
+        match self.backend() {
+            Backend::Chat(e) => Some(e),
+            Backend::Speech(_) => None,
+        }
+    }
+
+    /// The speech engine, if this is a voice.
+    pub fn speech(&self) -> Option<&SpeechEngine> {
+        match self.backend() {
+            Backend::Speech(e) => Some(e),
+            Backend::Chat(_) => None,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        match self.backend() {
+            Backend::Chat(e) => &e.stats,
+            Backend::Speech(e) => &e.stats,
+        }
     }
 
     pub fn load_score(&self) -> usize {
@@ -53,8 +85,10 @@ impl Replica {
 
     /// Stops the engine and waits until its memory is freed. Blocking.
     pub fn stop(mut self) {
-        if let Some(engine) = self.engine.take() {
-            engine.stop();
+        match self.backend.take() {
+            Some(Backend::Chat(e)) => e.stop(),
+            Some(Backend::Speech(e)) => e.stop(),
+            None => {}
         }
     }
 }
@@ -65,4 +99,10 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.usage.add_replica_time(self.loaded_at.elapsed());
     }
+}
+
+/// The engine a replica runs, by the kind of model it serves.
+enum Backend {
+    Chat(Box<Engine>),
+    Speech(SpeechEngine),
 }

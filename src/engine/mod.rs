@@ -6,6 +6,7 @@ pub mod detok;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
+pub mod speech;
 pub mod stop;
 
 use crate::arch::llama::{Llama, StepInput};

@@ -25,20 +25,32 @@ pub struct LoadedModel {
 /// Where a model's weights come from, as named on the command line.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
-    Catalog(CatalogEntry),
+    Catalog(Box<CatalogEntry>),
     GgufFile(PathBuf),
     HfFolder(PathBuf),
     /// `org/name` on the Hugging Face hub.
     Hub(String),
+    /// A Piper voice: `NAME.onnx` with `NAME.onnx.json` beside it.
+    PiperVoice(PathBuf),
+}
+
+/// What a model does: which engine serves it and which endpoint takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Chat,
+    Speech,
 }
 
 impl ModelSource {
     /// A catalog name, a path to a .gguf file or a model folder, or a hub id.
     pub fn parse(spec: &str) -> Result<Self> {
         if let Some(entry) = Catalog::builtin().get(spec) {
-            return Ok(Self::Catalog(entry.clone()));
+            return Ok(Self::Catalog(Box::new(entry.clone())));
         }
         let path = Path::new(spec);
+        if path.is_file() && path.extension().is_some_and(|e| e == "onnx") {
+            return Ok(Self::PiperVoice(path.to_path_buf()));
+        }
         if path.is_file() {
             return Ok(Self::GgufFile(path.to_path_buf()));
         }
@@ -52,11 +64,19 @@ impl ModelSource {
         bail!("`{spec}` is not a catalog model (see `wick models`), an existing file or folder, or a hub id (org/name)")
     }
 
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            Self::Catalog(e) if e.kind == "speech" => ModelKind::Speech,
+            Self::PiperVoice(_) => ModelKind::Speech,
+            _ => ModelKind::Chat,
+        }
+    }
+
     /// The name clients use when none is given: the catalog name, the file stem or the hub id.
     pub fn default_name(&self) -> String {
         match self {
             Self::Catalog(e) => e.name.clone(),
-            Self::GgufFile(p) | Self::HfFolder(p) => {
+            Self::GgufFile(p) | Self::HfFolder(p) | Self::PiperVoice(p) => {
                 p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
             }
             Self::Hub(id) => id.clone(),
@@ -67,14 +87,24 @@ impl ModelSource {
     pub fn root(&self) -> String {
         match self {
             Self::Catalog(e) => e.name.clone(),
-            Self::GgufFile(p) | Self::HfFolder(p) => p.display().to_string(),
+            Self::GgufFile(p) | Self::HfFolder(p) | Self::PiperVoice(p) => p.display().to_string(),
             Self::Hub(id) => id.clone(),
+        }
+    }
+
+    /// Loads a voice. Blocking: call it off the async runtime.
+    pub fn load_voice(&self, device: &Device) -> Result<voice::Voice> {
+        match self {
+            Self::Catalog(e) if e.kind == "speech" => voice::Voice::load(&e.local_path(), device),
+            Self::PiperVoice(p) => voice::Voice::load(p, device),
+            _ => bail!("`{}` is not a voice", self.root()),
         }
     }
 
     /// Loads the model. Blocking: call it off the async runtime.
     pub fn load(&self, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
         match self {
+            Self::Catalog(e) if e.kind != "chat" => bail!("`{}` is a {} model, not a chat model", e.name, e.kind),
             Self::Catalog(e) => {
                 let path = e.local_path();
                 if !path.is_file() {
@@ -85,6 +115,7 @@ impl ModelSource {
             Self::GgufFile(p) => gguf::load(p, format, device),
             Self::HfFolder(p) => safetensors::load(p, format, device),
             Self::Hub(id) => safetensors::load(&download_from_hub(id)?, format, device),
+            Self::PiperVoice(p) => bail!("{} is a voice, not a chat model", p.display()),
         }
     }
 }

@@ -91,7 +91,7 @@ pub fn phonemize(text: &str, voice: &str) -> Result<Vec<Sentence>> {
         // punctuation mark of the text the clause consumed is it. (espeak reads one character past
         // the clause, so the consumed text is not exactly the clause's.)
         let consumed = String::from_utf8_lossy(&bytes[start.min(end)..end]);
-        let terminator = consumed.chars().filter(|c| ".?!,:;".contains(*c)).last();
+        let terminator = consumed.chars().rev().find(|c| ".?!,:;".contains(*c));
         let mut ipa = strip_language_flags(&clause);
         if let Some(t) = terminator {
             ipa.push(t);

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
 struct PiperConfig {
@@ -37,7 +38,15 @@ struct InferenceConfig {
 
 pub struct Voice {
     pub model: Vits,
+    pub info: Arc<VoiceInfo>,
+}
+
+/// What turns text into the model's input, and the voice's settings: shared with the HTTP side
+/// while the model itself stays on its engine's thread.
+pub struct VoiceInfo {
     pub sample_rate: u32,
+    /// Samples per frame (the decoder's upsampling): the unit durations are counted in.
+    pub frame_samples: usize,
     pub espeak_voice: String,
     /// The voice's own defaults (Piper's `inference` section).
     pub scales: Scales,
@@ -79,9 +88,9 @@ impl Voice {
                 bail!("{}: the phoneme map has no `{special}`", json_path.display());
             }
         }
-        Ok(Self {
-            model,
+        let info = VoiceInfo {
             sample_rate: cfg.audio.sample_rate,
+            frame_samples: crate::arch::vits::hop_length(&model.cfg),
             espeak_voice: cfg.espeak.voice,
             scales: Scales {
                 noise: cfg.inference.noise_scale,
@@ -89,9 +98,12 @@ impl Voice {
                 noise_w: cfg.inference.noise_w,
             },
             phoneme_ids,
-        })
+        };
+        Ok(Self { model, info: Arc::new(info) })
     }
+}
 
+impl VoiceInfo {
     /// Piper's ids: BOS, a pad, then each known phoneme followed by a pad, then EOS. Phonemes the
     /// voice does not know are skipped, as Piper skips them.
     pub fn ids(&self, phonemes: &[char]) -> Vec<u32> {

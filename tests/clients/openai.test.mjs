@@ -65,3 +65,21 @@ test("unknown model raises NotFoundError", async () => {
     return true;
   });
 });
+
+test("speech: wav, and mp3 by default", async () => {
+  const wav = Buffer.from(
+    await (await client.audio.speech.create({ model: "tts-1", voice: "alloy", input: "Hello from Wick.", response_format: "wav" })).arrayBuffer(),
+  );
+  assert.equal(wav.subarray(0, 4).toString(), "RIFF");
+  assert.ok(wav.length > 10000);
+  const mp3 = Buffer.from(await (await client.audio.speech.create({ model: "tts-1", voice: "alloy", input: "Hello." })).arrayBuffer());
+  assert.ok(mp3.subarray(0, 3).toString() === "ID3" || (mp3[0] === 0xff && (mp3[1] & 0xe0) === 0xe0));
+});
+
+test("speech: bad speed raises BadRequestError", async () => {
+  await assert.rejects(client.audio.speech.create({ model: "tts-1", voice: "alloy", input: "Hi.", speed: 9 }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, "speed");
+    return true;
+  });
+});

@@ -77,3 +77,31 @@ def test_bad_parameter_is_a_bad_request(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=5)
     assert e.value.param == "temperature"
+
+
+def test_speech_in_every_format(client):
+    magic = {"mp3": None, "wav": b"RIFF", "flac": b"fLaC", "opus": b"OggS"}
+    for fmt, head in magic.items():
+        r = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello from Wick.", response_format=fmt)
+        audio = r.read()
+        assert len(audio) > 1000, fmt
+        if head:
+            assert audio[:4] == head, fmt
+    # The default format is OpenAI's: mp3 (an MPEG frame sync or an ID3 tag).
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.").read()
+    assert audio[:3] == b"ID3" or (audio[0] == 0xFF and audio[1] & 0xE0 == 0xE0)
+
+
+def test_speech_streaming_response(client, tmp_path):
+    out = tmp_path / "speech.pcm"
+    with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="coral", input="One. Two. Three.", response_format="pcm"
+    ) as r:
+        r.stream_to_file(out)
+    assert out.stat().st_size > 24_000  # over half a second of 24 kHz 16-bit audio
+
+
+def test_speech_bad_voice_is_a_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
+    assert e.value.param == "voice"

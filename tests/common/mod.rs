@@ -2,6 +2,7 @@
 //! a ChatML template in its metadata), and a Wick server on a free loopback port.
 #![allow(dead_code)]
 
+pub mod decode;
 pub mod process;
 
 use candle_core::quantized::gguf_file::{self, Value};

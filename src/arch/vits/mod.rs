@@ -394,8 +394,8 @@ mod tests {
         let (model, _) = tiny();
         let a = vec![1, 0, 5, 0, 7, 0, 9, 0, 11, 0, 2];
         let b = vec![1, 0, 3, 0, 2];
-        let alone_a = model.synthesize(&[a.clone()], DETERMINISTIC).unwrap().remove(0);
-        let alone_b = model.synthesize(&[b.clone()], DETERMINISTIC).unwrap().remove(0);
+        let alone_a = model.synthesize(std::slice::from_ref(&a), DETERMINISTIC).unwrap().remove(0);
+        let alone_b = model.synthesize(std::slice::from_ref(&b), DETERMINISTIC).unwrap().remove(0);
         let batch = model.synthesize(&[a, b], DETERMINISTIC).unwrap();
         for (alone, batched) in [(&alone_a, &batch[0]), (&alone_b, &batch[1])] {
             assert_eq!(alone.len(), batched.len());

@@ -1,0 +1,63 @@
+//! Real-time factor of the candle voice (synthesis seconds / audio seconds; below 1 is faster than
+//! real time), for the sentences of tests/fixtures/joe_parity.json, warm, median of 5.
+//!
+//!     cargo bench --bench speech            (benches/speech_compare.sh also runs onnxruntime)
+//!
+//! Alone: one sentence per forward. Batched: the three sentences in one forward (as concurrent
+//! requests are batched), RTF over their total audio.
+
+use candle_core::Device;
+use std::time::Instant;
+use wick::arch::vits::Scales;
+use wick::loader::voice::Voice;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    let entry = wick::catalog::Catalog::builtin().default_speech();
+    let voice = Voice::load(&entry.local_path(), &Device::Cpu)?;
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/joe_parity.json"))?;
+    let sentences: Vec<(String, Vec<u32>)> = fixture["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let ids = i["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            (i["text"].as_str().unwrap().to_string(), ids)
+        })
+        .collect();
+    let rate = voice.info.sample_rate as f64;
+    let scales = Scales { noise: 0.0, length: 1.0, noise_w: 0.0 };
+    let time = |batch: &[Vec<u32>]| -> anyhow::Result<(f64, f64)> {
+        voice.model.synthesize(batch, scales)?; // warm
+        voice.model.synthesize(batch, scales)?;
+        let mut times = Vec::new();
+        let mut audio = 0.0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let out = voice.model.synthesize(batch, scales)?;
+            times.push(t.elapsed().as_secs_f64());
+            audio = out.iter().map(|a| a.len() as f64 / rate).sum();
+        }
+        Ok((median(times), audio))
+    };
+    println!("candle voice, {threads} threads, scales [0, 1, 0], warm, median of 5");
+    println!("| input | ids | audio s | synthesis s | RTF |");
+    println!("|---|---|---|---|---|");
+    for (text, ids) in &sentences {
+        let (t, audio) = time(std::slice::from_ref(ids))?;
+        println!("| {text} | {} | {audio:.3} | {t:.3} | {:.3} |", ids.len(), t / audio);
+    }
+    let all: Vec<Vec<u32>> = sentences.iter().map(|(_, ids)| ids.clone()).collect();
+    let (t, audio) = time(&all)?;
+    println!(
+        "| all three, one batch | {} | {audio:.3} | {t:.3} | {:.3} |",
+        all.iter().map(Vec::len).sum::<usize>(),
+        t / audio
+    );
+    Ok(())
+}

