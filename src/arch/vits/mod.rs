@@ -268,7 +268,7 @@ pub fn infer_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_nn::var_builder::SimpleBackend;
     use std::sync::Mutex;
@@ -316,7 +316,7 @@ mod tests {
         }
     }
 
-    fn tiny_config() -> VitsConfig {
+    pub(crate) fn tiny_config() -> VitsConfig {
         VitsConfig {
             n_vocab: 20,
             hidden_channels: 8,

@@ -193,3 +193,97 @@ impl TextEncoder {
         Ok(Encoded { mean: stats.narrow(1, 0, inter)?, log_scale: stats.narrow(1, inter, inter)?, x })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The closed form of VITS' relative attention, with loops: scores q.k + q.rel_k[j-i+w] within
+    /// the window, -1e4 where masked, softmax, then p.v + sum over the window of p * rel_v.
+    #[test]
+    fn relative_attention_matches_a_naive_reference() {
+        let cfg = crate::arch::vits::tests::tiny_config(); // hidden 8, 2 heads, window 2
+        let (h, heads, w, t, len) = (cfg.hidden_channels, cfg.n_heads, cfg.window_size, 7usize, 5usize);
+        let kc = h / heads;
+        let dev = Device::Cpu;
+        let mut weights = std::collections::HashMap::new();
+        let mut seed = 0;
+        let mut tensor = |shape: &[usize]| {
+            seed += 1;
+            Tensor::from_vec(values(seed, shape.iter().product()), shape, &dev).unwrap()
+        };
+        for c in ["conv_q", "conv_k", "conv_v", "conv_o"] {
+            weights.insert(format!("{c}.weight"), tensor(&[h, h, 1]));
+            weights.insert(format!("{c}.bias"), tensor(&[h]));
+        }
+        weights.insert("emb_rel_k".into(), tensor(&[1, 2 * w + 1, kc]));
+        weights.insert("emb_rel_v".into(), tensor(&[1, 2 * w + 1, kc]));
+        let x = tensor(&[1, h, t]);
+        let attn = RelativeAttention::load(VarBuilder::from_tensors(weights.clone(), DType::F32, &dev), &cfg).unwrap();
+        let mask = crate::arch::vits::layers::sequence_mask(&[len], t, &dev).unwrap();
+        let pair = mask.unsqueeze(2).unwrap().broadcast_mul(&mask.unsqueeze(3).unwrap()).unwrap();
+        let got = attn.forward(&x, &pair).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+
+        let get = |n: &str| weights[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let xv = x.squeeze(0).unwrap().to_vec2::<f32>().unwrap(); // [h][t]
+        let conv = |name: &str, input: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            let (wt, b) = (get(&format!("{name}.weight")), get(&format!("{name}.bias")));
+            (0..h)
+                .map(|o| (0..t).map(|i| b[o] + (0..h).map(|c| wt[o * h + c] * input[c][i]).sum::<f32>()).collect())
+                .collect()
+        };
+        let (q, k, v) = (conv("conv_q", &xv), conv("conv_k", &xv), conv("conv_v", &xv));
+        let (rk, rv) = (get("emb_rel_k"), get("emb_rel_v"));
+        let mut out = vec![vec![0f32; t]; h];
+        for hd in 0..heads {
+            let ch = |c: usize| hd * kc + c;
+            for i in 0..t {
+                let mut scores: Vec<f32> = (0..t)
+                    .map(|j| {
+                        let mut s: f32 = (0..kc).map(|c| q[ch(c)][i] * k[ch(c)][j]).sum();
+                        let d = j as i64 - i as i64;
+                        if d.unsigned_abs() as usize <= w {
+                            let r = (d + w as i64) as usize;
+                            s += (0..kc).map(|c| q[ch(c)][i] * rk[r * kc + c]).sum::<f32>();
+                        }
+                        s /= (kc as f32).sqrt();
+                        if i < len && j < len {
+                            s
+                        } else {
+                            -1e4
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+                scores.iter_mut().for_each(|s| *s = (*s - max).exp());
+                let sum: f32 = scores.iter().sum();
+                for c in 0..kc {
+                    let mut o: f32 = (0..t).map(|j| scores[j] / sum * v[ch(c)][j]).sum();
+                    for j in i.saturating_sub(w)..(i + w + 1).min(t) {
+                        o += scores[j] / sum * rv[(j + w - i) * kc + c];
+                    }
+                    out[ch(c)][i] = o;
+                }
+            }
+        }
+        let want = conv("conv_o", &out);
+        for o in 0..h {
+            for i in 0..t {
+                assert!((got[o][i] - want[o][i]).abs() < 1e-4, "({o}, {i}): {} vs {}", got[o][i], want[o][i]);
+            }
+        }
+    }
+}
