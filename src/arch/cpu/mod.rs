@@ -1,6 +1,7 @@
 //! Our own CPU kernels, where candle's are missing or too slow for what the engine needs, and the
 //! thread pool they run on.
 
+pub mod conv1d;
 pub mod q4_1;
 
 use std::ops::Range;

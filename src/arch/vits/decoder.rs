@@ -18,6 +18,17 @@ const LAST_SLOPE: f64 = 0.01;
 struct ResBlock {
     dilated: Vec<Conv1d>,
     plain: Vec<Conv1d>,
+    kernel: usize,
+    /// On CPU, the same weights for our fused kernel (most of the voice's time is here).
+    cpu: Option<CpuResBlock>,
+}
+
+/// (weight, bias, dilation) per convolution.
+type CpuConv = (Vec<f32>, Vec<f32>, usize);
+
+struct CpuResBlock {
+    dilated: Vec<CpuConv>,
+    plain: Vec<CpuConv>,
 }
 
 impl ResBlock {
@@ -31,12 +42,37 @@ impl ResBlock {
             ),
             ResBlockKind::Two => ("convs", vec![]),
         };
-        let dilated = dilations
+        let dilated: Vec<Conv1d> = dilations
             .iter()
             .enumerate()
             .map(|(j, &d)| Conv1d::load(vb.pp(dilated_name).pp(j), channels, channels, kernel, d, 1))
             .collect::<Result<_>>()?;
-        Ok(Self { dilated, plain })
+        let parts = |convs: &[Conv1d]| convs.iter().map(|c| c.cpu_parts()).collect::<Result<Option<Vec<_>>>>();
+        let cpu = match (parts(&dilated)?, parts(&plain)?) {
+            (Some(dilated), Some(plain)) => Some(CpuResBlock { dilated, plain }),
+            _ => None,
+        };
+        Ok(Self { dilated, plain, kernel, cpu })
+    }
+
+    /// The same as `forward` for one sequence on CPU: `x` is `[channels][len]`, valid up to `valid`.
+    fn forward_cpu(&self, cpu: &CpuResBlock, x: Vec<f32>, channels: usize, len: usize, valid: usize) -> Vec<f32> {
+        use crate::arch::cpu::conv1d::{leaky_conv, ConvWeights};
+        let kernel = self.kernel;
+        fn conv(c: &CpuConv, kernel: usize) -> ConvWeights<'_> {
+            ConvWeights { weight: &c.0, bias: &c.1, kernel, dilation: c.2 }
+        }
+        let mut x = x;
+        for (j, c) in cpu.dilated.iter().enumerate() {
+            x = match cpu.plain.get(j) {
+                None => leaky_conv(&x, channels, len, valid, SLOPE as f32, &conv(c, kernel), Some(&x)),
+                Some(p) => {
+                    let xt = leaky_conv(&x, channels, len, valid, SLOPE as f32, &conv(c, kernel), None);
+                    leaky_conv(&xt, channels, len, valid, SLOPE as f32, &conv(p, kernel), Some(&x))
+                }
+            };
+        }
+        x
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -102,18 +138,53 @@ impl Decoder {
         for stage in &self.stages {
             x = stage.up.forward(&leaky_relu(&x, SLOPE)?.broadcast_mul(&mask)?)?;
             mask = upsample_mask(&mask, stage.rate)?;
-            let mut sum: Option<Tensor> = None;
-            for block in &stage.blocks {
-                let y = block.forward(&x, &mask)?;
-                sum = Some(match sum {
-                    Some(s) => (s + y)?,
-                    None => y,
-                });
-            }
-            x = (sum.expect("at least one resblock") / stage.blocks.len() as f64)?;
+            x = match stage.blocks.iter().map(|b| b.cpu.as_ref()).collect::<Option<Vec<_>>>() {
+                Some(cpu) => Self::resblocks_cpu(&stage.blocks, &cpu, &x, &mask)?,
+                None => {
+                    let mut sum: Option<Tensor> = None;
+                    for block in &stage.blocks {
+                        let y = block.forward(&x, &mask)?;
+                        sum = Some(match sum {
+                            Some(s) => (s + y)?,
+                            None => y,
+                        });
+                    }
+                    (sum.expect("at least one resblock") / stage.blocks.len() as f64)?
+                }
+            };
         }
         let x = self.conv_post.forward(&leaky_relu(&x, LAST_SLOPE)?.broadcast_mul(&mask)?)?;
         x.tanh()?.broadcast_mul(&mask)
+    }
+}
+
+impl Decoder {
+    /// The mean of a stage's resblocks with our CPU kernel, one sequence at a time.
+    fn resblocks_cpu(blocks: &[ResBlock], cpu: &[&CpuResBlock], x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, channels, len) = x.dims3()?;
+        let valid: Vec<usize> =
+            mask.sum(2)?.squeeze(1)?.to_vec1::<f32>()?.iter().map(|&v| v.round() as usize).collect();
+        let rows = x.to_vec3::<f32>()?;
+        let mut out = Vec::with_capacity(b * channels * len);
+        for (seq, &valid) in rows.into_iter().zip(&valid) {
+            // Only the valid part: what lies beyond it reads as zeros anyway, so a short sentence in a
+            // batch costs its own length, not the longest one's.
+            let flat: Vec<f32> = seq.iter().flat_map(|row| row[..valid].iter().copied()).collect();
+            let mut sum = vec![0f32; channels * valid];
+            for (block, cpu) in blocks.iter().zip(cpu) {
+                let y = block.forward_cpu(cpu, flat.clone(), channels, valid, valid);
+                sum.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
+            }
+            let scale = 1.0 / blocks.len() as f32;
+            for row in sum.chunks(valid.max(1)).take(channels) {
+                out.extend(row.iter().map(|v| v * scale));
+                out.extend(std::iter::repeat_n(0f32, len - valid));
+            }
+            if valid == 0 {
+                out.extend(std::iter::repeat_n(0f32, channels * len));
+            }
+        }
+        Tensor::from_vec(out, (b, channels, len), x.device())
     }
 }
 

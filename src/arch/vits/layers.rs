@@ -43,6 +43,15 @@ impl Conv1d {
     pub fn out_channels(&self) -> usize {
         self.weight.dim(0).expect("3-d weight")
     }
+
+    /// The weights as plain vectors for our CPU kernels: (weight, bias, dilation). `None` on another
+    /// device or without a bias.
+    pub fn cpu_parts(&self) -> Result<Option<(Vec<f32>, Vec<f32>, usize)>> {
+        match (&self.bias, self.weight.device().is_cpu()) {
+            (Some(b), true) => Ok(Some((self.weight.flatten_all()?.to_vec1()?, b.to_vec1()?, self.dilation))),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl Conv1d {
