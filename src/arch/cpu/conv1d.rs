@@ -14,9 +14,9 @@ use super::{parallel_for, SharedOut};
 /// Time steps per work item: the accumulator (TILE floats) and the input rows it reads stay in cache.
 const TILE: usize = 256;
 
-/// The weights of one convolution, channels in = channels out.
+/// The weights of one convolution.
 pub struct ConvWeights<'a> {
-    /// `[channels][channels][kernel]` (PyTorch layout).
+    /// `[out channels][channels][kernel]` (PyTorch layout).
     pub weight: &'a [f32],
     pub bias: &'a [f32],
     pub kernel: usize,
@@ -24,7 +24,8 @@ pub struct ConvWeights<'a> {
 }
 
 /// `x`: `[channels][len]` row-major; positions at or after `valid` read as zero (the mask).
-/// Returns `residual + bias + conv(leaky_relu(x, slope) * mask)` (no residual: zeros), `[channels][len]`.
+/// Returns `residual + bias + conv(leaky_relu(x, slope) * mask)` (no residual: zeros),
+/// `[out channels][len]`.
 pub fn leaky_conv(
     x: &[f32],
     channels: usize,
@@ -36,7 +37,11 @@ pub fn leaky_conv(
 ) -> Vec<f32> {
     let ConvWeights { weight, bias, kernel, dilation } = *conv;
     assert_eq!(x.len(), channels * len);
-    assert_eq!(weight.len(), channels * channels * kernel);
+    let out_channels = bias.len();
+    assert_eq!(weight.len(), out_channels * channels * kernel);
+    if let Some(r) = residual {
+        assert_eq!(r.len(), out_channels * len);
+    }
     let pad = dilation * (kernel - 1) / 2;
     let width = len + 2 * pad;
     // The activated, masked input with `pad` zeros on both sides of every row.
@@ -47,7 +52,7 @@ pub fn leaky_conv(
             *a = if v >= 0.0 { v } else { v * slope };
         }
     }
-    let mut y = vec![0f32; channels * len];
+    let mut y = vec![0f32; out_channels * len];
     let out = SharedOut::new(&mut y);
     let tiles = len.div_ceil(TILE);
     parallel_for(tiles, |range| {
@@ -55,7 +60,7 @@ pub fn leaky_conv(
         for tile in range {
             let t0 = tile * TILE;
             let n = TILE.min(len - t0);
-            for o in 0..channels {
+            for o in 0..out_channels {
                 let acc = &mut acc[..n];
                 match residual {
                     Some(r) => {

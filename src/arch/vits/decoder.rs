@@ -5,7 +5,7 @@
 //! resolution, so a padded position reads zeros exactly where a lone sequence's padding would, and a
 //! sequence decodes to the same samples alone or batched.
 
-use super::layers::{leaky_relu, Conv1d, ConvTranspose1d};
+use super::layers::{leaky_relu, Conv1d, ConvTranspose1d, CpuConv};
 use super::{ResBlockKind, VitsConfig};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -22,9 +22,6 @@ struct ResBlock {
     /// On CPU, the same weights for our fused kernel (most of the voice's time is here).
     cpu: Option<CpuResBlock>,
 }
-
-/// (weight, bias, dilation) per convolution.
-type CpuConv = (Vec<f32>, Vec<f32>, usize);
 
 struct CpuResBlock {
     dilated: Vec<CpuConv>,
@@ -162,8 +159,7 @@ impl Decoder {
     /// The mean of a stage's resblocks with our CPU kernel, one sequence at a time.
     fn resblocks_cpu(blocks: &[ResBlock], cpu: &[&CpuResBlock], x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, channels, len) = x.dims3()?;
-        let valid: Vec<usize> =
-            mask.sum(2)?.squeeze(1)?.to_vec1::<f32>()?.iter().map(|&v| v.round() as usize).collect();
+        let valid = valid_lengths(mask)?;
         let rows = x.to_vec3::<f32>()?;
         let mut out = Vec::with_capacity(b * channels * len);
         for (seq, &valid) in rows.into_iter().zip(&valid) {
@@ -186,6 +182,11 @@ impl Decoder {
         }
         Tensor::from_vec(out, (b, channels, len), x.device())
     }
+}
+
+/// How many positions of each sequence are valid, from a `[b, 1, len]` mask.
+fn valid_lengths(mask: &Tensor) -> Result<Vec<usize>> {
+    Ok(mask.sum(2)?.squeeze(1)?.to_vec1::<f32>()?.iter().map(|&v| v.round() as usize).collect())
 }
 
 /// Each frame's mask value repeated `rate` times.

@@ -4,6 +4,9 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+/// A convolution's (weight, bias, dilation) as plain vectors, for our CPU kernels.
+pub type CpuConv = (Vec<f32>, Vec<f32>, usize);
+
 /// A 1-D convolution (weight-norm already folded into the weight by the exporter).
 pub struct Conv1d {
     weight: Tensor,
@@ -46,7 +49,7 @@ impl Conv1d {
 
     /// The weights as plain vectors for our CPU kernels: (weight, bias, dilation). `None` on another
     /// device or without a bias.
-    pub fn cpu_parts(&self) -> Result<Option<(Vec<f32>, Vec<f32>, usize)>> {
+    pub fn cpu_parts(&self) -> Result<Option<CpuConv>> {
         match (&self.bias, self.weight.device().is_cpu()) {
             (Some(b), true) => Ok(Some((self.weight.flatten_all()?.to_vec1()?, b.to_vec1()?, self.dilation))),
             _ => Ok(None),
