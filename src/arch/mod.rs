@@ -7,3 +7,17 @@ pub mod cpu;
 pub mod linear;
 pub mod llama;
 pub mod vits;
+
+/// Deterministic pseudo-random values in [-0.5, 0.5), for tests of the model code.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}

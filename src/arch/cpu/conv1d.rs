@@ -91,19 +91,8 @@ pub fn leaky_conv(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::test_values as values;
     use candle_core::{Device, Tensor};
-
-    fn values(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// Against candle's conv1d on the same activated, masked input.
     #[test]

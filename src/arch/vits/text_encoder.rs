@@ -197,19 +197,8 @@ impl TextEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::test_values as values;
     use candle_core::{DType, Device};
-
-    fn values(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// The closed form of VITS' relative attention, with loops: scores q.k + q.rel_k[j-i+w] within
     /// the window, -1e4 where masked, softmax, then p.v + sum over the window of p * rel_v.
