@@ -84,7 +84,7 @@ impl Deployments {
             };
             let d = Deployment::new(id, spec, created, usage, metrics.clone());
             if let Some(s) = &store {
-                s.put(&stored_row(&d, d.spec.replicas))?;
+                s.put(&stored_row(&d))?;
             }
             list.push(Arc::new(d));
         }
@@ -169,7 +169,7 @@ impl Deployments {
         }
         let d = Deployment::new(new_id(), spec, crate::unix_now(), Usage::default(), self.metrics.clone());
         if let Some(s) = &self.store {
-            s.put(&stored_row(&d, d.spec.replicas)).map_err(ManageError::Store)?;
+            s.put(&stored_row(&d)).map_err(ManageError::Store)?;
         }
         tracing::info!(instance = %d.id, name = %d.name(), model = %d.spec.request.model, "deployment created");
         let d = Arc::new(d);
@@ -213,14 +213,15 @@ impl Deployments {
     }
 }
 
-fn stored_row(d: &Deployment, replicas: usize) -> StoredDeployment {
+/// A new deployment's row: its replicas as created (scaling updates the row itself).
+fn stored_row(d: &Deployment) -> StoredDeployment {
     StoredDeployment {
         id: d.id.clone(),
         meta_key: d.spec.meta_key.clone(),
         name: d.spec.name.clone(),
         origin: d.spec.origin,
         request: d.spec.request.clone(),
-        replicas,
+        replicas: d.spec.replicas,
         created: d.created,
         usage: d.usage.snapshot(std::time::Duration::ZERO),
     }

@@ -117,6 +117,12 @@ impl Engine {
     }
 }
 
+/// What a caught panic says, as an error for the requests it ended.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send), fallback: &str) -> String {
+    let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    format!("internal error: {}", what.as_deref().unwrap_or(fallback))
+}
+
 struct Worker {
     model: Llama,
     tokenizer: Arc<TextTokenizer>,
@@ -139,14 +145,7 @@ impl Worker {
             // A bug in a step must not take the model down with it: the sequences of that step get an
             // error, the worker goes on with the next requests.
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())) {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned());
-                self.fail_running(&format!(
-                    "internal error: {}",
-                    what.as_deref().unwrap_or("the engine step panicked")
-                ));
+                self.fail_running(&panic_message(panic.as_ref(), "the engine step panicked"));
             }
         }
     }

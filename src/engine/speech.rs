@@ -91,14 +91,15 @@ impl Worker {
                 continue; // every queued sentence's requester had gone
             }
             self.stats.running.store(batch.len(), Ordering::SeqCst);
-            let ids: Vec<Vec<u32>> = batch.iter().map(|j| j.ids.clone()).collect();
+            let mut batch = batch;
+            let ids: Vec<Vec<u32>> = batch.iter_mut().map(|j| std::mem::take(&mut j.ids)).collect();
             let scales = batch[0].scales;
             let model = &self.voice.model;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.synthesize(&ids, scales)));
             let result = match result {
                 Ok(Ok(audio)) => Ok(audio),
                 Ok(Err(e)) => Err(format!("synthesis failed: {e}")),
-                Err(_) => Err("internal error: synthesis panicked".to_string()),
+                Err(panic) => Err(super::panic_message(panic.as_ref(), "synthesis panicked")),
             };
             match result {
                 Ok(audio) => {

@@ -53,23 +53,25 @@ impl ResBlock {
     }
 
     /// The same as `forward` for one sequence on CPU: `x` is `[channels][len]`, valid up to `valid`.
-    fn forward_cpu(&self, cpu: &CpuResBlock, x: Vec<f32>, channels: usize, len: usize, valid: usize) -> Vec<f32> {
+    fn forward_cpu(&self, cpu: &CpuResBlock, input: &[f32], channels: usize, len: usize, valid: usize) -> Vec<f32> {
         use crate::arch::cpu::conv1d::{leaky_conv, ConvWeights};
         let kernel = self.kernel;
         fn conv(c: &CpuConv, kernel: usize) -> ConvWeights<'_> {
             ConvWeights { weight: &c.0, bias: &c.1, kernel, dilation: c.2 }
         }
-        let mut x = x;
+        // The first step reads the stage's input in place; each later one reads the last output.
+        let mut out: Option<Vec<f32>> = None;
         for (j, c) in cpu.dilated.iter().enumerate() {
-            x = match cpu.plain.get(j) {
-                None => leaky_conv(&x, channels, len, valid, SLOPE as f32, &conv(c, kernel), Some(&x)),
+            let x = out.as_deref().unwrap_or(input);
+            out = Some(match cpu.plain.get(j) {
+                None => leaky_conv(x, channels, len, valid, SLOPE as f32, &conv(c, kernel), Some(x)),
                 Some(p) => {
-                    let xt = leaky_conv(&x, channels, len, valid, SLOPE as f32, &conv(c, kernel), None);
-                    leaky_conv(&xt, channels, len, valid, SLOPE as f32, &conv(p, kernel), Some(&x))
+                    let xt = leaky_conv(x, channels, len, valid, SLOPE as f32, &conv(c, kernel), None);
+                    leaky_conv(&xt, channels, len, valid, SLOPE as f32, &conv(p, kernel), Some(x))
                 }
-            };
+            });
         }
-        x
+        out.unwrap_or_else(|| input.to_vec())
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -168,7 +170,7 @@ impl Decoder {
             let flat: Vec<f32> = seq.iter().flat_map(|row| row[..valid].iter().copied()).collect();
             let mut sum = vec![0f32; channels * valid];
             for (block, cpu) in blocks.iter().zip(cpu) {
-                let y = block.forward_cpu(cpu, flat.clone(), channels, valid, valid);
+                let y = block.forward_cpu(cpu, &flat, channels, valid, valid);
                 sum.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
             }
             let scale = 1.0 / blocks.len() as f32;

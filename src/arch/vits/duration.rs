@@ -193,34 +193,55 @@ pub mod spline {
         knots
     }
 
-    /// `y` -> `x`. `derivatives` has one fewer entry than the bins: the outer knots get the
-    /// derivative 1 of the identity tails.
+    /// A spline's knots (x and y) and its derivative at each knot.
+    struct Knots {
+        xs: Vec<f32>,
+        ys: Vec<f32>,
+        ds: Vec<f32>,
+    }
+
+    impl Knots {
+        /// `derivatives` has one fewer entry than the bins: the outer knots get the derivative 1 of
+        /// the identity tails.
+        fn new(widths: &[f32], heights: &[f32], derivatives: &[f32], bound: f32) -> Self {
+            // Padding with this makes min + softplus(c) exactly 1 at the ends.
+            let end = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
+            let ds = std::iter::once(end)
+                .chain(derivatives.iter().copied())
+                .chain(std::iter::once(end))
+                .map(|raw| MIN_DERIVATIVE + softplus(raw))
+                .collect();
+            Self {
+                xs: knots(widths, MIN_BIN_WIDTH, -bound, bound),
+                ys: knots(heights, MIN_BIN_HEIGHT, -bound, bound),
+                ds,
+            }
+        }
+
+        /// The bin whose range on `axis` holds `v` (the last knot counts as inside, as
+        /// searchsorted's eps makes it).
+        fn bin(axis: &[f32], v: f32) -> usize {
+            axis[..axis.len() - 1].iter().rposition(|&knot| v >= knot).unwrap_or(0)
+        }
+    }
+
+    /// `y` -> `x`.
     pub fn inverse(y: f32, widths: &[f32], heights: &[f32], derivatives: &[f32], bound: f32) -> f32 {
         if !(-bound..=bound).contains(&y) {
             return y;
         }
-        let bins = widths.len();
-        let xs = knots(widths, MIN_BIN_WIDTH, -bound, bound);
-        let ys = knots(heights, MIN_BIN_HEIGHT, -bound, bound);
-        // Padding with this makes min + softplus(c) exactly 1 at the ends.
-        let end = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
-        let d = |k: usize| -> f32 {
-            let raw = if k == 0 || k == bins { end } else { derivatives[k - 1] };
-            MIN_DERIVATIVE + softplus(raw)
-        };
-        // The bin whose height range holds y (the last knot counts as inside, as searchsorted's eps).
-        let k = ys[..bins].iter().rposition(|&knot| y >= knot).unwrap_or(0);
-        let (x_k, w) = (xs[k], xs[k + 1] - xs[k]);
-        let (y_k, h) = (ys[k], ys[k + 1] - ys[k]);
+        let Knots { xs, ys, ds } = Knots::new(widths, heights, derivatives, bound);
+        let k = Knots::bin(&ys, y);
+        let (w, h) = (xs[k + 1] - xs[k], ys[k + 1] - ys[k]);
         let delta = h / w;
-        let (d0, d1) = (d(k), d(k + 1));
-        let dy = y - y_k;
+        let (d0, d1) = (ds[k], ds[k + 1]);
+        let dy = y - ys[k];
         let a = dy * (d0 + d1 - 2.0 * delta) + h * (delta - d0);
         let b = h * d0 - dy * (d0 + d1 - 2.0 * delta);
         let c = -delta * dy;
         let disc = (b * b - 4.0 * a * c).max(0.0);
         let theta = (2.0 * c) / (-b - disc.sqrt());
-        theta * w + x_k
+        theta * w + xs[k]
     }
 
     /// `x` -> `y`, for testing the inverse.
@@ -229,18 +250,14 @@ pub mod spline {
         if !(-bound..=bound).contains(&x) {
             return x;
         }
-        let bins = widths.len();
-        let xs = knots(widths, MIN_BIN_WIDTH, -bound, bound);
-        let ys = knots(heights, MIN_BIN_HEIGHT, -bound, bound);
-        let end = ((1.0 - MIN_DERIVATIVE).exp() - 1.0).ln();
-        let d = |k: usize| MIN_DERIVATIVE + softplus(if k == 0 || k == bins { end } else { derivatives[k - 1] });
-        let k = xs[..bins].iter().rposition(|&knot| x >= knot).unwrap_or(0);
+        let Knots { xs, ys, ds } = Knots::new(widths, heights, derivatives, bound);
+        let k = Knots::bin(&xs, x);
         let (w, h) = (xs[k + 1] - xs[k], ys[k + 1] - ys[k]);
         let delta = h / w;
         let theta = (x - xs[k]) / w;
         let t1 = theta * (1.0 - theta);
-        let num = h * (delta * theta * theta + d(k) * t1);
-        let den = delta + (d(k) + d(k + 1) - 2.0 * delta) * t1;
+        let num = h * (delta * theta * theta + ds[k] * t1);
+        let den = delta + (ds[k] + ds[k + 1] - 2.0 * delta) * t1;
         ys[k] + num / den
     }
 
