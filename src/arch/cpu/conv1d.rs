@@ -5,14 +5,22 @@
 //! candle's CPU path copies every input into an im2col matrix (kernel x channels x samples) and runs
 //! the activation, the mask and the residual add as separate single-threaded passes; at 22,050
 //! samples per second of audio that was most of the voice's time (BENCHMARKS.md). Here the input is
-//! activated once into a zero-padded buffer, and each thread owns a block of time steps: for every
-//! output channel it accumulates `weight * shifted input row` into a block-long accumulator that
-//! stays in L1, which the compiler vectorises.
+//! activated once into a zero-padded buffer, and each thread owns a block of time steps.
+//!
+//! Within a block the work is register-blocked: `OUT_BLOCK` output channels times `MICRO` time
+//! steps of accumulators stay in vector registers while the loop runs over every input channel and
+//! kernel tap, so each loaded input vector feeds `OUT_BLOCK` fused multiply-adds and nothing is
+//! stored until the end. (An accumulator in memory instead, one output channel at a time, cost two
+//! loads and a store per multiply-add and ran at about a third of this speed: BENCHMARKS.md.)
 
 use super::{parallel_for, SharedOut};
 
-/// Time steps per work item: the accumulator (TILE floats) and the input rows it reads stay in cache.
+/// Time steps per work item handed to a thread.
 const TILE: usize = 256;
+/// Output channels whose accumulators are held at once.
+const OUT_BLOCK: usize = 4;
+/// Time steps per accumulator row: with `OUT_BLOCK` rows, 128 floats, sixteen 256-bit registers.
+const MICRO: usize = 32;
 
 /// The weights of one convolution.
 pub struct ConvWeights<'a> {
@@ -43,8 +51,8 @@ pub fn leaky_conv(
         assert_eq!(r.len(), out_channels * len);
     }
     let pad = dilation * (kernel - 1) / 2;
-    let width = len + 2 * pad;
-    // The activated, masked input with `pad` zeros on both sides of every row.
+    // `pad` zeros before every row, and after it `pad` plus enough for a whole last micro tile.
+    let width = len.next_multiple_of(MICRO) + 2 * pad;
     let mut act = vec![0f32; channels * width];
     for c in 0..channels {
         let row = &x[c * len..c * len + valid.min(len)];
@@ -52,40 +60,94 @@ pub fn leaky_conv(
             *a = if v >= 0.0 { v } else { v * slope };
         }
     }
+    let packed = pack_weights(weight, out_channels, channels, kernel);
     let mut y = vec![0f32; out_channels * len];
     let out = SharedOut::new(&mut y);
-    let tiles = len.div_ceil(TILE);
-    parallel_for(tiles, |range| {
-        let mut acc = [0f32; TILE];
+    let blocks = out_channels.div_ceil(OUT_BLOCK);
+    parallel_for(len.div_ceil(TILE), |range| {
         for tile in range {
-            let t0 = tile * TILE;
-            let n = TILE.min(len - t0);
-            for o in 0..out_channels {
-                let acc = &mut acc[..n];
-                match residual {
-                    Some(r) => {
-                        for (a, &rv) in acc.iter_mut().zip(&r[o * len + t0..o * len + t0 + n]) {
-                            *a = rv + bias[o];
+            let tile_end = ((tile + 1) * TILE).min(len);
+            for block in 0..blocks {
+                let w = &packed[block * channels * kernel * OUT_BLOCK..][..channels * kernel * OUT_BLOCK];
+                for t0 in (tile * TILE..tile_end).step_by(MICRO) {
+                    let acc = micro_tile(&act, width, channels, kernel, dilation, w, t0);
+                    let n = MICRO.min(len - t0);
+                    for (i, row) in acc.iter().enumerate() {
+                        let o = block * OUT_BLOCK + i;
+                        if o == out_channels {
+                            break;
+                        }
+                        // SAFETY: each tile writes only its own time steps of each row.
+                        let dst = unsafe { out.part(o * len + t0, n) };
+                        match residual {
+                            Some(r) => {
+                                for ((d, &a), &rv) in dst.iter_mut().zip(row).zip(&r[o * len + t0..]) {
+                                    *d = rv + bias[o] + a;
+                                }
+                            }
+                            None => dst.iter_mut().zip(row).for_each(|(d, &a)| *d = bias[o] + a),
                         }
                     }
-                    None => acc.fill(bias[o]),
                 }
-                for c in 0..channels {
-                    let w = &weight[(o * channels + c) * kernel..(o * channels + c + 1) * kernel];
-                    let row = &act[c * width..(c + 1) * width];
-                    for (j, &wj) in w.iter().enumerate() {
-                        let src = &row[t0 + j * dilation..t0 + j * dilation + n];
-                        for (a, &s) in acc.iter_mut().zip(src) {
-                            *a += wj * s;
-                        }
-                    }
-                }
-                // SAFETY: each tile writes only its own time steps of each row.
-                unsafe { out.part(o * len + t0, n) }.copy_from_slice(acc);
             }
         }
     });
     y
+}
+
+/// `[out block][channels][kernel][OUT_BLOCK]`, the last block padded with zero channels: the
+/// `OUT_BLOCK` weights one input value meets are adjacent.
+fn pack_weights(weight: &[f32], out_channels: usize, channels: usize, kernel: usize) -> Vec<f32> {
+    let blocks = out_channels.div_ceil(OUT_BLOCK);
+    let mut packed = vec![0f32; blocks * channels * kernel * OUT_BLOCK];
+    for o in 0..out_channels {
+        let (block, lane) = (o / OUT_BLOCK, o % OUT_BLOCK);
+        for c in 0..channels {
+            for j in 0..kernel {
+                packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane] = weight[(o * channels + c) * kernel + j];
+            }
+        }
+    }
+    packed
+}
+
+/// One block of output channels over `MICRO` time steps from `t0`. Fixed sizes let the compiler
+/// keep `acc` in registers and unroll the two inner loops into vector fused multiply-adds.
+#[inline(always)]
+fn micro_tile(
+    act: &[f32],
+    width: usize,
+    channels: usize,
+    kernel: usize,
+    dilation: usize,
+    w: &[f32],
+    t0: usize,
+) -> [[f32; MICRO]; OUT_BLOCK] {
+    let mut acc = [[0f32; MICRO]; OUT_BLOCK];
+    for c in 0..channels {
+        let row = &act[c * width + t0..];
+        let wc = &w[c * kernel * OUT_BLOCK..][..kernel * OUT_BLOCK];
+        for (j, wj) in wc.chunks_exact(OUT_BLOCK).enumerate() {
+            let src: &[f32; MICRO] = row[j * dilation..][..MICRO].try_into().expect("MICRO floats");
+            for (a, &wo) in acc.iter_mut().zip(wj) {
+                for (a, &s) in a.iter_mut().zip(src) {
+                    *a = fma(wo, s, *a);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// `a * b + c` in one instruction where the target has one; without it, `mul_add` would be a
+/// slow library call, so multiply and add instead.
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(target_feature = "fma") {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 #[cfg(test)]

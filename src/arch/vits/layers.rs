@@ -47,13 +47,17 @@ impl Conv1d {
         self.weight.dim(0).expect("3-d weight")
     }
 
-    /// The weights as plain vectors for our CPU kernels: (weight, bias, dilation). `None` on another
-    /// device or without a bias.
+    /// The weights as plain vectors for our CPU kernels: (weight, bias, dilation), a missing bias as
+    /// zeros. `None` on another device.
     pub fn cpu_parts(&self) -> Result<Option<CpuConv>> {
-        match (&self.bias, self.weight.device().is_cpu()) {
-            (Some(b), true) => Ok(Some((self.weight.flatten_all()?.to_vec1()?, b.to_vec1()?, self.dilation))),
-            _ => Ok(None),
+        if !self.weight.device().is_cpu() {
+            return Ok(None);
         }
+        let bias = match &self.bias {
+            Some(b) => b.to_vec1()?,
+            None => vec![0.0; self.out_channels()],
+        };
+        Ok(Some((self.weight.flatten_all()?.to_vec1()?, bias, self.dilation)))
     }
 }
 
