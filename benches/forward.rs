@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 use wick::arch::linear::WeightFormat;
+use wick::arch::llama::StepInput;
 use wick::loader::ModelSource;
 
 fn main() -> anyhow::Result<()> {
@@ -21,12 +22,16 @@ fn main() -> anyhow::Result<()> {
         let loaded = source.load(format, &candle_core::Device::Cpu)?;
         let model = &loaded.model;
         for &batch in &batches {
-            let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache(256)).collect();
+            // Each sequence gets 16 blocks of its own (256 positions), as the block manager would.
+            let per_seq = 256 / wick::kv::BLOCK_SIZE;
+            let tables: Vec<Vec<u32>> =
+                (0..batch).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
+            let mut kv = model.new_kv();
             let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
             let mut prefill = Vec::new();
-            for c in caches.iter_mut() {
+            for blocks in &tables {
                 let t0 = Instant::now();
-                model.forward(&mut [wick::arch::llama::StepInput { cache: c, tokens: &prompt }])?;
+                model.forward(&mut kv, &[StepInput { blocks, start: 0, tokens: &prompt }])?;
                 prefill.push(t0.elapsed().as_secs_f64() * 1e3);
             }
             prefill.sort_by(|a, b| a.total_cmp(b));
@@ -34,13 +39,13 @@ fn main() -> anyhow::Result<()> {
             let mut times = Vec::new();
             for step in 0..steps {
                 let tokens: Vec<[u32; 1]> = (0..batch).map(|i| [(500 + i + step) as u32]).collect();
-                let mut inputs: Vec<_> = caches
-                    .iter_mut()
+                let inputs: Vec<_> = tables
+                    .iter()
                     .zip(&tokens)
-                    .map(|(cache, t)| wick::arch::llama::StepInput { cache, tokens: t })
+                    .map(|(blocks, t)| StepInput { blocks, start: prompt.len() + step, tokens: t })
                     .collect();
                 let t0 = Instant::now();
-                model.forward(&mut inputs)?;
+                model.forward(&mut kv, &inputs)?;
                 if step >= 3 {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod error;
+pub mod kv;
 pub mod loader;
 pub mod memory;
 pub mod metrics;

@@ -53,7 +53,11 @@ async fn stream_follows_openai_order_and_matches_the_plain_answer() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
-    assert_eq!(usage_chunk["usage"], plain["usage"]);
+    // The same counts; only the cached part may differ, since the plain request left its prompt in
+    // the prefix cache.
+    for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage_chunk["usage"][count], plain["usage"][count]);
+    }
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
     assert_eq!(finish["choices"][0]["delta"], json!({}));

@@ -250,6 +250,7 @@ pub async fn chat_completions(
             span: Span::current(),
             metrics: state.deployments.metrics().clone(),
             completion_tokens: AtomicUsize::new(0),
+            cached_tokens: AtomicUsize::new(0),
             last_token_at: Mutex::new(None),
             lease,
         };
@@ -275,6 +276,7 @@ struct Reply {
     span: Span,
     metrics: Arc<crate::metrics::Metrics>,
     completion_tokens: AtomicUsize,
+    cached_tokens: AtomicUsize,
     last_token_at: Mutex<Option<Instant>>,
     lease: Lease,
 }
@@ -302,8 +304,12 @@ impl Reply {
         }
     }
 
-    fn record_done(&self, completion_tokens: usize) {
+    /// A choice ended. The prompt is counted once, so its cached part is the first choice's.
+    fn record_done(&self, choice: usize, completion_tokens: usize, cached_prompt_tokens: usize) {
         self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+        if choice == 0 {
+            self.cached_tokens.store(cached_prompt_tokens, Ordering::Relaxed);
+        }
     }
 
     fn record_end(&self, completion_tokens: usize) {
@@ -317,6 +323,7 @@ impl Reply {
             prompt_tokens: self.prompt_tokens,
             completion_tokens,
             total_tokens: self.prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: self.cached_tokens.load(Ordering::Relaxed) },
         }
     }
 
@@ -330,10 +337,10 @@ impl Reply {
                     self.record_text();
                     texts[choice].push_str(&text);
                 }
-                Some(Event::Done { choice, reason, completion_tokens: c }) => {
+                Some(Event::Done { choice, reason, completion_tokens: c, cached_prompt_tokens }) => {
                     reasons[choice] = Some(reason);
                     completion_tokens += c;
-                    self.record_done(c);
+                    self.record_done(choice, c, cached_prompt_tokens);
                 }
                 Some(Event::Error(e)) => return Err(ApiError::internal(e)),
                 None => return Err(ApiError::internal("the engine dropped the request")),
@@ -431,9 +438,9 @@ impl StreamState {
                     let delta = Delta { role: None, content: Some(text) };
                     self.queue.push_back(r.chunk(choice, delta, None, self.include_usage));
                 }
-                Some(Event::Done { choice, reason, completion_tokens }) => {
+                Some(Event::Done { choice, reason, completion_tokens, cached_prompt_tokens }) => {
                     self.completion_tokens += completion_tokens;
-                    r.record_done(completion_tokens);
+                    r.record_done(choice, completion_tokens, cached_prompt_tokens);
                     self.remaining -= 1;
                     self.queue.push_back(r.chunk(choice, Delta::default(), Some(reason.as_str()), self.include_usage));
                 }

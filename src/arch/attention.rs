@@ -1,12 +1,14 @@
-//! Rotary embedding, the per-sequence KV cache and causal attention, written over plain `f32` slices.
+//! Rotary embedding and causal attention over the paged KV cache (crate::kv), written over plain `f32`
+//! slices.
 //!
 //! Why not candle ops: a decode step attends each sequence over its own history, and sequences in a
 //! batch have different lengths. Done with tensor ops that is a dozen small ops per sequence per layer,
 //! and on CPU their fixed cost dominates (16 sequences x 30 layers x 12 ops is ~6k dispatches a step).
-//! Here one pass per (sequence, head) does it with no allocation beyond the output. The CUDA path
-//! (issue 6) replaces this with a paged-attention kernel; this stays as its CPU reference.
+//! Here one pass per (sequence, head) does it with no allocation beyond the output. On CUDA our
+//! kernels do the same (src/cuda/); this is their CPU reference.
 
 use super::cpu::{parallel_for, SharedOut};
+use crate::kv::{slot, BlockId, LayerKv, BLOCK_SIZE};
 
 /// How a GGUF and a Hugging Face checkpoint lay out the rotary pairs: llama.cpp permutes q and k at
 /// conversion so that rotated pairs are adjacent; Hugging Face rotates the two halves of a head.
@@ -67,28 +69,6 @@ impl Rope {
     }
 }
 
-/// One sequence's keys and values for one layer: `[position][kv_head * head_dim]`, rotated keys.
-#[derive(Default, Clone)]
-pub struct LayerKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-}
-
-/// The KV cache of one sequence: one `LayerKv` per layer and the number of positions it holds.
-#[derive(Default, Clone)]
-pub struct KvCache {
-    pub layers: Vec<LayerKv>,
-    pub len: usize,
-}
-
-impl KvCache {
-    /// Reserves room for `positions` so that decoding never reallocates (and copies) the cache.
-    pub fn with_capacity(num_layers: usize, kv_dim: usize, positions: usize) -> Self {
-        let layer = || LayerKv { k: Vec::with_capacity(kv_dim * positions), v: Vec::with_capacity(kv_dim * positions) };
-        Self { layers: (0..num_layers).map(|_| layer()).collect(), len: 0 }
-    }
-}
-
 /// Shape of the attention of one layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -106,33 +86,37 @@ impl AttnShape {
     }
 }
 
-/// One sequence's slice of a step: `rows` new tokens starting at position `start`.
+/// One sequence's slice of a step: `rows` new tokens at positions `start..start + rows`, its cache
+/// in the pool's blocks `blocks` (room for at least `start + rows` positions).
 pub struct SeqRows<'a> {
-    pub cache: &'a mut LayerKv,
+    pub blocks: &'a [BlockId],
     pub start: usize,
     pub rows: usize,
 }
 
-/// Attention for one layer over a flattened step.
+/// Attention for one layer over a flattened step, on the paged cache.
 ///
 /// `qkv` holds one row per new token, `[q | k | v]` as the fused projection produced them, grouped by
-/// sequence in the order of `seqs`. Rotates q and k, appends k and v to each sequence's cache, and
-/// returns the attention output, one row of `q_dim` per token.
-pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRows<'_>]) -> Vec<f32> {
+/// sequence in the order of `seqs`. Rotates q and k, writes k and v into each sequence's blocks of
+/// `layer`, and returns the attention output, one row of `q_dim` per token. This is also the CPU
+/// reference of the CUDA kernels (`rotary`, `reshape_and_cache`, `paged_attention`).
+pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerKv, seqs: &[SeqRows<'_>]) -> Vec<f32> {
     let (q_dim, kv_dim, d) = (shape.q_dim(), shape.kv_dim(), shape.head_dim);
     let row_len = q_dim + 2 * kv_dim;
 
-    // Rotate and append to the caches: cheap and sequential.
+    // Rotate and write into the cache: cheap and sequential.
     let mut row = 0;
-    for seq in seqs.iter_mut() {
+    for seq in seqs {
+        assert!(seq.blocks.len() * BLOCK_SIZE >= seq.start + seq.rows, "a sequence's blocks are too few");
         for t in 0..seq.rows {
             let pos = seq.start + t;
             let r = &mut qkv[(row + t) * row_len..(row + t + 1) * row_len];
             for h in 0..shape.num_heads + shape.num_kv_heads {
                 rope.apply(&mut r[h * d..(h + 1) * d], pos);
             }
-            seq.cache.k.extend_from_slice(&r[q_dim..q_dim + kv_dim]);
-            seq.cache.v.extend_from_slice(&r[q_dim + kv_dim..]);
+            let at = slot(seq.blocks, pos) * kv_dim;
+            layer.k[at..at + kv_dim].copy_from_slice(&r[q_dim..q_dim + kv_dim]);
+            layer.v[at..at + kv_dim].copy_from_slice(&r[q_dim + kv_dim..]);
         }
         row += seq.rows;
     }
@@ -147,7 +131,7 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRow
         first_row += seq.rows;
     }
     let qkv: &[f32] = qkv;
-    let seqs: &[SeqRows<'_>] = seqs;
+    let layer: &LayerKv = layer;
     let scale = 1.0 / (d as f32).sqrt();
     let group = shape.num_heads / shape.num_kv_heads;
     let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
@@ -157,14 +141,14 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRow
         let mut scores = Vec::new();
         for &(s, h, first_row) in &items[range] {
             let seq = &seqs[s];
-            let kv_head = h / group;
+            let kv_off = (h / group) * d;
             for t in 0..seq.rows {
                 let q = &qkv[(first_row + t) * row_len + h * d..][..d];
                 let visible = seq.start + t + 1; // causal: keys 0..=pos
                 scores.clear();
                 let mut max = f32::NEG_INFINITY;
                 for j in 0..visible {
-                    let k = &seq.cache.k[j * kv_dim + kv_head * d..][..d];
+                    let k = &layer.k[slot(seq.blocks, j) * kv_dim + kv_off..][..d];
                     let s = dot(q, k) * scale;
                     max = max.max(s);
                     scores.push(s);
@@ -177,7 +161,7 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], seqs: &mut [SeqRow
                 // SAFETY: (row, head) pairs are distinct across items, so are these parts.
                 let o = unsafe { shared.part((first_row + t) * q_dim + h * d, d) };
                 for (j, &w) in scores.iter().enumerate() {
-                    let v = &seq.cache.v[j * kv_dim + kv_head * d..][..d];
+                    let v = &layer.v[slot(seq.blocks, j) * kv_dim + kv_off..][..d];
                     axpy(w / sum, v, o);
                 }
             }
@@ -226,11 +210,11 @@ mod tests {
         (0..d).map(|i| exps.iter().zip(values).map(|(w, v)| w / sum * v[i]).sum()).collect()
     }
 
+    /// A pool with the blocks of two sequences interleaved and out of order, as a busy pool hands
+    /// them out: the paged path must read each sequence's own positions.
     #[test]
-    fn batched_prefill_and_decode_match_naive_attention() {
+    fn paged_prefill_and_decode_match_naive_attention() {
         let shape = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
-        // Theta large and positions small: rope is near identity, so we can compare against
-        // naive attention on rotated vectors computed separately.
         let rope = Rope::new(8, 10000.0, 64, RopeStyle::Halves);
         let row_len = shape.q_dim() + 2 * shape.kv_dim();
         let mut rng = 1u64;
@@ -238,43 +222,47 @@ mod tests {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((rng >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
-        // Sequence A: 3-token prefill. Sequence B: already has 2 positions, decodes 1.
-        let mut cache_a = LayerKv::default();
-        let mut cache_b = LayerKv::default();
-        let mut hist_b: Vec<f32> = (0..2 * row_len).map(|_| rand()).collect();
-        attend(shape, &rope, &mut hist_b, &mut [SeqRows { cache: &mut cache_b, start: 0, rows: 2 }]);
-        let mut qkv: Vec<f32> = (0..4 * row_len).map(|_| rand()).collect();
+        let mut kv = crate::kv::CpuKv::new(1, shape.kv_dim());
+        kv.cover(6);
+        let layer = &mut kv.layers[0];
+        // A: a 20-token prefill over blocks 4 and 1. B: 18 positions already (blocks 5, 0), then 1.
+        let (blocks_a, blocks_b): (&[BlockId], &[BlockId]) = (&[4, 1], &[5, 0]);
+        let mut hist_b: Vec<f32> = (0..18 * row_len).map(|_| rand()).collect();
+        let hist_b_orig = hist_b.clone();
+        attend(shape, &rope, &mut hist_b, layer, &[SeqRows { blocks: blocks_b, start: 0, rows: 18 }]);
+        let mut qkv: Vec<f32> = (0..21 * row_len).map(|_| rand()).collect();
         let original = qkv.clone();
         let out = attend(
             shape,
             &rope,
             &mut qkv,
-            &mut [
-                SeqRows { cache: &mut cache_a, start: 0, rows: 3 },
-                SeqRows { cache: &mut cache_b, start: 2, rows: 1 },
-            ],
+            layer,
+            &[SeqRows { blocks: blocks_a, start: 0, rows: 20 }, SeqRows { blocks: blocks_b, start: 18, rows: 1 }],
         );
-        assert_eq!(cache_a.k.len(), 3 * shape.kv_dim());
-        assert_eq!(cache_b.k.len(), 3 * shape.kv_dim());
         let d = shape.head_dim;
-        // Check sequence A's last row, head 3 (kv head 1), against naive attention.
         let rot = |row: &[f32], off: usize, pos: usize| {
             let mut v = row[off..off + d].to_vec();
             rope.apply(&mut v, pos);
             v
         };
-        let q = rot(&original[2 * row_len..], 3 * d, 2);
-        let keys: Vec<Vec<f32>> = (0..3).map(|p| rot(&original[p * row_len..], shape.q_dim() + d, p)).collect();
-        let values: Vec<Vec<f32>> =
-            (0..3).map(|p| original[p * row_len + shape.q_dim() + shape.kv_dim() + d..][..d].to_vec()).collect();
+        let value = |row: &[f32], kv_head: usize| row[shape.q_dim() + shape.kv_dim() + kv_head * d..][..d].to_vec();
+        // A's row 19 (position 19, in its second block), head 3 = kv head 1.
+        let q = rot(&original[19 * row_len..], 3 * d, 19);
+        let keys: Vec<Vec<f32>> = (0..20).map(|p| rot(&original[p * row_len..], shape.q_dim() + d, p)).collect();
+        let values: Vec<Vec<f32>> = (0..20).map(|p| value(&original[p * row_len..], 1)).collect();
         let want = naive(&q, &keys, &values);
-        let got = &out[2 * shape.q_dim() + 3 * d..][..d];
-        for (a, b) in want.iter().zip(got) {
-            assert!((a - b).abs() < 1e-5, "{want:?} vs {got:?}");
-        }
+        let got = &out[19 * shape.q_dim() + 3 * d..][..d];
+        assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-5), "{want:?} vs {got:?}");
+        // B's decode (row 20), head 0 = kv head 0, over its 18 earlier positions and itself.
+        let b_row = |p: usize| if p < 18 { &hist_b_orig[p * row_len..] } else { &original[20 * row_len..] };
+        let q = rot(b_row(18), 0, 18);
+        let keys: Vec<Vec<f32>> = (0..19).map(|p| rot(b_row(p), shape.q_dim(), p)).collect();
+        let values: Vec<Vec<f32>> = (0..19).map(|p| value(b_row(p), 0)).collect();
+        let want = naive(&q, &keys, &values);
+        let got = &out[20 * shape.q_dim()..][..d];
+        assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-5), "{want:?} vs {got:?}");
         // A causal prefill's first row sees only itself: the output is its own value vector.
-        let v0 = &original[shape.q_dim() + shape.kv_dim()..][..d];
-        assert_eq!(&out[..d], v0);
+        assert_eq!(&out[..d], value(&original, 0));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
-use super::attention::{attend, AttnShape, KvCache, Rope, RopeStyle, SeqRows};
+use super::attention::{attend, AttnShape, Rope, RopeStyle, SeqRows};
+use crate::kv::{BlockId, CpuKv};
 use super::linear::{Linear, RawWeight, WeightFormat};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -79,9 +80,11 @@ pub struct Llama {
     device: Device,
 }
 
-/// One sequence's part of a step: its cache and the tokens to append (a prompt, or one sampled token).
+/// One sequence's part of a step: the tokens to append (a prompt, or one sampled token) at
+/// positions `start..`, and its cache blocks (room for every position up to the last new one).
 pub struct StepInput<'a> {
-    pub cache: &'a mut KvCache,
+    pub blocks: &'a [BlockId],
+    pub start: usize,
     pub tokens: &'a [u32],
 }
 
@@ -115,14 +118,14 @@ impl Llama {
         Ok(Self { embed, layers, norm: f32_of(raw.norm)?, lm_head, rope, cfg, device: device.clone() })
     }
 
-    /// An empty cache with room for `positions` tokens.
-    pub fn new_cache(&self, positions: usize) -> KvCache {
-        KvCache::with_capacity(self.cfg.num_layers, self.cfg.attn_shape().kv_dim(), positions)
+    /// An empty KV store for this model's layers, filled block by block.
+    pub fn new_kv(&self) -> CpuKv {
+        CpuKv::new(self.cfg.num_layers, self.cfg.attn_shape().kv_dim())
     }
 
-    /// Runs one step. Appends every input's tokens to its cache and returns, per input, the logits
-    /// of its last token.
-    pub fn forward(&self, inputs: &mut [StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+    /// Runs one step. Writes every input's tokens into its blocks of `kv` and returns, per input, the
+    /// logits of its last token.
+    pub fn forward(&self, kv: &mut CpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
@@ -130,8 +133,15 @@ impl Llama {
             if input.tokens.is_empty() {
                 bail!("a step input needs at least one token");
             }
-            if input.cache.len + input.tokens.len() > self.rope.max_positions() {
+            let end = input.start + input.tokens.len();
+            if end > self.rope.max_positions() {
                 bail!("sequence would exceed the context of {} tokens", self.cfg.context_length);
+            }
+            if end > input.blocks.len() * crate::kv::BLOCK_SIZE {
+                bail!("a sequence's KV blocks cannot hold {end} positions");
+            }
+            if let Some(&b) = input.blocks.iter().max() {
+                kv.cover(b as usize + 1);
             }
         }
         let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
@@ -147,11 +157,9 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut seqs: Vec<SeqRows<'_>> = inputs
-                .iter_mut()
-                .map(|i| SeqRows { start: i.cache.len, rows: i.tokens.len(), cache: &mut i.cache.layers[li] })
-                .collect();
-            let attn = attend(shape, &self.rope, &mut qkv, &mut seqs);
+            let seqs: Vec<SeqRows<'_>> =
+                inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
+            let attn = attend(shape, &self.rope, &mut qkv, &mut kv.layers[li], &seqs);
             let attn = Tensor::from_vec(attn, (total, shape.q_dim()), &self.device)?;
             x = (x + layer.o.forward(&attn)?)?;
 
@@ -163,10 +171,9 @@ impl Llama {
 
         let mut last_rows = Vec::with_capacity(inputs.len());
         let mut row = 0u32;
-        for input in inputs.iter_mut() {
+        for input in inputs {
             row += input.tokens.len() as u32;
             last_rows.push(row - 1);
-            input.cache.len += input.tokens.len();
         }
         let n = last_rows.len();
         let last = x.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;

@@ -10,6 +10,7 @@ pub mod speech;
 pub mod stop;
 
 use crate::arch::llama::{Llama, StepInput};
+use crate::kv::CpuKv;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
 use crate::loader::LoadedModel;
@@ -44,6 +45,8 @@ pub enum Event {
         choice: usize,
         reason: FinishReason,
         completion_tokens: usize,
+        /// Prompt tokens found in the prefix cache when the choice first joined a step.
+        cached_prompt_tokens: usize,
     },
     /// The step failed; the request's choices are over.
     Error(String),
@@ -63,6 +66,8 @@ pub struct EngineStats {
     pub waiting: AtomicUsize,
     pub running: AtomicUsize,
     pub steps: AtomicUsize,
+    /// Sequences pushed out of a step for lack of KV blocks, to be computed again.
+    pub preemptions: AtomicUsize,
 }
 
 pub struct Engine {
@@ -84,6 +89,7 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         let context_length = loaded.model.cfg.context_length;
         let worker = Worker {
+            kv: loaded.model.new_kv(),
             model: loaded.model,
             tokenizer: tokenizer.clone(),
             scheduler: Scheduler::new(limits.clone()),
@@ -125,6 +131,8 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send), fallback: &str) 
 
 struct Worker {
     model: Llama,
+    /// The contents of the scheduler's KV blocks.
+    kv: CpuKv,
     tokenizer: Arc<TextTokenizer>,
     scheduler: Scheduler,
     stats: Arc<EngineStats>,
@@ -150,7 +158,8 @@ impl Worker {
         }
     }
 
-    /// Ends every running sequence with an error; their caches may be half-written.
+    /// Ends every running sequence with an error; their blocks may be half-written, so they are
+    /// given back without being shared.
     fn fail_running(&mut self, message: &str) {
         tracing::error!(error = message, sequences = self.scheduler.running.len(), "engine step failed");
         for seq in self.scheduler.running.iter_mut() {
@@ -164,29 +173,31 @@ impl Worker {
     fn step(&mut self) {
         let queued = self.scheduler.waiting_len();
         self.scheduler.drop_abandoned();
-        let model = &self.model;
-        self.scheduler.admit(|positions| model.new_cache(positions));
+        self.scheduler.admit();
         // Every queued request was counted by `submit`; uncount those that left the queue.
         self.stats.waiting.fetch_sub(queued - self.scheduler.waiting_len(), Ordering::SeqCst);
+        let preempted = self.scheduler.reserve_step();
+        self.stats.preemptions.fetch_add(preempted, Ordering::Relaxed);
+        self.scheduler.retire_finished(); // those that outgrew the pool alone
         self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
         if self.scheduler.running.is_empty() {
             return;
         }
 
-        let running = &mut self.scheduler.running;
+        let model = &self.model;
         let result = {
-            let mut inputs: Vec<StepInput<'_>> = running
-                .iter_mut()
-                .map(|s| {
-                    let start = s.cache.len;
-                    StepInput { cache: &mut s.cache, tokens: &s.tokens[start..] }
-                })
+            let inputs: Vec<StepInput<'_>> = self
+                .scheduler
+                .running
+                .iter()
+                .map(|s| StepInput { blocks: &s.table.blocks, start: s.cached, tokens: s.pending() })
                 .collect();
-            model.forward(&mut inputs)
+            model.forward(&mut self.kv, &inputs)
         };
         match result {
             Ok(mut logits) => {
-                for (seq, logits) in running.iter_mut().zip(logits.iter_mut()) {
+                self.scheduler.record_step();
+                for (seq, logits) in self.scheduler.running.iter_mut().zip(logits.iter_mut()) {
                     seq.advance(logits, &self.tokenizer, model.cfg.context_length);
                 }
             }

@@ -1,11 +1,11 @@
-//! One generated choice: its tokens, its KV cache, its sampler and the state that turns its tokens
-//! into text for the client.
+//! One generated choice: its tokens, its KV cache blocks, its sampler and the state that turns its
+//! tokens into text for the client.
 
 use super::detok::Utf8Stream;
 use super::sampling::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use super::{Event, FinishReason};
-use crate::arch::attention::KvCache;
+use crate::kv::BlockTable;
 use crate::loader::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -26,7 +26,12 @@ pub struct Sequence {
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     pub max_tokens: usize,
-    pub cache: KvCache,
+    /// Its blocks in the KV pool, and how many of `tokens` they hold. A preempted sequence loses
+    /// both and computes its tokens again when it is readmitted (shared blocks make that cheap).
+    pub table: BlockTable,
+    pub cached: usize,
+    /// Prompt tokens found in the prefix cache at the first admission (not counting a readmission).
+    pub cached_prompt: Option<usize>,
     sampler: Sampler,
     utf8: Utf8Stream,
     stop: StopMatcher,
@@ -35,13 +40,15 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(req: &GenerationRequest, choice: usize, cache: KvCache) -> Self {
+    pub fn new(req: &GenerationRequest, choice: usize) -> Self {
         Self {
             choice,
             tokens: req.prompt.clone(),
             prompt_len: req.prompt.len(),
             max_tokens: req.max_tokens,
-            cache,
+            table: BlockTable::default(),
+            cached: 0,
+            cached_prompt: None,
             sampler: Sampler::new(req.sampling.clone(), choice as u64),
             utf8: Utf8Stream::default(),
             stop: StopMatcher::new(req.stop.clone()),
@@ -52,7 +59,7 @@ impl Sequence {
 
     /// Tokens not yet in the KV cache: the prompt before the first step, then the last sampled token.
     pub fn pending(&self) -> &[u32] {
-        &self.tokens[self.cache.len..]
+        &self.tokens[self.cached..]
     }
 
     pub fn generated(&self) -> usize {
@@ -85,6 +92,12 @@ impl Sequence {
         }
     }
 
+    /// Ends the sequence from outside a step (the scheduler), sending what text was held back.
+    pub fn end(&mut self, reason: FinishReason) {
+        self.flush_text();
+        self.finish(reason);
+    }
+
     /// Sends what was held back (a partial character, a false start of a stop string).
     fn flush_text(&mut self) {
         let tail = self.utf8.flush();
@@ -98,7 +111,12 @@ impl Sequence {
 
     fn finish(&mut self, reason: FinishReason) {
         self.finish = Some(reason);
-        let _ = self.events.send(Event::Done { choice: self.choice, reason, completion_tokens: self.generated() });
+        let _ = self.events.send(Event::Done {
+            choice: self.choice,
+            reason,
+            completion_tokens: self.generated(),
+            cached_prompt_tokens: self.cached_prompt.unwrap_or(0),
+        });
     }
 
     fn send_text(&self, text: String) {

@@ -1,0 +1,75 @@
+//! The paged KV cache as clients meet it: a prompt prefix computed once is reported as cached and
+//! changes no answer, and a pool too small for the load preempts and recomputes instead of failing.
+
+mod common;
+
+use common::{greedy, spec, tiny_model, TestServer};
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use wick::engine::scheduler::Limits;
+use wick::kv::BLOCK_SIZE;
+
+fn content(body: &Value) -> String {
+    body["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+async fn server(max_kv_tokens: usize) -> TestServer {
+    let limits = Limits { max_kv_tokens, ..Limits::default() };
+    TestServer::start(vec![spec("tiny", &tiny_model(), limits)], &[]).await
+}
+
+#[tokio::test]
+async fn a_shared_prompt_prefix_is_reported_cached_and_changes_no_answer() {
+    let system = "You are a careful assistant. ".repeat(4);
+    let ask = |question: &str| {
+        let mut body = greedy(question, 16);
+        body["messages"] = serde_json::json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ]);
+        body
+    };
+    let fresh = server(65_536).await;
+    let (_, want) = fresh.chat(ask("What is a block?")).await;
+
+    let s = server(65_536).await;
+    let (status, first) = s.chat(ask("Tell me about caches.")).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "nothing cached yet");
+    let (status, second) = s.chat(ask("What is a block?")).await;
+    assert_eq!(status, 200);
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() as usize;
+    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert!(cached >= 4 * BLOCK_SIZE, "the shared system prompt ({prompt} prompt tokens) was not found: {cached}");
+    assert_eq!(cached % BLOCK_SIZE, 0, "whole blocks are shared");
+    assert!(cached < prompt);
+    assert_eq!(content(&second), content(&want), "the cached prefix changed the answer");
+
+    // The same request again: everything but the block holding its last token is cached.
+    let (_, again) = s.chat(ask("What is a block?")).await;
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], (prompt - 1) / BLOCK_SIZE * BLOCK_SIZE);
+    assert_eq!(content(&again), content(&want));
+}
+
+#[tokio::test]
+async fn a_pool_too_small_for_the_load_preempts_and_every_answer_is_unchanged() {
+    let prompts: Vec<String> = (0..6).map(|i| format!("question {i}: {}", "why ".repeat(i))).collect();
+    let roomy = server(65_536).await;
+    let mut alone = Vec::new();
+    for p in &prompts {
+        alone.push(content(&roomy.chat(greedy(p, 48)).await.1));
+    }
+
+    // Each request needs ~4 blocks (its prompt plus 48 tokens); 8 blocks hold two of them at a time,
+    // but all six are admitted while their prompts are short, so the pool runs out mid-generation.
+    let tight = server(8 * BLOCK_SIZE).await;
+    let answers = futures::future::join_all(prompts.iter().map(|p| tight.chat(greedy(p, 48)))).await;
+    for (i, ((status, body), want)) in answers.iter().zip(&alone).enumerate() {
+        assert_eq!(*status, 200, "request {i}: {body}");
+        assert_eq!(&content(body), want, "request {i} changed after preemption");
+        assert_eq!(body["usage"]["completion_tokens"], 48);
+    }
+    let deployment = tight.state.deployments.get("tiny").unwrap();
+    let preemptions: usize = deployment.engine_stats().iter().map(|s| s.preemptions.load(Ordering::Relaxed)).sum();
+    assert!(preemptions > 0, "the pool never ran out: the test tests nothing");
+}
