@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
             let per_seq = 256 / wick::kv::BLOCK_SIZE;
             let tables: Vec<Vec<u32>> =
                 (0..batch).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
-            let mut kv = model.new_kv();
+            let mut kv = wick::kv::KvStore::Cpu(model.new_cpu_kv());
             let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
             let mut prefill = Vec::new();
             for blocks in &tables {

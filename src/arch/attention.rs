@@ -42,6 +42,11 @@ impl Rope {
         Self { style, half, cos, sin }
     }
 
+    /// The cos and sin tables, `[position][half]` each, and `half` (for the GPU's copy).
+    pub fn tables(&self) -> (&[f32], &[f32], usize) {
+        (&self.cos, &self.sin, self.half)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
     }

@@ -12,7 +12,7 @@
 use super::cpu::q4_1::Q4_1Matrix;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -43,10 +43,23 @@ impl RawWeight {
     }
 
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        self.dense(device, DType::F32)
+    }
+
+    /// The weight as a dense `dtype` tensor (a dense weight in that dtype is not copied).
+    pub fn dense(&self, device: &Device, dtype: DType) -> Result<Tensor> {
         Ok(match self {
-            RawWeight::Quantized(q) => q.dequantize(device)?,
-            RawWeight::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
+            RawWeight::Quantized(q) => q.dequantize(device)?.to_dtype(dtype)?,
+            RawWeight::Dense(t) => t.to_dtype(dtype)?.to_device(device)?,
         })
+    }
+
+    /// The dtype a dense weight is stored in; `None` for a quantized one.
+    pub fn dense_dtype(&self) -> Option<DType> {
+        match self {
+            RawWeight::Quantized(_) => None,
+            RawWeight::Dense(t) => Some(t.dtype()),
+        }
     }
 }
 
@@ -63,8 +76,9 @@ enum Kernel {
 }
 
 impl Linear {
-    /// Stacks `parts` along the output dimension (fused q|k|v, gate|up) and stores them in `format`.
-    pub fn fused(parts: Vec<RawWeight>, format: WeightFormat, device: &Device) -> Result<Self> {
+    /// Stacks `parts` along the output dimension (fused q|k|v, gate|up) and stores them in `format`;
+    /// weights kept dense are stored as `dtype` (the model's compute dtype).
+    pub fn fused(parts: Vec<RawWeight>, format: WeightFormat, dtype: DType, device: &Device) -> Result<Self> {
         let in_features = parts.first().context("a linear layer needs a weight")?.dims2()?.1;
         let mut out_features = 0;
         for p in &parts {
@@ -85,7 +99,7 @@ impl Linear {
         };
         let kernel = match target {
             None => {
-                let dense: Vec<Tensor> = parts.iter().map(|p| p.dequantize(device)).collect::<Result<_>>()?;
+                let dense: Vec<Tensor> = parts.iter().map(|p| p.dense(device, dtype)).collect::<Result<_>>()?;
                 Kernel::Candle(QMatMul::Tensor(Tensor::cat(&dense, 0)?))
             }
             Some(GgmlDType::Q4_1) if device.is_cpu() => {
@@ -141,9 +155,9 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
         for format in [WeightFormat::Q8_0, WeightFormat::Native, WeightFormat::F32] {
             let q = |t: &Tensor| Ok::<_, anyhow::Error>(RawWeight::Quantized(QTensor::quantize(t, GgmlDType::Q4_0)?));
-            let fused = Linear::fused(vec![q(&a)?, q(&b)?], format, &dev)?;
-            let ya = Linear::fused(vec![q(&a)?], format, &dev)?.forward(&x)?;
-            let yb = Linear::fused(vec![q(&b)?], format, &dev)?.forward(&x)?;
+            let fused = Linear::fused(vec![q(&a)?, q(&b)?], format, DType::F32, &dev)?;
+            let ya = Linear::fused(vec![q(&a)?], format, DType::F32, &dev)?.forward(&x)?;
+            let yb = Linear::fused(vec![q(&b)?], format, DType::F32, &dev)?.forward(&x)?;
             let y = fused.forward(&x)?;
             assert_eq!(fused.out_features, 96);
             let diff = (y - Tensor::cat(&[ya, yb], 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;

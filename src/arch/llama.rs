@@ -4,10 +4,14 @@
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
 use super::attention::{attend, AttnShape, Rope, RopeStyle, SeqRows};
-use crate::kv::{BlockId, CpuKv};
 use super::linear::{Linear, RawWeight, WeightFormat};
+use crate::kv::{BlockId, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+
+#[cfg(feature = "cuda")]
+#[path = "llama_gpu.rs"]
+mod gpu;
 
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
@@ -78,6 +82,12 @@ pub struct Llama {
     lm_head: Linear,
     rope: Rope,
     device: Device,
+    /// Activations, norms and dense weights: f32 on CPU; on CUDA the checkpoint's bf16 or f16 when
+    /// its weights are dense in one of those (quantized weights compute in f32).
+    dtype: DType,
+    /// The rope tables on the GPU, for `cuda::rotary_inplace`.
+    #[cfg(feature = "cuda")]
+    gpu_rope: Option<(Tensor, Tensor)>,
 }
 
 /// One sequence's part of a step: the tokens to append (a prompt, or one sampled token) at
@@ -94,11 +104,12 @@ impl Llama {
         if raw.layers.len() != cfg.num_layers {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
         }
-        let f32_of = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(candle_core::DType::F32)?.to_device(device)?) };
-        let embed = raw.embed.dequantize(device)?;
+        let dtype = compute_dtype(&raw, format, device);
+        let f32_of = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+        let embed = raw.embed.dense(device, dtype)?;
         let lm_head = match raw.lm_head {
-            Some(w) => Linear::fused(vec![w], format, device)?,
-            None => Linear::fused(vec![raw.embed], format, device)?,
+            Some(w) => Linear::fused(vec![w], format, dtype, device)?,
+            None => Linear::fused(vec![raw.embed], format, dtype, device)?,
         };
         let layers = raw
             .layers
@@ -106,30 +117,76 @@ impl Llama {
             .map(|l| {
                 Ok(Layer {
                     attn_norm: f32_of(l.attn_norm)?,
-                    qkv: Linear::fused(vec![l.q, l.k, l.v], format, device)?,
-                    o: Linear::fused(vec![l.o], format, device)?,
+                    qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
+                    o: Linear::fused(vec![l.o], format, dtype, device)?,
                     ffn_norm: f32_of(l.ffn_norm)?,
-                    gate_up: Linear::fused(vec![l.gate, l.up], format, device)?,
-                    down: Linear::fused(vec![l.down], format, device)?,
+                    gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
+                    down: Linear::fused(vec![l.down], format, dtype, device)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let rope = Rope::new(cfg.head_dim, cfg.rope_theta, cfg.context_length, cfg.rope_style);
-        Ok(Self { embed, layers, norm: f32_of(raw.norm)?, lm_head, rope, cfg, device: device.clone() })
+        Ok(Self {
+            embed,
+            layers,
+            norm: f32_of(raw.norm)?,
+            lm_head,
+            #[cfg(feature = "cuda")]
+            gpu_rope: gpu::rope_tables(&rope, device)?,
+            rope,
+            cfg,
+            device: device.clone(),
+            dtype,
+        })
     }
 
-    /// An empty KV store for this model's layers, filled block by block.
-    pub fn new_kv(&self) -> CpuKv {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The KV store for this model on its device and how many blocks it holds: on CPU
+    /// `max_kv_tokens` worth, growing with use; on CUDA what fits in the free memory, allocated now.
+    pub fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {
+        let kv_dim = self.cfg.attn_shape().kv_dim();
+        match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => {
+                use crate::kv::gpu::{GpuKv, KV_SHARE_OF_FREE};
+                let c = &self.cfg;
+                let block_bytes = GpuKv::block_bytes(c.num_layers, kv_dim, self.dtype);
+                let blocks = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
+                let kv = GpuKv::allocate(c.num_layers, c.num_kv_heads, c.head_dim, blocks, self.dtype, &self.device)?;
+                Ok((KvStore::Cuda(kv), blocks))
+            }
+            _ => {
+                let blocks = max_kv_tokens.div_ceil(BLOCK_SIZE).max(1);
+                Ok((KvStore::Cpu(CpuKv::new(self.cfg.num_layers, kv_dim)), blocks))
+            }
+        }
+    }
+
+    /// An empty CPU KV store, for running the model without an engine (benchmarks).
+    pub fn new_cpu_kv(&self) -> CpuKv {
         CpuKv::new(self.cfg.num_layers, self.cfg.attn_shape().kv_dim())
     }
 
     /// Runs one step. Writes every input's tokens into its blocks of `kv` and returns, per input, the
     /// logits of its last token.
-    pub fn forward(&self, kv: &mut CpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+    pub fn forward(&self, kv: &mut KvStore, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        for input in inputs.iter() {
+        self.check_step(inputs)?;
+        match kv {
+            KvStore::Cpu(kv) => self.forward_cpu(kv, inputs),
+            #[cfg(feature = "cuda")]
+            KvStore::Cuda(kv) => self.forward_cuda(kv, inputs),
+        }
+    }
+
+    /// What a step asks of its inputs, on every device.
+    fn check_step(&self, inputs: &[StepInput<'_>]) -> Result<()> {
+        for input in inputs {
             if input.tokens.is_empty() {
                 bail!("a step input needs at least one token");
             }
@@ -137,17 +194,22 @@ impl Llama {
             if end > self.rope.max_positions() {
                 bail!("sequence would exceed the context of {} tokens", self.cfg.context_length);
             }
-            if end > input.blocks.len() * crate::kv::BLOCK_SIZE {
+            if end > input.blocks.len() * BLOCK_SIZE {
                 bail!("a sequence's KV blocks cannot hold {end} positions");
             }
-            if let Some(&b) = input.blocks.iter().max() {
-                kv.cover(b as usize + 1);
-            }
         }
-        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+        if let Some(bad) = inputs.iter().flat_map(|i| i.tokens).find(|&&t| t as usize >= self.cfg.vocab_size) {
             bail!("token id {bad} is outside the vocabulary");
         }
+        Ok(())
+    }
+
+    /// The CPU step: matmuls through candle, attention over `kv` with `attention::attend`.
+    fn forward_cpu(&self, kv: &mut CpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        if let Some(&b) = inputs.iter().flat_map(|i| i.blocks).max() {
+            kv.cover(b as usize + 1);
+        }
+        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         let total = ids.len();
         let shape = self.cfg.attn_shape();
         let inter = self.cfg.intermediate_size;
@@ -169,15 +231,29 @@ impl Llama {
             x = (x + layer.down.forward(&act)?)?;
         }
 
-        let mut last_rows = Vec::with_capacity(inputs.len());
-        let mut row = 0u32;
-        for input in inputs {
-            row += input.tokens.len() as u32;
-            last_rows.push(row - 1);
-        }
-        let n = last_rows.len();
-        let last = x.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
+        let last = x.index_select(&last_rows(inputs, &self.device)?, 0)?;
         let h = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
         Ok(self.lm_head.forward(&h)?.to_vec2::<f32>()?)
+    }
+}
+
+/// The row of each input's last token in the step's flattened rows.
+fn last_rows(inputs: &[StepInput<'_>], device: &Device) -> Result<Tensor> {
+    let rows: Vec<u32> = inputs
+        .iter()
+        .scan(0u32, |row, input| {
+            *row += input.tokens.len() as u32;
+            Some(*row - 1)
+        })
+        .collect();
+    Ok(Tensor::from_vec(rows, inputs.len(), device)?)
+}
+
+/// f32 except on CUDA with dense bf16 or f16 weights (kept in their dtype unless `format` asks for f32).
+fn compute_dtype(raw: &RawWeights, format: WeightFormat, device: &Device) -> DType {
+    let dense = raw.layers.first().and_then(|l| l.q.dense_dtype());
+    match dense {
+        Some(d @ (DType::BF16 | DType::F16)) if device.is_cuda() && format != WeightFormat::F32 => d,
+        _ => DType::F32,
     }
 }

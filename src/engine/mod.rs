@@ -10,7 +10,7 @@ pub mod speech;
 pub mod stop;
 
 use crate::arch::llama::{Llama, StepInput};
-use crate::kv::CpuKv;
+use crate::kv::KvStore;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
 use crate::loader::LoadedModel;
@@ -68,6 +68,8 @@ pub struct EngineStats {
     pub steps: AtomicUsize,
     /// Sequences pushed out of a step for lack of KV blocks, to be computed again.
     pub preemptions: AtomicUsize,
+    /// The KV pool's size, in blocks of `kv::BLOCK_SIZE` positions.
+    pub kv_blocks: AtomicUsize,
 }
 
 pub struct Engine {
@@ -81,18 +83,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the worker thread. Dropping the `Engine` stops the worker once its last request is done,
-    /// which frees the weights and caches.
-    pub fn start(loaded: LoadedModel, limits: Limits, name: &str) -> std::io::Result<Self> {
+    /// Sets up the KV pool (on a GPU: allocated now, from the memory the weights left free) and
+    /// starts the worker thread. Dropping the `Engine` stops the worker once its last request is
+    /// done, which frees the weights and caches.
+    pub fn start(loaded: LoadedModel, limits: Limits, name: &str) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
         let context_length = loaded.model.cfg.context_length;
+        let (kv, blocks) = loaded.model.new_kv(limits.max_kv_tokens)?;
+        stats.kv_blocks.store(blocks, Ordering::Relaxed);
         let worker = Worker {
-            kv: loaded.model.new_kv(),
+            kv,
             model: loaded.model,
             tokenizer: tokenizer.clone(),
-            scheduler: Scheduler::new(limits.clone()),
+            scheduler: Scheduler::with_blocks(limits.clone(), blocks),
             stats: stats.clone(),
         };
         let worker = std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || worker.run(rx))?;
@@ -132,7 +137,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send), fallback: &str) 
 struct Worker {
     model: Llama,
     /// The contents of the scheduler's KV blocks.
-    kv: CpuKv,
+    kv: KvStore,
     tokenizer: Arc<TextTokenizer>,
     scheduler: Scheduler,
     stats: Arc<EngineStats>,

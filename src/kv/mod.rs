@@ -2,9 +2,11 @@
 //! per replica; a sequence holds a table of its blocks instead of one contiguous buffer, so memory is
 //! taken as sequences grow, given back whole when they end, and shared between sequences whose
 //! prompts start alike (blocks.rs). Where the blocks' contents live is the device's business: on CPU,
-//! `CpuKv` below.
+//! `CpuKv` below; on CUDA, gpu.rs.
 
 pub mod blocks;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 
 pub use blocks::{BlockId, BlockManager, BlockTable};
 
@@ -49,6 +51,13 @@ impl CpuKv {
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.len() + l.v.len()) * std::mem::size_of::<f32>()).sum()
     }
+}
+
+/// Where a replica's KV blocks live.
+pub enum KvStore {
+    Cpu(CpuKv),
+    #[cfg(feature = "cuda")]
+    Cuda(gpu::GpuKv),
 }
 
 /// Where position `pos` of a sequence with block table `blocks` lives: its slot in the pool.
