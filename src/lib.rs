@@ -17,6 +17,7 @@ pub mod kv;
 pub mod loader;
 pub mod memory;
 pub mod metrics;
+pub mod probe;
 pub mod pull;
 
 use std::sync::Arc;

@@ -22,6 +22,9 @@ enum Command {
     },
     /// List the catalog and what is already pulled.
     Models,
+    /// Run a model on token ids without the server: logits, greedy tokens and decode time as JSON
+    /// (for checks against a reference; see benches/gpu/).
+    Probe(wick::probe::ProbeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Command::Probe(args) => wick::probe::run(args),
         Command::Models => {
             println!("{:<28} {:<6} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
             for m in &Catalog::builtin().models {

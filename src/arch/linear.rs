@@ -111,6 +111,15 @@ impl Linear {
         Ok(Self { kernel, out_features })
     }
 
+    /// Bytes of the stored weights: what one pass over them reads.
+    pub fn bytes(&self) -> usize {
+        match &self.kernel {
+            Kernel::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Kernel::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+            Kernel::Q4_1(w) => w.bytes(),
+        }
+    }
+
     /// `x` is `[rows, in_features]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kernel {

@@ -144,6 +144,20 @@ impl Llama {
         self.dtype
     }
 
+    /// Bytes of weights a decode step reads: every layer, the final norm and the output head (the
+    /// embedding contributes one row per token, nothing).
+    pub fn step_weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                bytes(&l.attn_norm) + bytes(&l.ffn_norm) + l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes()
+            })
+            .sum();
+        layers + bytes(&self.norm) + self.lm_head.bytes()
+    }
+
     /// The KV store for this model on its device and how many blocks it holds: on CPU
     /// `max_kv_tokens` worth, growing with use; on CUDA what fits in the free memory, allocated now.
     pub fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {

@@ -108,6 +108,13 @@ fn nibble(block: &[u8], j: usize) -> u8 {
 }
 
 impl Q4_1Matrix {
+    /// Bytes of the packed weights.
+    pub fn bytes(&self) -> usize {
+        match &self.layout {
+            Layout::Ggml(b) | Layout::Lanes(b) => b.len(),
+        }
+    }
+
     /// `data` holds ggml Q4_1 blocks, row after row.
     pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(k.is_multiple_of(BLOCK), "Q4_1 rows must be whole blocks (k = {k})");
