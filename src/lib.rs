@@ -10,6 +10,8 @@ pub mod audio;
 pub mod auth;
 pub mod catalog;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod deploy;
 pub mod engine;
 pub mod error;

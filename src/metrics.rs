@@ -1,5 +1,5 @@
 //! `GET /metrics` for Prometheus (OpenMetrics text). Counters and histograms are updated as requests
-//! go; per-deployment gauges (state, replicas, queue depth, running sequences) are read from the
+//! go; per-deployment gauges (state, replicas, queue depth, running sequences, KV blocks) are read from the
 //! deployments at scrape time, so they can never drift from the truth.
 
 use crate::deploy::{Deployments, Phase};
@@ -46,6 +46,10 @@ pub struct Metrics {
     desired_replicas: Family<DeploymentLabel, Gauge>,
     queue_depth: Family<DeploymentLabel, Gauge>,
     running: Family<DeploymentLabel, Gauge>,
+    kv_blocks: Family<DeploymentLabel, Gauge>,
+    kv_blocks_used: Family<DeploymentLabel, Gauge>,
+    preemptions: Family<DeploymentLabel, Gauge>,
+    prefix_cached_tokens: Family<DeploymentLabel, Gauge>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -74,6 +78,10 @@ impl Default for Metrics {
             desired_replicas: Family::default(),
             queue_depth: Family::default(),
             running: Family::default(),
+            kv_blocks: Family::default(),
+            kv_blocks_used: Family::default(),
+            preemptions: Family::default(),
+            prefix_cached_tokens: Family::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests answered, by route and status code", m.requests.clone());
@@ -88,6 +96,18 @@ impl Default for Metrics {
         registry.register("deployment_desired_replicas", "Replicas asked for", m.desired_replicas.clone());
         registry.register("deployment_queue_depth", "Requests waiting in the engines' queues", m.queue_depth.clone());
         registry.register("deployment_running_sequences", "Sequences being decoded", m.running.clone());
+        registry.register("deployment_kv_blocks", "KV cache blocks in the ready replicas' pools", m.kv_blocks.clone());
+        registry.register("deployment_kv_blocks_used", "KV cache blocks held by running sequences", m.kv_blocks_used.clone());
+        registry.register(
+            "deployment_preemptions",
+            "Sequences preempted for lack of KV blocks since the replicas loaded",
+            m.preemptions.clone(),
+        );
+        registry.register(
+            "deployment_prefix_cached_tokens",
+            "Prompt tokens found in the prefix cache since the replicas loaded",
+            m.prefix_cached_tokens.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -125,7 +145,17 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric, with the gauges read from `deployments` now.
     pub fn render(&self, deployments: &Deployments) -> String {
-        for family in [&self.replicas, &self.desired_replicas, &self.queue_depth, &self.running] {
+        let gauges = [
+            &self.replicas,
+            &self.desired_replicas,
+            &self.queue_depth,
+            &self.running,
+            &self.kv_blocks,
+            &self.kv_blocks_used,
+            &self.preemptions,
+            &self.prefix_cached_tokens,
+        ];
+        for family in gauges {
             family.clear();
         }
         self.state.clear();
@@ -140,6 +170,10 @@ impl Metrics {
             self.desired_replicas.get_or_create(&l).set(view.desired_replicas as i64);
             self.queue_depth.get_or_create(&l).set(view.queued as i64);
             self.running.get_or_create(&l).set(view.running as i64);
+            self.kv_blocks.get_or_create(&l).set(view.kv_blocks as i64);
+            self.kv_blocks_used.get_or_create(&l).set(view.kv_blocks.saturating_sub(view.kv_blocks_available) as i64);
+            self.preemptions.get_or_create(&l).set(view.preemptions as i64);
+            self.prefix_cached_tokens.get_or_create(&l).set(view.prefix_cached_tokens as i64);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");

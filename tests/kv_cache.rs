@@ -49,6 +49,8 @@ async fn a_shared_prompt_prefix_is_reported_cached_and_changes_no_answer() {
     let (_, again) = s.chat(ask("What is a block?")).await;
     assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], (prompt - 1) / BLOCK_SIZE * BLOCK_SIZE);
     assert_eq!(content(&again), content(&want));
+    let total = cached + (prompt - 1) / BLOCK_SIZE * BLOCK_SIZE;
+    assert_eq!(metric(&s, "wick_deployment_prefix_cached_tokens").await, total as f64);
 }
 
 #[tokio::test]
@@ -72,4 +74,24 @@ async fn a_pool_too_small_for_the_load_preempts_and_every_answer_is_unchanged() 
     let deployment = tight.state.deployments.get("tiny").unwrap();
     let preemptions: usize = deployment.engine_stats().iter().map(|s| s.preemptions.load(Ordering::Relaxed)).sum();
     assert!(preemptions > 0, "the pool never ran out: the test tests nothing");
+    assert_eq!(metric(&tight, "wick_deployment_preemptions").await, preemptions as f64);
+    assert_eq!(metric(&tight, "wick_deployment_kv_blocks").await, 8.0);
+    // The worker retires the last sequences just after their answers went out: give it a moment.
+    let mut used = f64::NAN;
+    for _ in 0..100 {
+        used = metric(&tight, "wick_deployment_kv_blocks_used").await;
+        if used == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(used, 0.0, "every block came back");
+}
+
+/// The value of a per-deployment gauge of the tiny deployment in /metrics.
+async fn metric(s: &TestServer, name: &str) -> f64 {
+    let text = s.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let prefix = format!("{name}{{deployment=\"tiny\"}} ");
+    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    line[prefix.len()..].parse().unwrap()
 }

@@ -69,6 +69,8 @@ pub struct Linear {
     pub out_features: usize,
 }
 
+// One per weight matrix (a few hundred): the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Kernel {
     Candle(QMatMul),
     /// Our AVX2 kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.

@@ -73,6 +73,12 @@ pub struct View {
     pub in_flight: usize,
     pub queued: usize,
     pub running: usize,
+    /// The ready replicas' KV pools: blocks in all, and blocks no running sequence holds.
+    pub kv_blocks: usize,
+    pub kv_blocks_available: usize,
+    /// Since the replicas loaded: sequences preempted for lack of blocks, prompt tokens found cached.
+    pub preemptions: usize,
+    pub prefix_cached_tokens: usize,
     pub last_error: Option<String>,
     pub usage: UsageSnapshot,
     pub cost: Cost,
@@ -146,6 +152,10 @@ impl Deployment {
             in_flight: st.in_flight,
             queued: st.ready.iter().map(|r| r.stats().waiting.load(Ordering::Relaxed)).sum(),
             running: st.ready.iter().map(|r| r.stats().running.load(Ordering::Relaxed)).sum(),
+            kv_blocks: st.ready.iter().map(|r| r.stats().kv_blocks.load(Ordering::Relaxed)).sum(),
+            kv_blocks_available: st.ready.iter().map(|r| r.stats().kv_blocks_available.load(Ordering::Relaxed)).sum(),
+            preemptions: st.ready.iter().map(|r| r.stats().preemptions.load(Ordering::Relaxed)).sum(),
+            prefix_cached_tokens: st.ready.iter().map(|r| r.stats().prefix_cached_tokens.load(Ordering::Relaxed)).sum(),
             last_error: st.last_error.clone(),
             cost: Cost::of(&usage, self.spec.price_per_replica_hour),
             usage,

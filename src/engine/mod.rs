@@ -70,6 +70,10 @@ pub struct EngineStats {
     pub preemptions: AtomicUsize,
     /// The KV pool's size, in blocks of `kv::BLOCK_SIZE` positions.
     pub kv_blocks: AtomicUsize,
+    /// Blocks no running sequence holds (free, or cached for prefix sharing).
+    pub kv_blocks_available: AtomicUsize,
+    /// Prompt tokens found in the prefix cache instead of computed.
+    pub prefix_cached_tokens: AtomicUsize,
 }
 
 pub struct Engine {
@@ -93,6 +97,7 @@ impl Engine {
         let context_length = loaded.model.cfg.context_length;
         let (kv, blocks) = loaded.model.new_kv(limits.max_kv_tokens)?;
         stats.kv_blocks.store(blocks, Ordering::Relaxed);
+        stats.kv_blocks_available.store(blocks, Ordering::Relaxed);
         let worker = Worker {
             kv,
             model: loaded.model,
@@ -211,6 +216,8 @@ impl Worker {
         }
         self.scheduler.retire_finished();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.kv_blocks_available.store(self.scheduler.blocks.available(), Ordering::Relaxed);
+        self.stats.prefix_cached_tokens.store(self.scheduler.blocks.stats.hit_tokens, Ordering::Relaxed);
         self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
     }
 }

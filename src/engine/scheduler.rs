@@ -95,7 +95,7 @@ impl Scheduler {
         let l = &self.limits;
         let mut step_tokens: usize = self.running.iter().map(|s| s.pending().len()).sum();
         // Blocks the running sequences will take for their next tokens are not for newcomers.
-        let mut spoken_for: usize = self.running.iter().map(|s| growth(s)).sum();
+        let mut spoken_for: usize = self.running.iter().map(growth).sum();
         let mut admitted = 0;
         loop {
             let tokens = match (self.preempted.front(), self.waiting.front()) {
