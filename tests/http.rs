@@ -371,3 +371,16 @@ async fn health_is_public() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
 }
+
+/// Streams are many small writes on kept-alive connections: with Nagle's algorithm on, each waits
+/// for the client's delayed ACK (~40 ms). The server's listener turns it off on every connection.
+#[tokio::test]
+async fn accepted_connections_have_nagle_off() {
+    use axum::serve::Listener;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut listener = wick::no_delay(listener);
+    let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (socket, _) = listener.accept().await;
+    assert!(socket.nodelay().unwrap());
+}

@@ -175,7 +175,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = wick::app(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(async move { axum::serve(wick::no_delay(listener), app).await.unwrap() });
         Self { url, state, client: reqwest::Client::new(), key: None }
     }
 
