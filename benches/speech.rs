@@ -74,7 +74,7 @@ fn conv_kernel_speed() {
         let x: Vec<f32> = (0..ch * len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let w: Vec<f32> = (0..ch * ch * kernel).map(|i| ((i * 104729) % 1000) as f32 / 5e4 - 0.01).collect();
         let bias = vec![0f32; ch];
-        let conv = ConvWeights { weight: &w, bias: &bias, kernel, dilation };
+        let conv = ConvWeights::same(&w, &bias, kernel, dilation);
         let _ = leaky_conv(&x, ch, len, len, 0.1, &conv, Some(&x));
         let times = (0..5)
             .map(|_| {

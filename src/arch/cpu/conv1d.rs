@@ -1,6 +1,6 @@
-//! A "same"-padded, dilated 1-D convolution with the activation before it and the residual after it
-//! fused in: `y = residual + bias + conv(leaky_relu(x) masked to its valid length)`, HiFi-GAN's
-//! resblock step.
+//! A dilated 1-D convolution with the activation before it and the residual after it fused in:
+//! `y = residual + bias + conv(leaky_relu(x) masked to its valid length)`, HiFi-GAN's resblock step
+//! ("same" padding), and with padding on the left only, one phase of its upsampling convolutions.
 //!
 //! candle's CPU path copies every input into an im2col matrix (kernel x channels x samples) and runs
 //! the activation, the mask and the residual add as separate single-threaded passes; at 22,050
@@ -29,6 +29,16 @@ pub struct ConvWeights<'a> {
     pub bias: &'a [f32],
     pub kernel: usize,
     pub dilation: usize,
+    /// Zeros before the input: output `t` reads inputs `t - left + j * dilation`. The output is as
+    /// long as the input.
+    pub left: usize,
+}
+
+impl<'a> ConvWeights<'a> {
+    /// "Same" padding for an odd kernel: output `t` is centred on input `t`.
+    pub fn same(weight: &'a [f32], bias: &'a [f32], kernel: usize, dilation: usize) -> Self {
+        Self { weight, bias, kernel, dilation, left: dilation * (kernel - 1) / 2 }
+    }
 }
 
 /// `x`: `[channels][len]` row-major; positions at or after `valid` read as zero (the mask).
@@ -43,20 +53,22 @@ pub fn leaky_conv(
     conv: &ConvWeights,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    let ConvWeights { weight, bias, kernel, dilation } = *conv;
+    let ConvWeights { weight, bias, kernel, dilation, left } = *conv;
     assert_eq!(x.len(), channels * len);
     let out_channels = bias.len();
     assert_eq!(weight.len(), out_channels * channels * kernel);
     if let Some(r) = residual {
         assert_eq!(r.len(), out_channels * len);
     }
-    let pad = dilation * (kernel - 1) / 2;
-    // `pad` zeros before every row, and after it `pad` plus enough for a whole last micro tile.
-    let width = len.next_multiple_of(MICRO) + 2 * pad;
+    let span = dilation * (kernel - 1);
+    assert!(left <= span, "left padding {left} beyond the kernel's span {span}");
+    // `left` zeros before every row, and after it the rest of the span plus enough for a whole last
+    // micro tile.
+    let width = len.next_multiple_of(MICRO) + span;
     let mut act = vec![0f32; channels * width];
     for c in 0..channels {
         let row = &x[c * len..c * len + valid.min(len)];
-        for (a, &v) in act[c * width + pad..].iter_mut().zip(row) {
+        for (a, &v) in act[c * width + left..].iter_mut().zip(row) {
             *a = if v >= 0.0 { v } else { v * slope };
         }
     }
@@ -164,7 +176,7 @@ mod tests {
             let x = values(1, channels * len);
             let w = values(2, channels * channels * kernel);
             let b = values(3, channels);
-            let conv = ConvWeights { weight: &w, bias: &b, kernel, dilation };
+            let conv = ConvWeights::same(&w, &b, kernel, dilation);
             let got = leaky_conv(&x, channels, len, valid, 0.1, &conv, Some(&x));
             let plain = leaky_conv(&x, channels, len, valid, 0.1, &conv, None);
             assert!(got.iter().zip(&plain).zip(&x).all(|((g, p), x)| (g - p - x).abs() < 1e-5));

@@ -58,7 +58,7 @@ impl ResBlock {
     fn forward_cpu(&self, cpu: &CpuResBlock, input: &[f32], channels: usize, len: usize, valid: usize) -> Vec<f32> {
         let kernel = self.kernel;
         fn conv(c: &CpuConv, kernel: usize) -> ConvWeights<'_> {
-            ConvWeights { weight: &c.0, bias: &c.1, kernel, dilation: c.2 }
+            ConvWeights::same(&c.0, &c.1, kernel, c.2)
         }
         // The first step reads the stage's input in place; each later one reads the last output.
         let mut out: Option<Vec<f32>> = None;
@@ -141,7 +141,12 @@ impl Decoder {
         let mut mask = mask.clone();
         let mut x = self.conv_pre.forward(&z.broadcast_mul(&mask)?)?;
         for stage in &self.stages {
-            x = stage.up.forward(&leaky_relu(&x, SLOPE)?.broadcast_mul(&mask)?)?;
+            x = match &stage.up.cpu {
+                Some(up) => per_sequence(&x, &mask, up.out_channels(), stage.rate, |seq, channels, valid| {
+                    up.forward(seq, channels, valid, valid, SLOPE as f32)
+                })?,
+                None => stage.up.forward(&leaky_relu(&x, SLOPE)?.broadcast_mul(&mask)?)?,
+            };
             mask = upsample_mask(&mask, stage.rate)?;
             x = match stage.blocks.iter().map(|b| b.cpu.as_ref()).collect::<Option<Vec<_>>>() {
                 Some(cpu) => Self::resblocks_cpu(&stage.blocks, &cpu, &x, &mask)?,
@@ -159,8 +164,8 @@ impl Decoder {
             };
         }
         if let Some(post) = &self.post_cpu {
-            return per_sequence(&x, &mask, 1, |seq, channels, valid| {
-                let conv = ConvWeights { weight: &post.0, bias: &post.1, kernel: POST_KERNEL, dilation: post.2 };
+            return per_sequence(&x, &mask, 1, 1, |seq, channels, valid| {
+                let conv = ConvWeights::same(&post.0, &post.1, POST_KERNEL, post.2);
                 let mut y = leaky_conv(seq, channels, valid, valid, LAST_SLOPE as f32, &conv, None);
                 y.iter_mut().for_each(|v| *v = v.tanh());
                 y
@@ -175,7 +180,7 @@ impl Decoder {
     /// The mean of a stage's resblocks with our CPU kernel, one sequence at a time.
     fn resblocks_cpu(blocks: &[ResBlock], cpu: &[&CpuResBlock], x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let channels = x.dim(1)?;
-        per_sequence(x, mask, channels, |seq, channels, valid| {
+        per_sequence(x, mask, channels, 1, |seq, channels, valid| {
             let mut sum = vec![0f32; channels * valid];
             for (block, cpu) in blocks.iter().zip(cpu) {
                 let y = block.forward_cpu(cpu, seq, channels, valid, valid);
@@ -189,33 +194,36 @@ impl Decoder {
 }
 
 /// Runs `f` on each sequence of `x` (`[b, channels, len]`) cut to its valid length, as
-/// `[channels][valid]`, and pads its `[out_channels][valid]` answer back with zeros. What lies beyond
-/// the valid length reads as zeros anyway, so a short sentence in a batch costs its own length, not
-/// the longest one's.
+/// `[channels][valid]`, and pads its `[out_channels][valid * rate]` answer back with zeros to
+/// `len * rate`. What lies beyond the valid length reads as zeros anyway, so a short sentence in a
+/// batch costs its own length, not the longest one's.
 fn per_sequence(
     x: &Tensor,
     mask: &Tensor,
     out_channels: usize,
+    rate: usize,
     f: impl Fn(&[f32], usize, usize) -> Vec<f32>,
 ) -> Result<Tensor> {
     let (b, channels, len) = x.dims3()?;
     let valid = valid_lengths(mask)?;
     let rows = x.to_vec3::<f32>()?;
-    let mut out = Vec::with_capacity(b * out_channels * len);
+    let out_len = len * rate;
+    let mut out = Vec::with_capacity(b * out_channels * out_len);
     for (seq, &valid) in rows.into_iter().zip(&valid) {
         let flat: Vec<f32> = seq.iter().flat_map(|row| row[..valid].iter().copied()).collect();
         let y = f(&flat, channels, valid);
-        debug_assert_eq!(y.len(), out_channels * valid);
+        let valid_out = valid * rate;
+        debug_assert_eq!(y.len(), out_channels * valid_out);
         if valid == 0 {
-            out.extend(std::iter::repeat_n(0f32, out_channels * len));
+            out.extend(std::iter::repeat_n(0f32, out_channels * out_len));
             continue;
         }
-        for row in y.chunks(valid) {
+        for row in y.chunks(valid_out) {
             out.extend_from_slice(row);
-            out.extend(std::iter::repeat_n(0f32, len - valid));
+            out.extend(std::iter::repeat_n(0f32, out_len - valid_out));
         }
     }
-    Tensor::from_vec(out, (b, out_channels, len), x.device())
+    Tensor::from_vec(out, (b, out_channels, out_len), x.device())
 }
 
 /// How many positions of each sequence are valid, from a `[b, 1, len]` mask.
