@@ -232,7 +232,8 @@ port=$(free_port)
 data=$WORK/data-serve
 log "starting wick serve on port $port"
 "$WICK" serve --model "bench=$MODEL" --device "$WICK_DEVICE" --port "$port" --idle-timeout never \
-  --max-batch-size 256 --max-queue 4096 --data-dir "$data" --no-pull >"$OUT/serve.log" 2>&1 &
+  --max-batch-size 256 --max-queue 4096 --max-kv-tokens 1048576 --data-dir "$data" --no-pull \
+  >"$OUT/serve.log" 2>&1 &
 serve_pid=$!
 if wait_http "http://127.0.0.1:$port/health" 90; then
   levels=$(($(tr -cd , <<<"$CONCURRENCY" | wc -c) + 1))

@@ -158,8 +158,9 @@ impl Llama {
         layers + bytes(&self.norm) + self.lm_head.bytes()
     }
 
-    /// The KV store for this model on its device and how many blocks it holds: on CPU
-    /// `max_kv_tokens` worth, growing with use; on CUDA what fits in the free memory, allocated now.
+    /// The KV store for this model on its device and how many blocks it holds: `max_kv_tokens`
+    /// worth; on CPU growing with use, on CUDA allocated now and at most what fits in the free
+    /// memory. (A cap, not all free memory, so that other deployments can load on the same GPU.)
     pub fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {
         let kv_dim = self.cfg.attn_shape().kv_dim();
         match &self.device {
@@ -168,7 +169,8 @@ impl Llama {
                 use crate::kv::gpu::{GpuKv, KV_SHARE_OF_FREE};
                 let c = &self.cfg;
                 let block_bytes = GpuKv::block_bytes(c.num_layers, kv_dim, self.dtype);
-                let blocks = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
+                let fit = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
+                let blocks = fit.min(max_kv_tokens.div_ceil(BLOCK_SIZE));
                 let kv = GpuKv::allocate(c.num_layers, c.num_kv_heads, c.head_dim, blocks, self.dtype, &self.device)?;
                 Ok((KvStore::Cuda(kv), blocks))
             }

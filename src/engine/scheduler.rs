@@ -23,8 +23,8 @@ pub struct Limits {
     pub max_batch_size: usize,
     pub max_step_tokens: usize,
     pub max_queue: usize,
-    /// The KV pool's size in tokens (rounded up to whole blocks). On CUDA the pool is sized from free
-    /// GPU memory instead.
+    /// The KV pool's size in tokens (rounded up to whole blocks); on CUDA also at most what fits in
+    /// the GPU memory the weights leave free.
     pub max_kv_tokens: usize,
 }
 
