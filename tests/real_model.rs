@@ -51,7 +51,13 @@ async fn greedy_completion_is_token_identical_alone_and_batched_with_seven_other
     let together = futures::future::join_all(prompts.iter().map(|p| s.chat(ask(p, 64)))).await;
     assert_eq!(together[0].0, 200);
     assert_eq!(alone["choices"][0]["message"]["content"], together[0].1["choices"][0]["message"]["content"]);
-    assert_eq!(alone["usage"], together[0].1["usage"]);
+    for count in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(alone["usage"][count], together[0].1["usage"][count]);
+    }
+    // The second time, the prompt's full blocks came from the prefix cache and changed nothing.
+    let cached = together[0].1["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    let prompt = alone["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(cached, (prompt - 1) / 16 * 16, "{}", together[0].1);
     // Every other request too, each alone against its batched answer.
     for (p, (_, batched)) in prompts.iter().zip(&together).skip(1) {
         let single = s.chat(ask(p, 64)).await.1;

@@ -22,6 +22,7 @@ test("plain completion", async () => {
   assert.match(r.choices[0].message.content, /Paris/);
   assert.equal(r.choices[0].finish_reason, "stop");
   assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+  assert.ok(r.usage.prompt_tokens_details.cached_tokens >= 0);
 });
 
 test("stream with usage", async () => {

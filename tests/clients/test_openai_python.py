@@ -29,6 +29,7 @@ def test_plain_completion(client):
     assert "Paris" in r.choices[0].message.content
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens >= 0
     assert r.usage.completion_tokens > 0
 
 
