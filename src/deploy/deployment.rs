@@ -59,6 +59,9 @@ struct State {
     attempt: u64,
     failed_attempt: Option<u64>,
     next_replica: usize,
+    /// Where the least-loaded scan starts, advanced per lease: replicas with equal load take turns,
+    /// so short requests that rarely overlap still spread over every replica.
+    turn: usize,
     deleted: bool,
 }
 
@@ -107,6 +110,7 @@ impl Deployment {
             attempt: 0,
             failed_attempt: None,
             next_replica: 0,
+            turn: 0,
             deleted: false,
         };
         Self {
@@ -185,9 +189,10 @@ impl Deployment {
                 }
                 match st.phase {
                     Phase::Running => {
-                        let replica = st
-                            .ready
-                            .iter()
+                        let n = st.ready.len();
+                        st.turn = st.turn.wrapping_add(1);
+                        let replica = (0..n)
+                            .map(|i| &st.ready[(st.turn + i) % n])
                             .min_by_key(|r| r.load_score())
                             .cloned()
                             .expect("a running deployment has a ready replica");
