@@ -5,7 +5,7 @@
 
 use super::attention::{attend, AttnShape, Rope, RopeStyle, SeqRows};
 use super::linear::{Linear, RawWeight, WeightFormat};
-use crate::kv::{BlockId, CpuKv, KvStore, BLOCK_SIZE};
+use crate::kv::{pool_blocks, BlockId, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -105,7 +105,7 @@ impl Llama {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
         }
         let dtype = compute_dtype(&raw, format, device);
-        let f32_of = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+        let in_dtype = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
         let embed = raw.embed.dense(device, dtype)?;
         let lm_head = match raw.lm_head {
             Some(w) => Linear::fused(vec![w], format, dtype, device)?,
@@ -116,10 +116,10 @@ impl Llama {
             .into_iter()
             .map(|l| {
                 Ok(Layer {
-                    attn_norm: f32_of(l.attn_norm)?,
+                    attn_norm: in_dtype(l.attn_norm)?,
                     qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
                     o: Linear::fused(vec![l.o], format, dtype, device)?,
-                    ffn_norm: f32_of(l.ffn_norm)?,
+                    ffn_norm: in_dtype(l.ffn_norm)?,
                     gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
                     down: Linear::fused(vec![l.down], format, dtype, device)?,
                 })
@@ -129,7 +129,7 @@ impl Llama {
         Ok(Self {
             embed,
             layers,
-            norm: f32_of(raw.norm)?,
+            norm: in_dtype(raw.norm)?,
             lm_head,
             #[cfg(feature = "cuda")]
             gpu_rope: gpu::rope_tables(&rope, device)?,
@@ -162,22 +162,18 @@ impl Llama {
     /// worth; on CPU growing with use, on CUDA allocated now and at most what fits in the free
     /// memory. (A cap, not all free memory, so that other deployments can load on the same GPU.)
     pub fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {
-        let kv_dim = self.cfg.attn_shape().kv_dim();
         match &self.device {
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => {
                 use crate::kv::gpu::{GpuKv, KV_SHARE_OF_FREE};
                 let c = &self.cfg;
-                let block_bytes = GpuKv::block_bytes(c.num_layers, kv_dim, self.dtype);
+                let block_bytes = GpuKv::block_bytes(c.num_layers, c.attn_shape().kv_dim(), self.dtype);
                 let fit = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
-                let blocks = fit.min(max_kv_tokens.div_ceil(BLOCK_SIZE));
+                let blocks = fit.min(pool_blocks(max_kv_tokens));
                 let kv = GpuKv::allocate(c.num_layers, c.num_kv_heads, c.head_dim, blocks, self.dtype, &self.device)?;
                 Ok((KvStore::Cuda(kv), blocks))
             }
-            _ => {
-                let blocks = max_kv_tokens.div_ceil(BLOCK_SIZE).max(1);
-                Ok((KvStore::Cpu(CpuKv::new(self.cfg.num_layers, kv_dim)), blocks))
-            }
+            _ => Ok((KvStore::Cpu(self.new_cpu_kv()), pool_blocks(max_kv_tokens))),
         }
     }
 

@@ -20,9 +20,9 @@ use super::{
     Kernel, Rows, CACHE, PAGED_ATTENTION,
 };
 
-/// Positions per KV block, as in kernels/paged_attention.cu (`PA_BLOCK_SIZE`).
-pub const BLOCK_SIZE: usize = 16;
-const _: () = assert!(BLOCK_SIZE == crate::kv::BLOCK_SIZE, "kernels/paged_attention.cu assumes crate::kv::BLOCK_SIZE");
+/// Positions per KV block: the pool's, which kernels/paged_attention.cu hard-codes as `PA_BLOCK_SIZE`.
+pub use crate::kv::BLOCK_SIZE;
+const _: () = assert!(BLOCK_SIZE == 16, "kernels/paged_attention.cu's PA_BLOCK_SIZE is 16");
 
 /// The largest head_dim [`paged_attention`] takes (`PA_MAX_HEAD_DIM`).
 pub const MAX_HEAD_DIM: usize = 256;

@@ -9,11 +9,11 @@ use super::replica::Replica;
 use super::spec::DeploymentSpec;
 use super::usage::{Cost, Usage, UsageSnapshot};
 use crate::engine::speech::SpeechEngine;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineStats};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use serde::Serialize;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -147,6 +147,10 @@ impl Deployment {
         let st = self.state();
         let live: Duration = st.ready.iter().map(|r| r.loaded_for()).sum();
         let usage = self.usage.snapshot(live);
+        // One engine counter summed over the ready replicas.
+        let total = |counter: fn(&EngineStats) -> &AtomicUsize| -> usize {
+            st.ready.iter().map(|r| counter(r.stats()).load(Ordering::Relaxed)).sum()
+        };
         View {
             phase: st.phase,
             desired_replicas: st.desired,
@@ -154,12 +158,12 @@ impl Deployment {
             loading_replicas: st.loading,
             replica_devices: st.ready.iter().map(|r| r.device.clone()).collect(),
             in_flight: st.in_flight,
-            queued: st.ready.iter().map(|r| r.stats().waiting.load(Ordering::Relaxed)).sum(),
-            running: st.ready.iter().map(|r| r.stats().running.load(Ordering::Relaxed)).sum(),
-            kv_blocks: st.ready.iter().map(|r| r.stats().kv_blocks.load(Ordering::Relaxed)).sum(),
-            kv_blocks_available: st.ready.iter().map(|r| r.stats().kv_blocks_available.load(Ordering::Relaxed)).sum(),
-            preemptions: st.ready.iter().map(|r| r.stats().preemptions.load(Ordering::Relaxed)).sum(),
-            prefix_cached_tokens: st.ready.iter().map(|r| r.stats().prefix_cached_tokens.load(Ordering::Relaxed)).sum(),
+            queued: total(|s| &s.waiting),
+            running: total(|s| &s.running),
+            kv_blocks: total(|s| &s.kv_blocks),
+            kv_blocks_available: total(|s| &s.kv_blocks_available),
+            preemptions: total(|s| &s.preemptions),
+            prefix_cached_tokens: total(|s| &s.prefix_cached_tokens),
             last_error: st.last_error.clone(),
             cost: Cost::of(&usage, self.spec.price_per_replica_hour),
             usage,

@@ -48,7 +48,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler with a pool of `limits.max_kv_tokens` positions.
     pub fn new(limits: Limits) -> Self {
-        let blocks = limits.max_kv_tokens.div_ceil(BLOCK_SIZE).max(1);
+        let blocks = crate::kv::pool_blocks(limits.max_kv_tokens);
         Self::with_blocks(limits, blocks)
     }
 

@@ -53,6 +53,11 @@ impl CpuKv {
     }
 }
 
+/// Blocks in a pool of `max_kv_tokens` positions (at least one).
+pub fn pool_blocks(max_kv_tokens: usize) -> usize {
+    BlockManager::blocks_for(max_kv_tokens).max(1)
+}
+
 /// Where a replica's KV blocks live.
 pub enum KvStore {
     Cpu(CpuKv),
