@@ -185,7 +185,15 @@ async fn scaling_one_to_three_to_one_under_steady_load_fails_no_request() {
         s.state.deployments.scale(&deployment, 3).unwrap();
         ready(3).await;
         answered(30).await;
-        let busy = deployment.engine_stats().iter().filter(|e| e.steps.load(SeqCst) > 0).count();
+        // Every replica must take a share. A fresh replica's first step can be slow on a loaded
+        // machine, and then the least-loaded choice rightly sends the next requests elsewhere, so
+        // the load goes on until each has finished a step (or the deadline says it never will).
+        let steps = || deployment.engine_stats().iter().map(|e| e.steps.load(SeqCst)).collect::<Vec<_>>();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while steps().contains(&0) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let busy = steps();
         s.state.deployments.scale(&deployment, 1).unwrap();
         ready(1).await;
         answered(10).await;
@@ -195,8 +203,31 @@ async fn scaling_one_to_three_to_one_under_steady_load_fails_no_request() {
     let (answers, busy) = tokio::join!(futures::future::join_all(clients), scaler);
     let answers: Vec<(u16, bool)> = answers.into_iter().flatten().collect();
     assert!(answers.iter().all(|&(code, error)| code == 200 && !error), "{answers:?}");
-    assert_eq!(busy, 3, "requests spread over the three replicas");
+    assert!(busy.len() == 3 && !busy.contains(&0), "requests spread over the three replicas: steps {busy:?}");
     assert_eq!(deployment.view().desired_replicas, 1);
+}
+
+#[tokio::test]
+async fn requests_one_at_a_time_take_turns_over_equally_idle_replicas() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = TestServer::start(vec![spec("tiny", &tiny_model(), Limits::default())], &[]).await;
+    assert_eq!(s.chat(greedy("warm", 1)).await.0, 200);
+    let deployment = s.state.deployments.get("tiny").unwrap();
+    s.state.deployments.scale(&deployment, 3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deployment.view().ready_replicas != 3 {
+        assert!(Instant::now() < deadline, "never reached 3 ready replicas");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before: Vec<usize> = deployment.engine_stats().iter().map(|e| e.steps.load(SeqCst)).collect();
+    // Each request ends before the next starts, so every choice is among replicas with nothing in
+    // flight: a tie that must not always go to the same one.
+    for i in 0..6 {
+        assert_eq!(s.chat(greedy(&format!("one at a time {i}"), 2)).await.0, 200);
+    }
+    let after: Vec<usize> = deployment.engine_stats().iter().map(|e| e.steps.load(SeqCst)).collect();
+    let served = before.iter().zip(&after).filter(|(b, a)| a > b).count();
+    assert_eq!(served, 3, "steps per replica before {before:?}, after {after:?}");
 }
 
 #[test]
