@@ -97,7 +97,11 @@ impl Default for Metrics {
         registry.register("deployment_queue_depth", "Requests waiting in the engines' queues", m.queue_depth.clone());
         registry.register("deployment_running_sequences", "Sequences being decoded", m.running.clone());
         registry.register("deployment_kv_blocks", "KV cache blocks in the ready replicas' pools", m.kv_blocks.clone());
-        registry.register("deployment_kv_blocks_used", "KV cache blocks held by running sequences", m.kv_blocks_used.clone());
+        registry.register(
+            "deployment_kv_blocks_used",
+            "KV cache blocks held by running sequences",
+            m.kv_blocks_used.clone(),
+        );
         registry.register(
             "deployment_preemptions",
             "Sequences preempted for lack of KV blocks since the replicas loaded",

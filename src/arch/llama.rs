@@ -152,7 +152,12 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                bytes(&l.attn_norm) + bytes(&l.ffn_norm) + l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes()
+                bytes(&l.attn_norm)
+                    + bytes(&l.ffn_norm)
+                    + l.qkv.bytes()
+                    + l.o.bytes()
+                    + l.gate_up.bytes()
+                    + l.down.bytes()
             })
             .sum();
         layers + bytes(&self.norm) + self.lm_head.bytes()

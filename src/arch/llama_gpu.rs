@@ -23,10 +23,7 @@ pub(super) fn rope_tables(rope: &Rope, device: &Device) -> Result<Option<(Tensor
     }
     let (cos, sin, half) = rope.tables();
     let rows = cos.len() / half.max(1);
-    Ok(Some((
-        Tensor::from_slice(cos, (rows, half), device)?,
-        Tensor::from_slice(sin, (rows, half), device)?,
-    )))
+    Ok(Some((Tensor::from_slice(cos, (rows, half), device)?, Tensor::from_slice(sin, (rows, half), device)?)))
 }
 
 /// The step's index tensors, on the device.

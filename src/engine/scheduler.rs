@@ -209,8 +209,14 @@ mod tests {
 
     fn request_with(prompt: Vec<u32>, n: usize) -> (GenerationRequest, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let req =
-            GenerationRequest { prompt, n, max_tokens: 16, sampling: SamplingParams::default(), stop: vec![], events: tx };
+        let req = GenerationRequest {
+            prompt,
+            n,
+            max_tokens: 16,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            events: tx,
+        };
         (req, rx)
     }
 

@@ -116,7 +116,8 @@ fn pack_weights(weight: &[f32], out_channels: usize, channels: usize, kernel: us
         let (block, lane) = (o / OUT_BLOCK, o % OUT_BLOCK);
         for c in 0..channels {
             for j in 0..kernel {
-                packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane] = weight[(o * channels + c) * kernel + j];
+                packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane] =
+                    weight[(o * channels + c) * kernel + j];
             }
         }
     }

@@ -5,9 +5,9 @@
 //! resolution, so a padded position reads zeros exactly where a lone sequence's padding would, and a
 //! sequence decodes to the same samples alone or batched.
 
-use crate::arch::cpu::conv1d::{leaky_conv, ConvWeights};
 use super::layers::{leaky_relu, Conv1d, ConvTranspose1d, CpuConv};
 use super::{ResBlockKind, VitsConfig};
+use crate::arch::cpu::conv1d::{leaky_conv, ConvWeights};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 

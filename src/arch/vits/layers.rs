@@ -175,7 +175,8 @@ impl CpuUpsample {
         let c_out = self.out_channels();
         let mut y = vec![0f32; c_out * out_len];
         for (r, phase) in self.phases.iter().enumerate() {
-            let conv = ConvWeights { weight: phase, bias: &self.bias, kernel: self.taps, dilation: 1, left: self.taps - 1 };
+            let conv =
+                ConvWeights { weight: phase, bias: &self.bias, kernel: self.taps, dilation: 1, left: self.taps - 1 };
             let z = leaky_conv(&input, c_in, q_len, valid.min(len), slope, &conv, None);
             for o in 0..c_out {
                 let (row, out) = (&z[o * q_len..(o + 1) * q_len], &mut y[o * out_len..(o + 1) * out_len]);
@@ -245,7 +246,8 @@ mod tests {
     #[test]
     fn phase_split_upsampling_matches_candle() {
         let dev = Device::Cpu;
-        for (c_in, c_out, len, valid, stride, kernel) in [(6, 3, 20, 17, 8, 16), (4, 5, 9, 9, 4, 8), (3, 2, 7, 3, 2, 4)] {
+        for (c_in, c_out, len, valid, stride, kernel) in [(6, 3, 20, 17, 8, 16), (4, 5, 9, 9, 4, 8), (3, 2, 7, 3, 2, 4)]
+        {
             let w = Tensor::from_vec(values(1, c_in * c_out * kernel), (c_in, c_out, kernel), &dev).unwrap();
             let b = Tensor::from_vec(values(2, c_out), c_out, &dev).unwrap();
             let padding = (kernel - stride) / 2;
