@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
 /// GFLOP/s of our fused resblock convolution at the decoder's shapes for a ~2 s sentence (channels,
 /// samples, kernel, dilation), median of 5.
 fn conv_kernel_speed() {
-    use wick::arch::cpu::conv1d::{leaky_conv, ConvWeights};
+    use wick::arch::cpu::conv1d::{leaky_conv, PackedConv};
     println!("\nresblock conv1d kernel (src/arch/cpu/conv1d.rs), median of 5");
     println!("| channels x samples | kernel, dilation | ms | GFLOP/s |");
     println!("|---|---|---|---|");
@@ -74,12 +74,12 @@ fn conv_kernel_speed() {
         let x: Vec<f32> = (0..ch * len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let w: Vec<f32> = (0..ch * ch * kernel).map(|i| ((i * 104729) % 1000) as f32 / 5e4 - 0.01).collect();
         let bias = vec![0f32; ch];
-        let conv = ConvWeights::same(&w, &bias, kernel, dilation);
-        let _ = leaky_conv(&x, ch, len, len, 0.1, &conv, Some(&x));
+        let conv = PackedConv::same(&w, &bias, kernel, dilation);
+        let _ = leaky_conv(&x, len, len, 0.1, &conv, Some(&x));
         let times = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                let _ = leaky_conv(&x, ch, len, len, 0.1, &conv, Some(&x));
+                let _ = leaky_conv(&x, len, len, 0.1, &conv, Some(&x));
                 t.elapsed().as_secs_f64()
             })
             .collect();

@@ -12,75 +12,160 @@
 //! kernel tap, so each loaded input vector feeds `OUT_BLOCK` fused multiply-adds and nothing is
 //! stored until the end. (An accumulator in memory instead, one output channel at a time, cost two
 //! loads and a store per multiply-add and ran at about a third of this speed: BENCHMARKS.md.)
+//!
+//! Where the CPU has AVX-512 the micro tile is written with its intrinsics: the compiler's own
+//! vectors stop at 256 bits on such CPUs (LLVM's tuning for them), which halves the peak, and
+//! onnxruntime's kernels use the full width.
 
 use super::{parallel_for, SharedOut};
+use std::ops::Range;
 
 /// Time steps per work item handed to a thread.
 const TILE: usize = 256;
+/// Work items a call is cut into at least (where it has enough output channels), so that both
+/// threads stay busy to the end.
+const MIN_ITEMS: usize = 8;
 /// Output channels whose accumulators are held at once.
 const OUT_BLOCK: usize = 4;
-/// Time steps per accumulator row: with `OUT_BLOCK` rows, 128 floats, sixteen 256-bit registers.
-const MICRO: usize = 32;
+/// Time steps per accumulator row: with `OUT_BLOCK` rows, 256 floats, sixteen 512-bit registers.
+/// (Without AVX-512, two halves of sixteen 256-bit registers each.)
+const MICRO: usize = 64;
 
-/// The weights of one convolution.
-pub struct ConvWeights<'a> {
-    /// `[out channels][channels][kernel]` (PyTorch layout).
-    pub weight: &'a [f32],
-    pub bias: &'a [f32],
-    pub kernel: usize,
-    pub dilation: usize,
+/// The weights of one convolution, packed for the kernel once when the model loads.
+pub struct PackedConv {
+    /// `[out block][channels][kernel][OUT_BLOCK]`, the last block padded with zero channels: the
+    /// `OUT_BLOCK` weights one input value meets are adjacent.
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+    channels: usize,
+    kernel: usize,
+    dilation: usize,
     /// Zeros before the input: output `t` reads inputs `t - left + j * dilation`. The output is as
     /// long as the input.
-    pub left: usize,
+    left: usize,
 }
 
-impl<'a> ConvWeights<'a> {
+impl PackedConv {
+    /// `weight` is `[out channels][channels][kernel]` (PyTorch's layout), `bias` one per output.
+    pub fn new(weight: &[f32], bias: &[f32], kernel: usize, dilation: usize, left: usize) -> Self {
+        let out_channels = bias.len();
+        assert!(kernel > 0 && out_channels > 0);
+        let channels = weight.len() / (out_channels * kernel);
+        assert_eq!(weight.len(), out_channels * channels * kernel, "weight is not [out][in][kernel]");
+        let span = dilation * (kernel - 1);
+        assert!(left <= span, "left padding {left} beyond the kernel's span {span}");
+        let blocks = out_channels.div_ceil(OUT_BLOCK);
+        let mut packed = vec![0f32; blocks * channels * kernel * OUT_BLOCK];
+        for o in 0..out_channels {
+            let (block, lane) = (o / OUT_BLOCK, o % OUT_BLOCK);
+            for c in 0..channels {
+                for j in 0..kernel {
+                    packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane] =
+                        weight[(o * channels + c) * kernel + j];
+                }
+            }
+        }
+        Self { packed, bias: bias.to_vec(), channels, kernel, dilation, left }
+    }
+
     /// "Same" padding for an odd kernel: output `t` is centred on input `t`.
-    pub fn same(weight: &'a [f32], bias: &'a [f32], kernel: usize, dilation: usize) -> Self {
-        Self { weight, bias, kernel, dilation, left: dilation * (kernel - 1) / 2 }
+    pub fn same(weight: &[f32], bias: &[f32], kernel: usize, dilation: usize) -> Self {
+        Self::new(weight, bias, kernel, dilation, dilation * (kernel - 1) / 2)
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.channels
+    }
+
+    /// How many steps an output reaches for its inputs, on its farther side.
+    pub fn reach(&self) -> usize {
+        let span = self.dilation * (self.kernel - 1);
+        self.left.max(span - self.left)
     }
 }
 
 /// `x`: `[channels][len]` row-major; positions at or after `valid` read as zero (the mask).
 /// Returns `residual + bias + conv(leaky_relu(x, slope) * mask)` (no residual: zeros),
-/// `[out channels][len]`.
+/// `[out channels][len]`. A slope of 1 is no activation. Runs on every thread of the pool.
 pub fn leaky_conv(
     x: &[f32],
-    channels: usize,
     len: usize,
     valid: usize,
     slope: f32,
-    conv: &ConvWeights,
+    conv: &PackedConv,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    let ConvWeights { weight, bias, kernel, dilation, left } = *conv;
+    conv_rows(x, len, 0..valid.min(len), slope, conv, residual, |n, f| parallel_for(n, f))
+}
+
+/// `leaky_conv` on the calling thread alone, for callers that already split their work over the
+/// pool, with positions outside `valid` (a window's part inside its sequence) read as zero.
+pub fn leaky_conv_here(
+    x: &[f32],
+    len: usize,
+    valid: Range<usize>,
+    slope: f32,
+    conv: &PackedConv,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    conv_rows(x, len, valid, slope, conv, residual, |n, f| f(0..n))
+}
+
+fn conv_rows(
+    x: &[f32],
+    len: usize,
+    valid: Range<usize>,
+    slope: f32,
+    conv: &PackedConv,
+    residual: Option<&[f32]>,
+    run: impl FnOnce(usize, &(dyn Fn(Range<usize>) + Sync)),
+) -> Vec<f32> {
+    let PackedConv { ref packed, ref bias, channels, kernel, dilation, left } = *conv;
     assert_eq!(x.len(), channels * len);
+    assert!(valid.end <= len);
+    if len == 0 {
+        return vec![];
+    }
     let out_channels = bias.len();
-    assert_eq!(weight.len(), out_channels * channels * kernel);
     if let Some(r) = residual {
         assert_eq!(r.len(), out_channels * len);
     }
     let span = dilation * (kernel - 1);
-    assert!(left <= span, "left padding {left} beyond the kernel's span {span}");
     // `left` zeros before every row, and after it the rest of the span plus enough for a whole last
     // micro tile.
     let width = len.next_multiple_of(MICRO) + span;
     let mut act = vec![0f32; channels * width];
     for c in 0..channels {
-        let row = &x[c * len..c * len + valid.min(len)];
-        for (a, &v) in act[c * width + left..].iter_mut().zip(row) {
-            *a = if v >= 0.0 { v } else { v * slope };
+        let row = &x[c * len + valid.start..c * len + valid.end];
+        let dst = &mut act[c * width + left + valid.start..][..row.len()];
+        if slope == 1.0 {
+            dst.copy_from_slice(row);
+        } else {
+            for (a, &v) in dst.iter_mut().zip(row) {
+                *a = if v >= 0.0 { v } else { v * slope };
+            }
         }
     }
-    let packed = pack_weights(weight, out_channels, channels, kernel);
     let mut y = vec![0f32; out_channels * len];
     let out = SharedOut::new(&mut y);
     let blocks = out_channels.div_ceil(OUT_BLOCK);
-    parallel_for(len.div_ceil(TILE), |range| {
-        for tile in range {
+    let block_len = channels * kernel * OUT_BLOCK;
+    // Work items are (time tile, group of output blocks). Long inputs split by time alone; a short
+    // one (the flow's frames) also by output channels, or one thread would do it all.
+    let tiles = len.div_ceil(TILE);
+    let groups = (MIN_ITEMS.div_ceil(tiles)).clamp(1, blocks);
+    let per_group = blocks.div_ceil(groups);
+    let micro_tile = micro_tile_for_this_cpu();
+    run(tiles * groups, &|range: Range<usize>| {
+        for item in range {
+            let (tile, group) = (item / groups, item % groups);
             let tile_end = ((tile + 1) * TILE).min(len);
-            for block in 0..blocks {
-                let w = &packed[block * channels * kernel * OUT_BLOCK..][..channels * kernel * OUT_BLOCK];
+            for block in group * per_group..((group + 1) * per_group).min(blocks) {
+                let w = &packed[block * block_len..][..block_len];
                 for t0 in (tile * TILE..tile_end).step_by(MICRO) {
                     let acc = micro_tile(&act, width, channels, kernel, dilation, w, t0);
                     let n = MICRO.min(len - t0);
@@ -89,7 +174,7 @@ pub fn leaky_conv(
                         if o == out_channels {
                             break;
                         }
-                        // SAFETY: each tile writes only its own time steps of each row.
+                        // SAFETY: each item writes only its own time steps of its own rows.
                         let dst = unsafe { out.part(o * len + t0, n) };
                         match residual {
                             Some(r) => {
@@ -107,27 +192,21 @@ pub fn leaky_conv(
     y
 }
 
-/// `[out block][channels][kernel][OUT_BLOCK]`, the last block padded with zero channels: the
-/// `OUT_BLOCK` weights one input value meets are adjacent.
-fn pack_weights(weight: &[f32], out_channels: usize, channels: usize, kernel: usize) -> Vec<f32> {
-    let blocks = out_channels.div_ceil(OUT_BLOCK);
-    let mut packed = vec![0f32; blocks * channels * kernel * OUT_BLOCK];
-    for o in 0..out_channels {
-        let (block, lane) = (o / OUT_BLOCK, o % OUT_BLOCK);
-        for c in 0..channels {
-            for j in 0..kernel {
-                packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane] =
-                    weight[(o * channels + c) * kernel + j];
-            }
-        }
+/// Computes one block of `OUT_BLOCK` output channels over `MICRO` time steps from `t0`:
+/// `(act, width, channels, kernel, dilation, packed weights of the block, t0)`. `act` must hold
+/// `MICRO + dilation * (kernel - 1)` values from `t0` on in each of its rows.
+type MicroTile = fn(&[f32], usize, usize, usize, usize, &[f32], usize) -> [[f32; MICRO]; OUT_BLOCK];
+
+fn micro_tile_for_this_cpu() -> MicroTile {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return avx512::micro_tile;
     }
-    packed
+    micro_tile_portable
 }
 
-/// One block of output channels over `MICRO` time steps from `t0`. Fixed sizes let the compiler
-/// keep `acc` in registers and unroll the two inner loops into vector fused multiply-adds.
-#[inline(always)]
-fn micro_tile(
+/// The micro tile as two halves of plain Rust that the compiler vectorises for the target.
+fn micro_tile_portable(
     act: &[f32],
     width: usize,
     channels: usize,
@@ -136,12 +215,35 @@ fn micro_tile(
     w: &[f32],
     t0: usize,
 ) -> [[f32; MICRO]; OUT_BLOCK] {
-    let mut acc = [[0f32; MICRO]; OUT_BLOCK];
+    const HALF: usize = MICRO / 2;
+    let mut out = [[0f32; MICRO]; OUT_BLOCK];
+    for half in 0..2 {
+        let acc = half_tile::<HALF>(act, width, channels, kernel, dilation, w, t0 + half * HALF);
+        for (o, a) in out.iter_mut().zip(&acc) {
+            o[half * HALF..][..HALF].copy_from_slice(a);
+        }
+    }
+    out
+}
+
+/// Fixed sizes let the compiler keep `acc` in registers and unroll the two inner loops into
+/// vector fused multiply-adds.
+#[inline(always)]
+fn half_tile<const N: usize>(
+    act: &[f32],
+    width: usize,
+    channels: usize,
+    kernel: usize,
+    dilation: usize,
+    w: &[f32],
+    t0: usize,
+) -> [[f32; N]; OUT_BLOCK] {
+    let mut acc = [[0f32; N]; OUT_BLOCK];
     for c in 0..channels {
         let row = &act[c * width + t0..];
         let wc = &w[c * kernel * OUT_BLOCK..][..kernel * OUT_BLOCK];
         for (j, wj) in wc.chunks_exact(OUT_BLOCK).enumerate() {
-            let src: &[f32; MICRO] = row[j * dilation..][..MICRO].try_into().expect("MICRO floats");
+            let src: &[f32; N] = row[j * dilation..][..N].try_into().expect("N floats");
             for (a, &wo) in acc.iter_mut().zip(wj) {
                 for (a, &s) in a.iter_mut().zip(src) {
                     *a = fma(wo, s, *a);
@@ -150,6 +252,72 @@ fn micro_tile(
         }
     }
     acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MICRO, OUT_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Vectors of 16 floats per accumulator row.
+    const VECS: usize = MICRO / 16;
+
+    /// The micro tile in AVX-512: 16 accumulators; per input channel and tap, `VECS` loads of the
+    /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds.
+    pub fn micro_tile(
+        act: &[f32],
+        width: usize,
+        channels: usize,
+        kernel: usize,
+        dilation: usize,
+        w: &[f32],
+        t0: usize,
+    ) -> [[f32; MICRO]; OUT_BLOCK] {
+        // The reads below stay inside both slices (the caller's contract, checked here once).
+        assert!(channels > 0 && kernel > 0);
+        assert!((channels - 1) * width + t0 + dilation * (kernel - 1) + MICRO <= act.len());
+        assert!(channels * kernel * OUT_BLOCK <= w.len());
+        assert!(std::is_x86_feature_detected!("avx512f"));
+        // SAFETY: AVX-512F is present (checked above) and every read is in bounds (asserted above).
+        unsafe { tile(act, width, channels, kernel, dilation, w, t0) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile(
+        act: &[f32],
+        width: usize,
+        channels: usize,
+        kernel: usize,
+        dilation: usize,
+        w: &[f32],
+        t0: usize,
+    ) -> [[f32; MICRO]; OUT_BLOCK] {
+        let mut acc = [[_mm512_setzero_ps(); VECS]; OUT_BLOCK];
+        for c in 0..channels {
+            let row = act.as_ptr().add(c * width + t0);
+            let wc = w.as_ptr().add(c * kernel * OUT_BLOCK);
+            for j in 0..kernel {
+                let src = row.add(j * dilation);
+                let mut s = [_mm512_setzero_ps(); VECS];
+                for (v, sv) in s.iter_mut().enumerate() {
+                    *sv = _mm512_loadu_ps(src.add(16 * v));
+                }
+                for (o, acc_o) in acc.iter_mut().enumerate() {
+                    let wo = _mm512_set1_ps(*wc.add(j * OUT_BLOCK + o));
+                    for (a, &sv) in acc_o.iter_mut().zip(&s) {
+                        *a = _mm512_fmadd_ps(wo, sv, *a);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; MICRO]; OUT_BLOCK];
+        for (o, acc_o) in out.iter_mut().zip(&acc) {
+            for (v, &a) in acc_o.iter().enumerate() {
+                _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), a);
+            }
+        }
+        out
+    }
 }
 
 /// `a * b + c` in one instruction where the target has one; without it, `mul_add` would be a
@@ -169,17 +337,36 @@ mod tests {
     use crate::arch::test_values as values;
     use candle_core::{Device, Tensor};
 
+    /// The portable tile and the one this CPU runs (AVX-512 where it has it) agree, so the test
+    /// against candle below covers both.
+    #[test]
+    fn the_portable_tile_matches_this_cpus() {
+        let (channels, kernel, dilation, t0) = (5, 3, 2, 7);
+        let width = t0 + MICRO + dilation * (kernel - 1);
+        let act = values(4, channels * width);
+        let w = values(5, channels * kernel * OUT_BLOCK);
+        let a = micro_tile_portable(&act, width, channels, kernel, dilation, &w, t0);
+        let b = micro_tile_for_this_cpu()(&act, width, channels, kernel, dilation, &w, t0);
+        let diff = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{diff}");
+        assert!(a.iter().flatten().any(|&v| v.abs() > 1e-3), "a tile of zeros proves nothing");
+    }
+
     /// Against candle's conv1d on the same activated, masked input.
     #[test]
     fn matches_candle_with_masks_dilations_and_ragged_tiles() {
         let dev = Device::Cpu;
-        for (channels, len, valid, kernel, dilation) in [(4, 700, 650, 3, 1), (3, 257, 257, 5, 6), (2, 40, 10, 7, 12)] {
+        // The last case has too few samples for one tile per thread, so it is cut by output
+        // channels, in groups that leave some items empty.
+        for (channels, len, valid, kernel, dilation) in
+            [(4, 700, 650, 3, 1), (3, 257, 257, 5, 6), (2, 40, 10, 7, 12), (40, 100, 90, 5, 1)]
+        {
             let x = values(1, channels * len);
             let w = values(2, channels * channels * kernel);
             let b = values(3, channels);
-            let conv = ConvWeights::same(&w, &b, kernel, dilation);
-            let got = leaky_conv(&x, channels, len, valid, 0.1, &conv, Some(&x));
-            let plain = leaky_conv(&x, channels, len, valid, 0.1, &conv, None);
+            let conv = PackedConv::same(&w, &b, kernel, dilation);
+            let got = leaky_conv(&x, len, valid, 0.1, &conv, Some(&x));
+            let plain = leaky_conv(&x, len, valid, 0.1, &conv, None);
             assert!(got.iter().zip(&plain).zip(&x).all(|((g, p), x)| (g - p - x).abs() < 1e-5));
 
             let xt = Tensor::from_vec(x.clone(), (1, channels, len), &dev).unwrap();

@@ -1,11 +1,9 @@
 //! The building blocks VITS uses everywhere, on `[batch, channels, time]` tensors: 1-D convolutions
 //! with "same" padding, layer norm over channels, and masks for batches of different lengths.
 
+use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-
-/// A convolution's (weight, bias, dilation) as plain vectors, for our CPU kernels.
-pub type CpuConv = (Vec<f32>, Vec<f32>, usize);
 
 /// A 1-D convolution (weight-norm already folded into the weight by the exporter).
 pub struct Conv1d {
@@ -47,17 +45,17 @@ impl Conv1d {
         self.weight.dim(0).expect("3-d weight")
     }
 
-    /// The weights as plain vectors for our CPU kernels: (weight, bias, dilation), a missing bias as
-    /// zeros. `None` on another device.
-    pub fn cpu_parts(&self) -> Result<Option<CpuConv>> {
-        if !self.weight.device().is_cpu() {
+    /// The weights packed for our CPU kernel ("same" padding); `None` on another device.
+    pub fn packed(&self) -> Result<Option<PackedConv>> {
+        if !self.weight.device().is_cpu() || self.groups != 1 {
             return Ok(None);
         }
         let bias = match &self.bias {
             Some(b) => b.to_vec1()?,
             None => vec![0.0; self.out_channels()],
         };
-        Ok(Some((self.weight.flatten_all()?.to_vec1()?, bias, self.dilation)))
+        let kernel = self.weight.dim(2)?;
+        Ok(Some(PackedConv::same(&self.weight.flatten_all()?.to_vec1()?, &bias, kernel, self.dilation)))
     }
 }
 
@@ -124,10 +122,8 @@ impl ConvTranspose1d {
 /// the `kernel / s` taps `w[.., .., r + m*s]`, reading back from `q`: the upsampling is `s` small
 /// convolutions on the register-blocked kernel, interleaved.
 pub struct CpuUpsample {
-    /// Per phase `[out][in][taps]`, the taps reversed: tap `j` reads input `q - (taps - 1) + j`.
-    phases: Vec<Vec<f32>>,
-    bias: Vec<f32>,
-    taps: usize,
+    /// Per phase, the taps reversed: tap `j` reads input `q - (taps - 1) + j`.
+    phases: Vec<PackedConv>,
     stride: usize,
     padding: usize,
 }
@@ -141,6 +137,7 @@ impl CpuUpsample {
             return Ok(None);
         }
         let w = weight.to_vec3::<f32>()?;
+        let bias = bias.to_vec1::<f32>()?;
         let taps = kernel / stride;
         let phases = (0..stride)
             .map(|r| {
@@ -150,20 +147,23 @@ impl CpuUpsample {
                         phase.extend((0..taps).map(|j| row[o][r + (taps - 1 - j) * stride]));
                     }
                 }
-                phase
+                PackedConv::new(&phase, &bias, taps, 1, taps - 1)
             })
             .collect();
-        Ok(Some(Self { phases, bias: bias.to_vec1()?, taps, stride, padding }))
+        Ok(Some(Self { phases, stride, padding }))
     }
 
     pub fn out_channels(&self) -> usize {
-        self.bias.len()
+        self.phases[0].out_channels()
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
     }
 
     /// `x`: `[c_in][len]`, positions from `valid` on read as zero, activated by leaky ReLU with
     /// `slope` first. Returns `[c_out][len * stride]`.
     pub fn forward(&self, x: &[f32], c_in: usize, len: usize, valid: usize, slope: f32) -> Vec<f32> {
-        use crate::arch::cpu::conv1d::{leaky_conv, ConvWeights};
         let (s, p) = (self.stride, self.padding);
         let out_len = len * s;
         // Phase outputs for q = 0..q_len cover every t = q*s + r - p in 0..out_len.
@@ -175,9 +175,7 @@ impl CpuUpsample {
         let c_out = self.out_channels();
         let mut y = vec![0f32; c_out * out_len];
         for (r, phase) in self.phases.iter().enumerate() {
-            let conv =
-                ConvWeights { weight: phase, bias: &self.bias, kernel: self.taps, dilation: 1, left: self.taps - 1 };
-            let z = leaky_conv(&input, c_in, q_len, valid.min(len), slope, &conv, None);
+            let z = leaky_conv(&input, q_len, valid.min(len), slope, phase, None);
             for o in 0..c_out {
                 let (row, out) = (&z[o * q_len..(o + 1) * q_len], &mut y[o * out_len..(o + 1) * out_len]);
                 for (q, &v) in row.iter().enumerate() {
@@ -226,6 +224,44 @@ impl Module for ChannelNorm {
 
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     x.maximum(&(x * slope)?)
+}
+
+/// Runs `f` on each sequence of `x` (`[b, channels, len]`) cut to its valid length, as
+/// `[channels][valid]`, and pads its `[out_channels][valid * rate]` answer back with zeros to
+/// `len * rate`. What lies beyond the valid length reads as zeros anyway, so a short sentence in a
+/// batch costs its own length, not the longest one's.
+pub fn per_sequence(
+    x: &Tensor,
+    mask: &Tensor,
+    out_channels: usize,
+    rate: usize,
+    f: impl Fn(&[f32], usize, usize) -> Vec<f32>,
+) -> Result<Tensor> {
+    let (b, channels, len) = x.dims3()?;
+    let valid = valid_lengths(mask)?;
+    let rows = x.to_vec3::<f32>()?;
+    let out_len = len * rate;
+    let mut out = Vec::with_capacity(b * out_channels * out_len);
+    for (seq, &valid) in rows.into_iter().zip(&valid) {
+        let flat: Vec<f32> = seq.iter().flat_map(|row| row[..valid].iter().copied()).collect();
+        let y = f(&flat, channels, valid);
+        let valid_out = valid * rate;
+        debug_assert_eq!(y.len(), out_channels * valid_out);
+        if valid == 0 {
+            out.extend(std::iter::repeat_n(0f32, out_channels * out_len));
+            continue;
+        }
+        for row in y.chunks(valid_out) {
+            out.extend_from_slice(row);
+            out.extend(std::iter::repeat_n(0f32, out_len - valid_out));
+        }
+    }
+    Tensor::from_vec(out, (b, out_channels, out_len), x.device())
+}
+
+/// How many positions of each sequence are valid, from a `[b, 1, len]` mask.
+fn valid_lengths(mask: &Tensor) -> Result<Vec<usize>> {
+    Ok(mask.sum(2)?.squeeze(1)?.to_vec1::<f32>()?.iter().map(|&v| v.round() as usize).collect())
 }
 
 /// `[batch, 1, max_len]`: 1 where a position is inside its sequence.

@@ -346,6 +346,11 @@ pub(crate) mod tests {
         }
     }
 
+    /// A var builder of deterministic pseudo-random weights, for testing one part alone.
+    pub(crate) fn random_vb() -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(RandomWeights::default()), DType::F32, Device::Cpu)
+    }
+
     fn tiny() -> (Vits, HashMap<String, Tensor>) {
         let backend = std::sync::Arc::new(RandomWeights::default());
         struct Shared(std::sync::Arc<RandomWeights>);
