@@ -88,9 +88,9 @@ impl PackedConv {
     }
 }
 
-/// `x`: `[channels][len]` row-major; positions at or after `valid` read as zero (the mask).
-/// Returns `residual + bias + conv(leaky_relu(x, slope) * mask)` (no residual: zeros),
-/// `[out channels][len]`. A slope of 1 is no activation. Runs on every thread of the pool.
+/// `x`: `[channels][x_len]` row-major, `valid <= x_len`; positions at or after `valid` read as
+/// zero (the mask). Returns `residual + bias + conv(leaky_relu(x, slope) * mask)` (no residual:
+/// zeros), `[out channels][len]`. A slope of 1 is no activation. Runs on every thread of the pool.
 pub fn leaky_conv(
     x: &[f32],
     len: usize,
@@ -125,8 +125,9 @@ fn conv_rows(
     run: impl FnOnce(usize, &(dyn Fn(Range<usize>) + Sync)),
 ) -> Vec<f32> {
     let PackedConv { ref packed, ref bias, channels, kernel, dilation, left } = *conv;
-    assert_eq!(x.len(), channels * len);
-    assert!(valid.end <= len);
+    assert_eq!(x.len() % channels, 0, "x is not [channels][x_len]");
+    let x_len = x.len() / channels;
+    assert!(valid.end <= x_len.min(len));
     if len == 0 {
         return vec![];
     }
@@ -140,7 +141,7 @@ fn conv_rows(
     let width = len.next_multiple_of(MICRO) + span;
     let mut act = vec![0f32; channels * width];
     for c in 0..channels {
-        let row = &x[c * len + valid.start..c * len + valid.end];
+        let row = &x[c * x_len + valid.start..c * x_len + valid.end];
         let dst = &mut act[c * width + left + valid.start..][..row.len()];
         if slope == 1.0 {
             dst.copy_from_slice(row);

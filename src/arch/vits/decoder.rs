@@ -147,7 +147,7 @@ impl Decoder {
         };
         let x = self.conv_pre.forward(&z.broadcast_mul(mask)?)?;
         let hop = self.stages.iter().map(|s| s.rate).product();
-        per_sequence(&x, mask, 1, hop, |seq, channels, valid| Self::forward_cpu(&stages, post, seq, channels, valid))
+        per_sequence(&x, mask, 1, hop, |seq, _, valid| Self::forward_cpu(&stages, post, seq, valid))
     }
 
     /// The CPU kernels' weights of every layer after `conv_pre`; `None` on another device.
@@ -162,12 +162,12 @@ impl Decoder {
 
     /// Everything after `conv_pre` for one sequence on CPU, `x` `[channels][len]` all valid: the
     /// activations stay plain vectors from the first upsampling to the audio.
-    fn forward_cpu(stages: &[CpuStage], post: &PackedConv, x: &[f32], channels: usize, len: usize) -> Vec<f32> {
-        let (mut x, mut channels, mut len) = (x.to_vec(), channels, len);
+    fn forward_cpu(stages: &[CpuStage], post: &PackedConv, x: &[f32], len: usize) -> Vec<f32> {
+        let (mut x, mut len) = (x.to_vec(), len);
         for (up, blocks) in stages {
-            x = up.forward(&x, channels, len, len, SLOPE as f32);
-            (channels, len) = (up.out_channels(), len * up.stride());
-            x = resblocks_in_windows(blocks, &x, channels, len);
+            x = up.forward(&x, len, len, SLOPE as f32);
+            len *= up.stride();
+            x = resblocks_in_windows(blocks, &x, up.out_channels(), len);
         }
         let mut y = leaky_conv(&x, len, len, LAST_SLOPE as f32, post, None);
         y.iter_mut().for_each(|v| *v = v.tanh());

@@ -2,6 +2,7 @@
 //! with "same" padding, layer norm over channels, and masks for batches of different lengths.
 
 use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
+use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -56,6 +57,19 @@ impl Conv1d {
         };
         let kernel = self.weight.dim(2)?;
         Ok(Some(PackedConv::same(&self.weight.flatten_all()?.to_vec1()?, &bias, kernel, self.dilation)))
+    }
+
+    /// Convolutions of one input with the same kernel, as one whose outputs are theirs in order.
+    pub fn packed_together(convs: &[&Conv1d]) -> Result<PackedConv> {
+        let first = convs.first().expect("at least one convolution");
+        let cat = |t: Vec<Tensor>| Tensor::cat(&t, 0);
+        let weight = cat(convs.iter().map(|c| c.weight.clone()).collect())?;
+        let bias = match convs.iter().map(|c| c.bias.clone()).collect::<Option<Vec<_>>>() {
+            Some(b) => cat(b)?,
+            None => candle_core::bail!("packed_together needs every convolution to have a bias"),
+        };
+        let joined = Conv1d { weight, bias: Some(bias), ..**first };
+        Ok(joined.packed()?.expect("CPU weights"))
     }
 }
 
@@ -119,11 +133,15 @@ impl ConvTranspose1d {
 /// Output `t` of a stride-`s` transposed convolution with padding `p` gets, from input `i`, the tap
 /// `k = t + p - i*s`. Writing `t + p = q*s + r`, only taps `k = r + m*s` meet it, from inputs `q - m`.
 /// So for each phase `r`, the outputs `q*s + r - p` are an ordinary convolution of the input with
-/// the `kernel / s` taps `w[.., .., r + m*s]`, reading back from `q`: the upsampling is `s` small
-/// convolutions on the register-blocked kernel, interleaved.
+/// the `kernel / s` taps `w[.., .., r + m*s]`, reading back from `q`. The phases read the same
+/// inputs at the same taps, so they run as one convolution with `s * c_out` outputs (phase-major)
+/// on the register-blocked kernel, interleaved afterwards. (One call per phase activated and
+/// copied the input `s` times and ran at a third of the kernel's speed.)
 pub struct CpuUpsample {
-    /// Per phase, the taps reversed: tap `j` reads input `q - (taps - 1) + j`.
-    phases: Vec<PackedConv>,
+    /// Output `r * c_out + o` is phase `r` of channel `o`; the taps reversed: tap `j` reads input
+    /// `q - (taps - 1) + j`.
+    phases: PackedConv,
+    c_out: usize,
     stride: usize,
     padding: usize,
 }
@@ -132,29 +150,28 @@ impl CpuUpsample {
     /// `None` on another device, or for a kernel that is not a multiple of the stride or does not
     /// give exactly `stride` outputs per input.
     fn new(weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Option<Self>> {
-        let (c_in, c_out, kernel) = weight.dims3()?;
+        let (_, c_out, kernel) = weight.dims3()?;
         if !weight.device().is_cpu() || kernel % stride != 0 || kernel != stride + 2 * padding {
             return Ok(None);
         }
         let w = weight.to_vec3::<f32>()?;
         let bias = bias.to_vec1::<f32>()?;
         let taps = kernel / stride;
-        let phases = (0..stride)
-            .map(|r| {
-                let mut phase = Vec::with_capacity(c_out * c_in * taps);
-                for o in 0..c_out {
-                    for row in &w {
-                        phase.extend((0..taps).map(|j| row[o][r + (taps - 1 - j) * stride]));
-                    }
+        let mut phases = Vec::with_capacity(stride * c_out * w.len() * taps);
+        for r in 0..stride {
+            for o in 0..c_out {
+                for row in &w {
+                    phases.extend((0..taps).map(|j| row[o][r + (taps - 1 - j) * stride]));
                 }
-                PackedConv::new(&phase, &bias, taps, 1, taps - 1)
-            })
-            .collect();
-        Ok(Some(Self { phases, stride, padding }))
+            }
+        }
+        let biases: Vec<f32> = (0..stride).flat_map(|_| bias.iter().copied()).collect();
+        let phases = PackedConv::new(&phases, &biases, taps, 1, taps - 1);
+        Ok(Some(Self { phases, c_out, stride, padding }))
     }
 
     pub fn out_channels(&self) -> usize {
-        self.phases[0].out_channels()
+        self.c_out
     }
 
     pub fn stride(&self) -> usize {
@@ -163,28 +180,29 @@ impl CpuUpsample {
 
     /// `x`: `[c_in][len]`, positions from `valid` on read as zero, activated by leaky ReLU with
     /// `slope` first. Returns `[c_out][len * stride]`.
-    pub fn forward(&self, x: &[f32], c_in: usize, len: usize, valid: usize, slope: f32) -> Vec<f32> {
-        let (s, p) = (self.stride, self.padding);
+    pub fn forward(&self, x: &[f32], len: usize, valid: usize, slope: f32) -> Vec<f32> {
+        let (s, p, c_out) = (self.stride, self.padding, self.c_out);
         let out_len = len * s;
         // Phase outputs for q = 0..q_len cover every t = q*s + r - p in 0..out_len.
         let q_len = (out_len + p).div_ceil(s);
-        let mut input = vec![0f32; c_in * q_len];
-        for c in 0..c_in {
-            input[c * q_len..c * q_len + len].copy_from_slice(&x[c * len..(c + 1) * len]);
-        }
-        let c_out = self.out_channels();
+        let z = leaky_conv(x, q_len, valid.min(len), slope, &self.phases, None);
         let mut y = vec![0f32; c_out * out_len];
-        for (r, phase) in self.phases.iter().enumerate() {
-            let z = leaky_conv(&input, q_len, valid.min(len), slope, phase, None);
-            for o in 0..c_out {
-                let (row, out) = (&z[o * q_len..(o + 1) * q_len], &mut y[o * out_len..(o + 1) * out_len]);
-                for (q, &v) in row.iter().enumerate() {
-                    if let Some(t) = (q * s + r).checked_sub(p).filter(|&t| t < out_len) {
-                        out[t] = v;
+        let shared = SharedOut::new(&mut y);
+        parallel_for(c_out, |channels| {
+            for o in channels {
+                // SAFETY: each channel writes only its own row.
+                let out = unsafe { shared.part(o * out_len, out_len) };
+                // Output t = q*s + r - p: walk q and r rather than divide.
+                let (mut q, mut r) = (p / s, p % s);
+                for v in out.iter_mut() {
+                    *v = z[(r * c_out + o) * q_len + q];
+                    r += 1;
+                    if r == s {
+                        (q, r) = (q + 1, 0);
                     }
                 }
             }
-        }
+        });
         y
     }
 }
@@ -208,6 +226,11 @@ pub struct ChannelNorm {
 impl ChannelNorm {
     pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
         Ok(Self { gamma: vb.get(channels, "gamma")?, beta: vb.get(channels, "beta")? })
+    }
+
+    /// (gamma, beta) as plain vectors.
+    pub fn to_vecs(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.gamma.to_vec1()?, self.beta.to_vec1()?))
     }
 }
 
@@ -289,7 +312,7 @@ mod tests {
             let padding = (kernel - stride) / 2;
             let up = CpuUpsample::new(&w, &b, stride, padding).unwrap().expect("a CPU split");
             let x = values(3, c_in * len);
-            let got = up.forward(&x, c_in, len, valid, 0.1);
+            let got = up.forward(&x, len, valid, 0.1);
 
             let xt = Tensor::from_vec(x, (1, c_in, len), &dev).unwrap();
             let mask = sequence_mask(&[valid], len, &dev).unwrap();

@@ -1,7 +1,9 @@
 //! The text encoder (`enc_p`): phoneme embeddings, a transformer whose attention adds learned
 //! relative-position terms within a window, and a projection to the prior's mean and log-scale.
 
-use super::layers::{ChannelNorm, Conv1d};
+mod cpu;
+
+use super::layers::{per_sequence, ChannelNorm, Conv1d};
 use super::VitsConfig;
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -126,6 +128,8 @@ pub struct TextEncoder {
     layers: Vec<Layer>,
     proj: Conv1d,
     hidden: usize,
+    /// On CPU, the same layers for our kernels, one sequence at a time.
+    cpu: Option<cpu::CpuEncoder>,
 }
 
 /// What the encoder hands on: the hidden states (for the duration predictor) and the prior.
@@ -166,19 +170,44 @@ impl TextEncoder {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self {
+        let mut enc = Self {
             emb: vb.get((cfg.n_vocab, h), "emb.weight")?,
             layers,
             proj: Conv1d::load(vb.pp("proj"), h, 2 * cfg.inter_channels, 1, 1, 1)?,
             hidden: h,
-        })
+            cpu: None,
+        };
+        enc.cpu = cpu::CpuEncoder::new(&enc)?;
+        Ok(enc)
     }
 
     /// `ids`: `[b, t]` (padded); `mask`: `[b, 1, t]`.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Encoded> {
+        let x = self.embed(ids)?;
+        let Some(cpu) = &self.cpu else {
+            return self.forward_candle(x, mask);
+        };
+        let h = self.hidden;
+        let out = per_sequence(&x.broadcast_mul(mask)?, mask, h + self.proj.out_channels(), 1, |seq, _, valid| {
+            cpu.forward(seq, valid)
+        })?;
+        let inter = self.proj.out_channels() / 2;
+        Ok(Encoded {
+            x: out.narrow(1, 0, h)?,
+            mean: out.narrow(1, h, inter)?,
+            log_scale: out.narrow(1, h + inter, inter)?,
+        })
+    }
+
+    /// `[b, t]` ids -> `[b, hidden, t]`, scaled as the reference does.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let x = self.emb.embedding(&ids.flatten_all()?)?.reshape((b, t, self.hidden))?;
-        let mut x = (x * (self.hidden as f64).sqrt())?.transpose(1, 2)?.contiguous()?;
+        (x * (self.hidden as f64).sqrt())?.transpose(1, 2)?.contiguous()
+    }
+
+    /// The same with candle's ops, where our CPU kernels do not run.
+    fn forward_candle(&self, mut x: Tensor, mask: &Tensor) -> Result<Encoded> {
         let pair_mask = mask.unsqueeze(2)?.broadcast_mul(&mask.unsqueeze(3)?)?; // [b, 1, t, t]
         x = x.broadcast_mul(mask)?;
         for layer in &self.layers {
@@ -199,6 +228,30 @@ mod tests {
     use super::*;
     use crate::arch::test_values as values;
     use candle_core::{DType, Device};
+
+    /// The per-sequence CPU path against candle's batched ops, on two lengths with padding.
+    #[test]
+    fn the_cpu_encoder_matches_candles() {
+        let cfg = crate::arch::vits::tests::tiny_config();
+        let enc = TextEncoder::load(crate::arch::vits::tests::random_vb().pp("enc_p"), &cfg).unwrap();
+        assert!(enc.cpu.is_some());
+        let dev = Device::Cpu;
+        let lengths = [13usize, 6];
+        let ids: Vec<u32> =
+            (0..2 * 13).map(|i| if i % 13 < lengths[i / 13] { (i * 7 % 19) as u32 } else { 0 }).collect();
+        let ids = Tensor::from_vec(ids, (2, 13), &dev).unwrap();
+        let mask = crate::arch::vits::layers::sequence_mask(&lengths, 13, &dev).unwrap();
+        let got = enc.forward(&ids, &mask).unwrap();
+        let want = enc.forward_candle(enc.embed(&ids).unwrap(), &mask).unwrap();
+        for (name, a, b) in
+            [("x", &got.x, &want.x), ("mean", &got.mean, &want.mean), ("log_scale", &got.log_scale, &want.log_scale)]
+        {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{name}: {diff}");
+            let size = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(size > 1e-2, "{name} is all zeros: the comparison proves nothing");
+        }
+    }
 
     /// The closed form of VITS' relative attention, with loops: scores q.k + q.rel_k[j-i+w] within
     /// the window, -1e4 where masked, softmax, then p.v + sum over the window of p * rel_v.

@@ -1,0 +1,175 @@
+//! The text encoder's transformer on CPU, one sequence at a time in plain vectors: the 1x1 and
+//! feed-forward convolutions on our kernel, the relative attention as loops over the sequence.
+//!
+//! candle's path spends most of its time dispatching small ops (band gathers of `[b, heads, t, t]`,
+//! masks, softmax) and ran the feed-forward convolutions through im2col at a third of the kernel's
+//! speed: 28 ms of a 95-phoneme sentence, more than the flow (BENCHMARKS.md).
+//!
+//! One sequence alone needs no masks: every position is real, which is what the batched path's
+//! masks amount to for the positions that are kept.
+
+use super::{Layer, RelativeAttention, TextEncoder};
+use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
+use crate::arch::cpu::{parallel_for, SharedOut};
+use crate::arch::vits::layers::Conv1d;
+use candle_core::Result;
+
+/// Every layer's weights as our kernels take them.
+pub(super) struct CpuEncoder {
+    layers: Vec<CpuLayer>,
+    proj: PackedConv,
+    hidden: usize,
+}
+
+struct CpuLayer {
+    /// q, k and v in one convolution: `[3 * hidden]` outputs.
+    qkv: PackedConv,
+    o: PackedConv,
+    /// `[2 * window + 1][k_channels]`.
+    rel_k: Vec<f32>,
+    rel_v: Vec<f32>,
+    heads: usize,
+    window: usize,
+    norm_1: (Vec<f32>, Vec<f32>),
+    ffn_1: PackedConv,
+    ffn_2: PackedConv,
+    norm_2: (Vec<f32>, Vec<f32>),
+}
+
+impl CpuEncoder {
+    /// `None` on another device.
+    pub(super) fn new(enc: &TextEncoder) -> Result<Option<Self>> {
+        if !enc.emb.device().is_cpu() {
+            return Ok(None);
+        }
+        let packed = |c: &Conv1d| c.packed().map(|p| p.expect("a CPU convolution"));
+        let layers = enc
+            .layers
+            .iter()
+            .map(|l: &Layer| {
+                let a: &RelativeAttention = &l.attn;
+                Ok(CpuLayer {
+                    qkv: Conv1d::packed_together(&[&a.q, &a.k, &a.v])?,
+                    o: packed(&a.o)?,
+                    rel_k: a.rel_k.flatten_all()?.to_vec1()?,
+                    rel_v: a.rel_v.flatten_all()?.to_vec1()?,
+                    heads: a.heads,
+                    window: a.window,
+                    norm_1: l.norm_1.to_vecs()?,
+                    ffn_1: packed(&l.ffn.conv_1)?,
+                    ffn_2: packed(&l.ffn.conv_2)?,
+                    norm_2: l.norm_2.to_vecs()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(Self { layers, proj: packed(&enc.proj)?, hidden: enc.hidden }))
+    }
+
+    /// One sequence's embedded phonemes `x` (`[hidden][len]`) -> `[hidden + stats][len]`: the hidden
+    /// states, then the projection to the prior's mean and log-scale.
+    pub(super) fn forward(&self, x: &[f32], len: usize) -> Vec<f32> {
+        let plain = |x: &[f32], c: &PackedConv| leaky_conv(x, len, len, 1.0, c, None);
+        let mut x = x.to_vec();
+        for l in &self.layers {
+            let y = plain(&l.attend(&plain(&x, &l.qkv), len), &l.o);
+            x = add_and_norm(&x, &y, &l.norm_1, self.hidden, len);
+            // ReLU between the two convolutions: a leaky slope of 0.
+            let y = leaky_conv(&plain(&x, &l.ffn_1), len, len, 0.0, &l.ffn_2, None);
+            x = add_and_norm(&x, &y, &l.norm_2, self.hidden, len);
+        }
+        let stats = plain(&x, &self.proj);
+        x.extend_from_slice(&stats);
+        x
+    }
+}
+
+impl CpuLayer {
+    /// Relative-position attention over `qkv` (`[3 * hidden][len]`, q then k then v) -> `[hidden][len]`.
+    fn attend(&self, qkv: &[f32], len: usize) -> Vec<f32> {
+        let hidden = qkv.len() / (3 * len);
+        let kc = hidden / self.heads;
+        let w = self.window;
+        // Rows by position, `[len][hidden]`, so that a head's vector at a position is contiguous.
+        let by_position = |part: usize, scale: f32| -> Vec<f32> {
+            let m = &qkv[part * hidden * len..][..hidden * len];
+            (0..len).flat_map(|i| (0..hidden).map(move |c| m[c * len + i] * scale)).collect()
+        };
+        let q = by_position(0, 1.0 / (kc as f32).sqrt());
+        let (k, v) = (by_position(1, 1.0), by_position(2, 1.0));
+        let mut out = vec![0f32; len * hidden]; // [len][hidden]
+        let shared = SharedOut::new(&mut out);
+        parallel_for(len, |rows| {
+            let mut p = vec![0f32; len];
+            for i in rows {
+                // SAFETY: each query position writes only its own row.
+                let o = unsafe { shared.part(i * hidden, hidden) };
+                for hd in 0..self.heads {
+                    let qi = &q[i * hidden + hd * kc..][..kc];
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        *pj = dot(qi, &k[j * hidden + hd * kc..][..kc]);
+                    }
+                    // Offsets within the window: j = i + d - w.
+                    let band = i.saturating_sub(w)..(i + w + 1).min(len);
+                    for j in band.clone() {
+                        p[j] += dot(qi, &self.rel_k[(j + w - i) * kc..][..kc]);
+                    }
+                    softmax(&mut p);
+                    let oh = &mut o[hd * kc..][..kc];
+                    oh.fill(0.0);
+                    for (j, &pj) in p.iter().enumerate() {
+                        axpy(pj, &v[j * hidden + hd * kc..][..kc], oh);
+                    }
+                    for j in band {
+                        axpy(p[j], &self.rel_v[(j + w - i) * kc..][..kc], oh);
+                    }
+                }
+            }
+        });
+        // Back to `[hidden][len]`.
+        (0..hidden).flat_map(|c| (0..len).map(move |i| (c, i))).map(|(c, i)| out[i * hidden + c]).collect()
+    }
+}
+
+/// `x + y`, then layer norm over the channels of each position (`[channels][len]`, eps 1e-5).
+fn add_and_norm(x: &[f32], y: &[f32], (gamma, beta): &(Vec<f32>, Vec<f32>), channels: usize, len: usize) -> Vec<f32> {
+    let sum: Vec<f32> = x.iter().zip(y).map(|(a, b)| a + b).collect();
+    let mut out = vec![0f32; channels * len];
+    for i in 0..len {
+        let column = (0..channels).map(|c| sum[c * len + i]);
+        let mean = column.clone().sum::<f32>() / channels as f32;
+        let var = column.map(|v| (v - mean) * (v - mean)).sum::<f32>() / channels as f32;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        for c in 0..channels {
+            out[c * len + i] = (sum[c * len + i] - mean) * inv * gamma[c] + beta[c];
+        }
+    }
+    out
+}
+
+/// A dot product in 16 independent lanes, so that the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
+fn softmax(p: &mut [f32]) {
+    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in p.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    p.iter_mut().for_each(|v| *v /= sum);
+}
