@@ -168,8 +168,8 @@ fn conv_rows(
             for block in group * per_group..((group + 1) * per_group).min(blocks) {
                 let w = &packed[block * block_len..][..block_len];
                 for t0 in (tile * TILE..tile_end).step_by(MICRO) {
-                    let acc = micro_tile(&act, width, channels, kernel, dilation, w, t0);
                     let n = MICRO.min(len - t0);
+                    let acc = micro_tile(&act, width, channels, kernel, dilation, w, t0, n);
                     for (i, row) in acc.iter().enumerate() {
                         let o = block * OUT_BLOCK + i;
                         if o == out_channels {
@@ -194,9 +194,10 @@ fn conv_rows(
 }
 
 /// Computes one block of `OUT_BLOCK` output channels over `MICRO` time steps from `t0`:
-/// `(act, width, channels, kernel, dilation, packed weights of the block, t0)`. `act` must hold
-/// `MICRO + dilation * (kernel - 1)` values from `t0` on in each of its rows.
-type MicroTile = fn(&[f32], usize, usize, usize, usize, &[f32], usize) -> [[f32; MICRO]; OUT_BLOCK];
+/// `(act, width, channels, kernel, dilation, packed weights of the block, t0, steps)`. `act` must
+/// hold `MICRO + dilation * (kernel - 1)` values from `t0` on in each of its rows. Only the first
+/// `steps` time steps are wanted; a tile may compute more.
+type MicroTile = fn(&[f32], usize, usize, usize, usize, &[f32], usize, usize) -> [[f32; MICRO]; OUT_BLOCK];
 
 fn micro_tile_for_this_cpu() -> MicroTile {
     #[cfg(target_arch = "x86_64")]
@@ -207,6 +208,7 @@ fn micro_tile_for_this_cpu() -> MicroTile {
 }
 
 /// The micro tile as two halves of plain Rust that the compiler vectorises for the target.
+#[allow(clippy::too_many_arguments)]
 fn micro_tile_portable(
     act: &[f32],
     width: usize,
@@ -215,6 +217,7 @@ fn micro_tile_portable(
     dilation: usize,
     w: &[f32],
     t0: usize,
+    _steps: usize,
 ) -> [[f32; MICRO]; OUT_BLOCK] {
     const HALF: usize = MICRO / 2;
     let mut out = [[0f32; MICRO]; OUT_BLOCK];
@@ -264,7 +267,9 @@ mod avx512 {
     const VECS: usize = MICRO / 16;
 
     /// The micro tile in AVX-512: 16 accumulators; per input channel and tap, `VECS` loads of the
-    /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds.
+    /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds. A tile at the end of a
+    /// short input (the encoder's phonemes, the flow's frames) computes only the vectors it needs.
+    #[allow(clippy::too_many_arguments)]
     pub fn micro_tile(
         act: &[f32],
         width: usize,
@@ -273,6 +278,7 @@ mod avx512 {
         dilation: usize,
         w: &[f32],
         t0: usize,
+        steps: usize,
     ) -> [[f32; MICRO]; OUT_BLOCK] {
         // The reads below stay inside both slices (the caller's contract, checked here once).
         assert!(channels > 0 && kernel > 0);
@@ -280,11 +286,19 @@ mod avx512 {
         assert!(channels * kernel * OUT_BLOCK <= w.len());
         assert!(std::is_x86_feature_detected!("avx512f"));
         // SAFETY: AVX-512F is present (checked above) and every read is in bounds (asserted above).
-        unsafe { tile(act, width, channels, kernel, dilation, w, t0) }
+        unsafe {
+            match steps.div_ceil(16) {
+                1 => tile::<1>(act, width, channels, kernel, dilation, w, t0),
+                2 => tile::<2>(act, width, channels, kernel, dilation, w, t0),
+                3 => tile::<3>(act, width, channels, kernel, dilation, w, t0),
+                _ => tile::<VECS>(act, width, channels, kernel, dilation, w, t0),
+            }
+        }
     }
 
+    /// `V` vectors of 16 time steps per accumulator row.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile(
+    unsafe fn tile<const V: usize>(
         act: &[f32],
         width: usize,
         channels: usize,
@@ -293,13 +307,13 @@ mod avx512 {
         w: &[f32],
         t0: usize,
     ) -> [[f32; MICRO]; OUT_BLOCK] {
-        let mut acc = [[_mm512_setzero_ps(); VECS]; OUT_BLOCK];
+        let mut acc = [[_mm512_setzero_ps(); V]; OUT_BLOCK];
         for c in 0..channels {
             let row = act.as_ptr().add(c * width + t0);
             let wc = w.as_ptr().add(c * kernel * OUT_BLOCK);
             for j in 0..kernel {
                 let src = row.add(j * dilation);
-                let mut s = [_mm512_setzero_ps(); VECS];
+                let mut s = [_mm512_setzero_ps(); V];
                 for (v, sv) in s.iter_mut().enumerate() {
                     *sv = _mm512_loadu_ps(src.add(16 * v));
                 }
@@ -346,10 +360,16 @@ mod tests {
         let width = t0 + MICRO + dilation * (kernel - 1);
         let act = values(4, channels * width);
         let w = values(5, channels * kernel * OUT_BLOCK);
-        let a = micro_tile_portable(&act, width, channels, kernel, dilation, &w, t0);
-        let b = micro_tile_for_this_cpu()(&act, width, channels, kernel, dilation, &w, t0);
-        let diff = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-5, "{diff}");
+        let a = micro_tile_portable(&act, width, channels, kernel, dilation, &w, t0, MICRO);
+        // Every width a tile at the end of an input may be cut to.
+        for steps in [MICRO, 49, 48, 20, 1] {
+            let b = micro_tile_for_this_cpu()(&act, width, channels, kernel, dilation, &w, t0, steps);
+            let diff = (a.iter().zip(&b))
+                .flat_map(|(x, y)| x[..steps].iter().zip(&y[..steps]))
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{steps} steps: {diff}");
+        }
         assert!(a.iter().flatten().any(|&v| v.abs() > 1e-3), "a tile of zeros proves nothing");
     }
 
