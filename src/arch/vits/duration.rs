@@ -5,7 +5,9 @@
 //! channel whose knots a small dilated depthwise-separable conv net (`DDSConv`) predicts from the
 //! other. In reverse VITS drops the first `ConvFlow` (it only models the unused second channel).
 
-use super::layers::{ChannelNorm, Conv1d};
+mod cpu;
+
+use super::layers::{per_sequence, ChannelNorm, Conv1d};
 use super::VitsConfig;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -111,6 +113,8 @@ pub struct DurationPredictor {
     proj: Conv1d,
     /// In the order they run in reverse.
     reverse_flows: Vec<Flow>,
+    /// On CPU, the same predictor in plain vectors, one sequence at a time.
+    cpu: Option<cpu::CpuDurations>,
 }
 
 impl DurationPredictor {
@@ -127,17 +131,31 @@ impl DurationPredictor {
         }
         reverse_flows.push(Flow::Flip);
         reverse_flows.push(Flow::Affine { m: vb.get((2, 1), "flows.0.m")?, logs: vb.get((2, 1), "flows.0.logs")? });
-        Ok(Self {
+        let mut dp = Self {
             pre: Conv1d::load(vb.pp("pre"), h, f, 1, 1, 1)?,
             convs: DdsConv::load(vb.pp("convs"), f, cfg.dp_kernel_size, 3)?,
             proj: Conv1d::load(vb.pp("proj"), f, f, 1, 1, 1)?,
             reverse_flows,
-        })
+            cpu: None,
+        };
+        dp.cpu = cpu::CpuDurations::new(&dp)?;
+        Ok(dp)
     }
 
     /// Log-durations `[b, 1, t]` from the encoder's hidden states; `noise` is `[b, 2, t]` (already
     /// scaled by `noise_w`; zeros for a deterministic voice).
     pub fn reverse(&self, x: &Tensor, mask: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        match &self.cpu {
+            Some(cpu) => {
+                let inputs = Tensor::cat(&[&x.broadcast_mul(mask)?, &noise.broadcast_mul(mask)?], 1)?;
+                per_sequence(&inputs, mask, 1, 1, |seq, _, len| cpu.reverse(seq, len))
+            }
+            None => self.reverse_candle(x, mask, noise),
+        }
+    }
+
+    /// The same with candle's ops, where our CPU kernels do not run.
+    fn reverse_candle(&self, x: &Tensor, mask: &Tensor, noise: &Tensor) -> Result<Tensor> {
         let g = self.pre.forward(x)?;
         let g = self.convs.forward(&g, mask, None)?;
         let g = self.proj.forward(&g)?.broadcast_mul(mask)?;
@@ -276,5 +294,36 @@ pub mod spline {
             }
             assert_eq!(super::inverse(7.5, &widths, &heights, &derivs, 5.0), 7.5);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::test_values as values;
+    use crate::arch::vits::layers::sequence_mask;
+    use crate::arch::vits::tests::{random_vb, tiny_config};
+    use candle_core::Device;
+
+    /// The per-sequence CPU path against candle's batched ops, on two lengths with noise, so that
+    /// every flow and the splines do something.
+    #[test]
+    fn the_cpu_durations_match_candles() {
+        let cfg = tiny_config();
+        let dp = DurationPredictor::load(random_vb().pp("dp"), &cfg).unwrap();
+        assert!(dp.cpu.is_some());
+        let (dev, len) = (Device::Cpu, 40);
+        let mask = sequence_mask(&[len, 23], len, &dev).unwrap();
+        let x = Tensor::from_vec(values(11, 2 * cfg.hidden_channels * len), (2, cfg.hidden_channels, len), &dev)
+            .unwrap()
+            .broadcast_mul(&mask)
+            .unwrap();
+        let noise = (Tensor::from_vec(values(12, 2 * 2 * len), (2, 2, len), &dev).unwrap() * 2.0).unwrap();
+        let got = dp.reverse(&x, &mask, &noise).unwrap();
+        let want = dp.reverse_candle(&x, &mask, &noise).unwrap();
+        let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "{diff}");
+        let size = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(size > 1e-2, "all zeros proves nothing");
     }
 }

@@ -59,6 +59,21 @@ impl Conv1d {
         Ok(Some(PackedConv::same(&self.weight.flatten_all()?.to_vec1()?, &bias, kernel, self.dilation)))
     }
 
+    /// The weights for `CpuDepthwise`; `None` on another device or for a convolution that is not
+    /// depthwise.
+    pub fn depthwise_cpu(&self) -> Result<Option<CpuDepthwise>> {
+        let (channels, per_group, kernel) = self.weight.dims3()?;
+        if !self.weight.device().is_cpu() || per_group != 1 || self.groups != channels {
+            return Ok(None);
+        }
+        let bias = match &self.bias {
+            Some(b) => b.to_vec1()?,
+            None => vec![0.0; channels],
+        };
+        let weight = self.weight.flatten_all()?.to_vec1()?;
+        Ok(Some(CpuDepthwise { weight, bias, kernel, dilation: self.dilation }))
+    }
+
     /// Convolutions of one input with the same kernel, as one whose outputs are theirs in order.
     pub fn packed_together(convs: &[&Conv1d]) -> Result<PackedConv> {
         let first = convs.first().expect("at least one convolution");
@@ -228,9 +243,9 @@ impl ChannelNorm {
         Ok(Self { gamma: vb.get(channels, "gamma")?, beta: vb.get(channels, "beta")? })
     }
 
-    /// (gamma, beta) as plain vectors.
-    pub fn to_vecs(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok((self.gamma.to_vec1()?, self.beta.to_vec1()?))
+    /// The same norm for one sequence on CPU.
+    pub fn cpu(&self) -> Result<CpuNorm> {
+        Ok(CpuNorm { gamma: self.gamma.to_vec1()?, beta: self.beta.to_vec1()? })
     }
 }
 
@@ -243,6 +258,66 @@ impl Module for ChannelNorm {
         let normed = centered.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
         normed.broadcast_mul(&self.gamma)?.broadcast_add(&self.beta)?.transpose(1, 2)
     }
+}
+
+/// `ChannelNorm` on one sequence's `[channels][len]` vectors.
+pub struct CpuNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl CpuNorm {
+    /// Layer norm over the channels of each position (eps 1e-5), in place.
+    pub fn apply(&self, x: &mut [f32], len: usize) {
+        let channels = self.gamma.len();
+        assert_eq!(x.len(), channels * len);
+        for i in 0..len {
+            let column = (0..channels).map(|c| x[c * len + i]);
+            let mean = column.clone().sum::<f32>() / channels as f32;
+            let var = column.map(|v| (v - mean) * (v - mean)).sum::<f32>() / channels as f32;
+            let inv = 1.0 / (var + 1e-5).sqrt();
+            for c in 0..channels {
+                let v = &mut x[c * len + i];
+                *v = (*v - mean) * inv * self.gamma[c] + self.beta[c];
+            }
+        }
+    }
+}
+
+/// A depthwise convolution with "same" padding on one sequence's `[channels][len]` vectors.
+pub struct CpuDepthwise {
+    /// `[channels][kernel]`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    dilation: usize,
+}
+
+impl CpuDepthwise {
+    pub fn forward(&self, x: &[f32], len: usize) -> Vec<f32> {
+        let (k, d) = (self.kernel, self.dilation);
+        let pad = d * (k - 1) / 2;
+        let mut y = vec![0f32; x.len()];
+        for (c, (row, out)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
+            out.fill(self.bias[c]);
+            for j in 0..k {
+                let w = self.weight[c * k + j];
+                // Output i reads input i + j*d - pad where that is inside the row.
+                let shift = (j * d) as isize - pad as isize;
+                let lo = (-shift).max(0) as usize;
+                let hi = (len as isize - shift).clamp(0, len as isize) as usize;
+                for i in lo..hi {
+                    out[i] += w * row[(i as isize + shift) as usize];
+                }
+            }
+        }
+        y
+    }
+}
+
+/// GELU with the exact error function, as PyTorch's default.
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {

@@ -11,14 +11,13 @@
 use super::{Layer, RelativeAttention, TextEncoder};
 use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
 use crate::arch::cpu::{parallel_for, SharedOut};
-use crate::arch::vits::layers::Conv1d;
+use crate::arch::vits::layers::{Conv1d, CpuNorm};
 use candle_core::Result;
 
 /// Every layer's weights as our kernels take them.
 pub(super) struct CpuEncoder {
     layers: Vec<CpuLayer>,
     proj: PackedConv,
-    hidden: usize,
 }
 
 struct CpuLayer {
@@ -30,10 +29,10 @@ struct CpuLayer {
     rel_v: Vec<f32>,
     heads: usize,
     window: usize,
-    norm_1: (Vec<f32>, Vec<f32>),
+    norm_1: CpuNorm,
     ffn_1: PackedConv,
     ffn_2: PackedConv,
-    norm_2: (Vec<f32>, Vec<f32>),
+    norm_2: CpuNorm,
 }
 
 impl CpuEncoder {
@@ -55,14 +54,14 @@ impl CpuEncoder {
                     rel_v: a.rel_v.flatten_all()?.to_vec1()?,
                     heads: a.heads,
                     window: a.window,
-                    norm_1: l.norm_1.to_vecs()?,
+                    norm_1: l.norm_1.cpu()?,
                     ffn_1: packed(&l.ffn.conv_1)?,
                     ffn_2: packed(&l.ffn.conv_2)?,
-                    norm_2: l.norm_2.to_vecs()?,
+                    norm_2: l.norm_2.cpu()?,
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Some(Self { layers, proj: packed(&enc.proj)?, hidden: enc.hidden }))
+        Ok(Some(Self { layers, proj: packed(&enc.proj)? }))
     }
 
     /// One sequence's embedded phonemes `x` (`[hidden][len]`) -> `[hidden + stats][len]`: the hidden
@@ -72,10 +71,10 @@ impl CpuEncoder {
         let mut x = x.to_vec();
         for l in &self.layers {
             let y = plain(&l.attend(&plain(&x, &l.qkv), len), &l.o);
-            x = add_and_norm(&x, &y, &l.norm_1, self.hidden, len);
+            add_and_norm(&mut x, &y, &l.norm_1, len);
             // ReLU between the two convolutions: a leaky slope of 0.
             let y = leaky_conv(&plain(&x, &l.ffn_1), len, len, 0.0, &l.ffn_2, None);
-            x = add_and_norm(&x, &y, &l.norm_2, self.hidden, len);
+            add_and_norm(&mut x, &y, &l.norm_2, len);
         }
         let stats = plain(&x, &self.proj);
         x.extend_from_slice(&stats);
@@ -130,20 +129,10 @@ impl CpuLayer {
     }
 }
 
-/// `x + y`, then layer norm over the channels of each position (`[channels][len]`, eps 1e-5).
-fn add_and_norm(x: &[f32], y: &[f32], (gamma, beta): &(Vec<f32>, Vec<f32>), channels: usize, len: usize) -> Vec<f32> {
-    let sum: Vec<f32> = x.iter().zip(y).map(|(a, b)| a + b).collect();
-    let mut out = vec![0f32; channels * len];
-    for i in 0..len {
-        let column = (0..channels).map(|c| sum[c * len + i]);
-        let mean = column.clone().sum::<f32>() / channels as f32;
-        let var = column.map(|v| (v - mean) * (v - mean)).sum::<f32>() / channels as f32;
-        let inv = 1.0 / (var + 1e-5).sqrt();
-        for c in 0..channels {
-            out[c * len + i] = (sum[c * len + i] - mean) * inv * gamma[c] + beta[c];
-        }
-    }
-    out
+/// `x += y`, then the layer norm.
+fn add_and_norm(x: &mut [f32], y: &[f32], norm: &CpuNorm, len: usize) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    norm.apply(x, len);
 }
 
 /// A dot product in 16 independent lanes, so that the compiler vectorises it.
