@@ -211,9 +211,12 @@ type CpuStage<'a> = (&'a CpuUpsample, Vec<&'a CpuResBlock>);
 /// the same values in the same order as over the whole sequence.
 fn resblocks_in_windows(blocks: &[&CpuResBlock], x: &[f32], channels: usize, len: usize) -> Vec<f32> {
     let halo = blocks.iter().map(|b| b.halo()).max().unwrap_or(0);
-    // Enough windows for both threads on the first stage's short inputs, few enough that the
-    // margins stay a small part of the work.
-    let window = (len / 8).clamp(192, 512);
+    // Windows of at most 512 steps (the margins stay a small part of the work), as many as a
+    // multiple of the threads: the pool hands them out as threads come free, and a third window
+    // for two threads kept one waiting for the other (a third of the first stage of a short
+    // sentence).
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let window = len.div_ceil(len.div_ceil(512).next_multiple_of(threads)).max(64);
     let scale = 1.0 / blocks.len() as f32;
     let mut out = vec![0f32; channels * len];
     let shared = SharedOut::new(&mut out);
