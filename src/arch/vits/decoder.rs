@@ -102,9 +102,9 @@ pub struct Decoder {
     conv_pre: Conv1d,
     stages: Vec<Stage>,
     conv_post: Conv1d,
-    /// On CPU, `conv_post`'s weights for our kernel: candle's path copies its 32-channel input into
-    /// an im2col matrix 7 times its size for a single output channel (~100 ms of a 4.7 s batch).
-    post_cpu: Option<PackedConv>,
+    /// On CPU, `conv_pre` and `conv_post` for our kernel. (candle's path copies `conv_post`'s
+    /// 32-channel input into an im2col matrix 7 times its size for a single output channel.)
+    ends_cpu: Option<(PackedConv, PackedConv)>,
 }
 
 impl Decoder {
@@ -132,46 +132,45 @@ impl Decoder {
             channels = out;
         }
         let conv_post = Conv1d::load_with(vb.pp("conv_post"), channels, 1, POST_KERNEL, 1, 1, false)?;
-        Ok(Self {
-            conv_pre: Conv1d::load(vb.pp("conv_pre"), cfg.inter_channels, d.initial_channels, 7, 1, 1)?,
-            stages,
-            post_cpu: conv_post.packed()?,
-            conv_post,
-        })
+        let conv_pre = Conv1d::load(vb.pp("conv_pre"), cfg.inter_channels, d.initial_channels, 7, 1, 1)?;
+        let ends_cpu = conv_pre.packed()?.zip(conv_post.packed()?);
+        Ok(Self { conv_pre, stages, conv_post, ends_cpu })
     }
 
     /// Frames `[b, inter, t]` with `mask` `[b, 1, t]` -> audio `[b, 1, t * hop]`.
     pub fn forward(&self, z: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let Some((stages, post)) = self.cpu_parts() else {
+        let Some((stages, (pre, post))) = self.cpu_parts() else {
             return self.forward_candle(z, mask);
         };
-        let x = self.conv_pre.forward(&z.broadcast_mul(mask)?)?;
         let hop = self.stages.iter().map(|s| s.rate).product();
-        per_sequence(&x, mask, 1, hop, |seq, _, valid| Self::forward_cpu(&stages, post, seq, valid))
+        per_sequence(&z.broadcast_mul(mask)?, mask, 1, hop, |seq, _, valid| {
+            Self::forward_cpu(&stages, pre, post, seq, valid)
+        })
     }
 
-    /// The CPU kernels' weights of every layer after `conv_pre`; `None` on another device.
-    fn cpu_parts(&self) -> Option<(Vec<CpuStage<'_>>, &PackedConv)> {
+    /// The CPU kernels' weights of every layer; `None` on another device.
+    fn cpu_parts(&self) -> Option<(Vec<CpuStage<'_>>, &(PackedConv, PackedConv))> {
         let stages = self
             .stages
             .iter()
             .map(|s| Some((s.up.cpu.as_ref()?, s.blocks.iter().map(|b| b.cpu.as_ref()).collect::<Option<Vec<_>>>()?)))
             .collect::<Option<Vec<_>>>()?;
-        Some((stages, self.post_cpu.as_ref()?))
+        Some((stages, self.ends_cpu.as_ref()?))
     }
 
-    /// Everything after `conv_pre` for one sequence on CPU, `x` `[channels][len]` all valid: the
-    /// activations stay plain vectors from the first upsampling to the audio.
-    fn forward_cpu(stages: &[CpuStage], post: &PackedConv, x: &[f32], len: usize) -> Vec<f32> {
-        let (mut x, mut len) = (x.to_vec(), len);
-        for (up, blocks) in stages {
+    /// The decoder for one sequence on CPU, `z` `[inter][len]` all valid: the activations stay
+    /// plain vectors from the frames to the audio.
+    fn forward_cpu(stages: &[CpuStage], pre: &PackedConv, post: &PackedConv, z: &[f32], len: usize) -> Vec<f32> {
+        // No activation before `conv_pre`: a leaky slope of 1.
+        let (mut x, mut len) = (leaky_conv(z, len, len, 1.0, pre, None), len);
+        for (i, (up, blocks)) in stages.iter().enumerate() {
             x = up.forward(&x, len, len, SLOPE as f32);
             len *= up.stride();
-            x = resblocks_in_windows(blocks, &x, up.out_channels(), len);
+            // The last stage's windows end with `conv_post` and tanh, while they are in cache.
+            let last = (i + 1 == stages.len()).then_some(post);
+            x = resblocks_in_windows(blocks, &x, up.out_channels(), len, last);
         }
-        let mut y = leaky_conv(&x, len, len, LAST_SLOPE as f32, post, None);
-        y.iter_mut().for_each(|v| *v = v.tanh());
-        y
+        x
     }
 
     /// The same with candle's ops, where our CPU kernels do not run.
@@ -209,8 +208,20 @@ type CpuStage<'a> = (&'a CpuUpsample, Vec<&'a CpuResBlock>);
 /// Where that margin is cut by the window's edge (not the sequence's), the outputs near the edge
 /// are wrong, but they lie in the margin and are thrown away; every kept output is computed from
 /// the same values in the same order as over the whole sequence.
-fn resblocks_in_windows(blocks: &[&CpuResBlock], x: &[f32], channels: usize, len: usize) -> Vec<f32> {
-    let halo = blocks.iter().map(|b| b.halo()).max().unwrap_or(0);
+///
+/// With `post`, each window's mean then goes through `conv_post` (its reach added to the margin)
+/// and tanh, and the answer is the audio, `[1][len]`.
+fn resblocks_in_windows(
+    blocks: &[&CpuResBlock],
+    x: &[f32],
+    channels: usize,
+    len: usize,
+    post: Option<&PackedConv>,
+) -> Vec<f32> {
+    if len == 0 {
+        return vec![];
+    }
+    let halo = blocks.iter().map(|b| b.halo()).max().unwrap_or(0) + post.map_or(0, PackedConv::reach);
     // Windows of at most 512 steps (the margins stay a small part of the work), as many as a
     // multiple of the threads: the pool hands them out as threads come free, and a third window
     // for two threads kept one waiting for the other (a third of the first stage of a short
@@ -218,7 +229,8 @@ fn resblocks_in_windows(blocks: &[&CpuResBlock], x: &[f32], channels: usize, len
     let threads = candle_core::utils::get_num_threads().max(1);
     let window = len.div_ceil(len.div_ceil(512).next_multiple_of(threads)).max(64);
     let scale = 1.0 / blocks.len() as f32;
-    let mut out = vec![0f32; channels * len];
+    let out_channels = if post.is_some() { 1 } else { channels };
+    let mut out = vec![0f32; out_channels * len];
     let shared = SharedOut::new(&mut out);
     parallel_for(len.div_ceil(window), |range| {
         for w in range {
@@ -231,11 +243,15 @@ fn resblocks_in_windows(blocks: &[&CpuResBlock], x: &[f32], channels: usize, len
                 let y = ResBlock::forward_here(block, &input, width);
                 sum.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
             }
-            for c in 0..channels {
+            sum.iter_mut().for_each(|v| *v *= scale);
+            if let Some(post) = post {
+                sum = leaky_conv_here(&sum, width, 0..width, LAST_SLOPE as f32, post, None);
+                sum.iter_mut().for_each(|v| *v = v.tanh());
+            }
+            for c in 0..out_channels {
                 // SAFETY: each window writes only its own time steps of each row.
                 let dst = unsafe { shared.part(c * len + t0, t1 - t0) };
-                let kept = &sum[c * width + (t0 - start)..][..t1 - t0];
-                dst.iter_mut().zip(kept).for_each(|(d, &v)| *d = v * scale);
+                dst.copy_from_slice(&sum[c * width + (t0 - start)..][..t1 - t0]);
             }
         }
     });

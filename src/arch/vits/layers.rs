@@ -298,6 +298,9 @@ impl CpuDepthwise {
         let (k, d) = (self.kernel, self.dilation);
         let pad = d * (k - 1) / 2;
         let mut y = vec![0f32; x.len()];
+        if len == 0 {
+            return y;
+        }
         for (c, (row, out)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
             out.fill(self.bias[c]);
             for j in 0..k {

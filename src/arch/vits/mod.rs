@@ -409,6 +409,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// An empty sequence beside a real one: the per-sequence CPU paths see a length of zero.
+    #[test]
+    fn an_empty_sequence_in_a_batch_breaks_nothing() {
+        let (model, _) = tiny();
+        let b = vec![1, 0, 3, 0, 2];
+        let alone = model.synthesize(std::slice::from_ref(&b), DETERMINISTIC).unwrap().remove(0);
+        let batch = model.synthesize(&[vec![], b], DETERMINISTIC).unwrap();
+        assert_eq!(batch[1], alone);
+        assert_eq!(batch[0].len(), hop_length(&model.cfg), "one frame, as the reference clamps it");
+    }
+
     #[test]
     fn config_is_read_back_from_the_weights_and_graph() {
         let (model, weights) = tiny();

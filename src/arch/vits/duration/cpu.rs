@@ -104,6 +104,9 @@ impl CpuDurations {
     /// One sequence: `x` is the encoder's hidden states (`[hidden][len]`) followed by the noise
     /// (`[2][len]`). Returns the log-durations, `[len]`.
     pub(super) fn reverse(&self, x: &[f32], len: usize) -> Vec<f32> {
+        if len == 0 {
+            return vec![];
+        }
         let (x, noise) = x.split_at(x.len() - 2 * len);
         let mut g = pointwise(x, len, &self.pre);
         self.convs.forward(&mut g, len);

@@ -67,6 +67,9 @@ impl CpuEncoder {
     /// One sequence's embedded phonemes `x` (`[hidden][len]`) -> `[hidden + stats][len]`: the hidden
     /// states, then the projection to the prior's mean and log-scale.
     pub(super) fn forward(&self, x: &[f32], len: usize) -> Vec<f32> {
+        if len == 0 {
+            return vec![];
+        }
         let plain = |x: &[f32], c: &PackedConv| leaky_conv(x, len, len, 1.0, c, None);
         let mut x = x.to_vec();
         for l in &self.layers {
