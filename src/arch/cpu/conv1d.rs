@@ -81,6 +81,12 @@ impl PackedConv {
         self.channels
     }
 
+    /// The convolution alone (no activation, no residual) over a whole sequence, `x`
+    /// `[channels][len]` -> `[out channels][len]`.
+    pub fn apply(&self, x: &[f32], len: usize) -> Vec<f32> {
+        leaky_conv(x, len, len, 1.0, self, None)
+    }
+
     /// How many steps an output reaches for its inputs, on its farther side.
     pub fn reach(&self) -> usize {
         let span = self.dilation * (self.kernel - 1);
@@ -161,6 +167,7 @@ fn conv_rows(
     let groups = (MIN_ITEMS.div_ceil(tiles)).clamp(1, blocks);
     let per_group = blocks.div_ceil(groups);
     let micro_tile = micro_tile_for_this_cpu();
+    let input = Activations { act: &act, width, channels, kernel, dilation };
     run(tiles * groups, &|range: Range<usize>| {
         for item in range {
             let (tile, group) = (item / groups, item % groups);
@@ -169,7 +176,7 @@ fn conv_rows(
                 let w = &packed[block * block_len..][..block_len];
                 for t0 in (tile * TILE..tile_end).step_by(MICRO) {
                     let n = MICRO.min(len - t0);
-                    let acc = micro_tile(&act, width, channels, kernel, dilation, w, t0, n);
+                    let acc = micro_tile(&input, w, t0, n);
                     for (i, row) in acc.iter().enumerate() {
                         let o = block * OUT_BLOCK + i;
                         if o == out_channels {
@@ -193,11 +200,21 @@ fn conv_rows(
     y
 }
 
-/// Computes one block of `OUT_BLOCK` output channels over `MICRO` time steps from `t0`:
-/// `(act, width, channels, kernel, dilation, packed weights of the block, t0, steps)`. `act` must
-/// hold `MICRO + dilation * (kernel - 1)` values from `t0` on in each of its rows. Only the first
-/// `steps` time steps are wanted; a tile may compute more.
-type MicroTile = fn(&[f32], usize, usize, usize, usize, &[f32], usize, usize) -> [[f32; MICRO]; OUT_BLOCK];
+/// The activated, zero-padded input every micro tile of a call reads (`channels` rows of `width`),
+/// and the convolution's taps over it.
+#[derive(Clone, Copy)]
+struct Activations<'a> {
+    act: &'a [f32],
+    width: usize,
+    channels: usize,
+    kernel: usize,
+    dilation: usize,
+}
+
+/// Computes one block of `OUT_BLOCK` output channels over `MICRO` time steps from `t0`, with the
+/// block's packed weights. Each row of the activations must hold `MICRO + dilation * (kernel - 1)`
+/// values from `t0` on. Only the first `steps` time steps are wanted; a tile may compute more.
+type MicroTile = fn(&Activations, &[f32], usize, usize) -> [[f32; MICRO]; OUT_BLOCK];
 
 fn micro_tile_for_this_cpu() -> MicroTile {
     #[cfg(target_arch = "x86_64")]
@@ -208,23 +225,13 @@ fn micro_tile_for_this_cpu() -> MicroTile {
 }
 
 /// The micro tile as two halves of plain Rust that the compiler vectorises for the target.
-#[allow(clippy::too_many_arguments)]
-fn micro_tile_portable(
-    act: &[f32],
-    width: usize,
-    channels: usize,
-    kernel: usize,
-    dilation: usize,
-    w: &[f32],
-    t0: usize,
-    _steps: usize,
-) -> [[f32; MICRO]; OUT_BLOCK] {
+fn micro_tile_portable(a: &Activations, w: &[f32], t0: usize, _steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
     const HALF: usize = MICRO / 2;
     let mut out = [[0f32; MICRO]; OUT_BLOCK];
     for half in 0..2 {
-        let acc = half_tile::<HALF>(act, width, channels, kernel, dilation, w, t0 + half * HALF);
-        for (o, a) in out.iter_mut().zip(&acc) {
-            o[half * HALF..][..HALF].copy_from_slice(a);
+        let acc = half_tile::<HALF>(a, w, t0 + half * HALF);
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            o[half * HALF..][..HALF].copy_from_slice(acc);
         }
     }
     out
@@ -233,15 +240,8 @@ fn micro_tile_portable(
 /// Fixed sizes let the compiler keep `acc` in registers and unroll the two inner loops into
 /// vector fused multiply-adds.
 #[inline(always)]
-fn half_tile<const N: usize>(
-    act: &[f32],
-    width: usize,
-    channels: usize,
-    kernel: usize,
-    dilation: usize,
-    w: &[f32],
-    t0: usize,
-) -> [[f32; N]; OUT_BLOCK] {
+fn half_tile<const N: usize>(a: &Activations, w: &[f32], t0: usize) -> [[f32; N]; OUT_BLOCK] {
+    let Activations { act, width, channels, kernel, dilation } = *a;
     let mut acc = [[0f32; N]; OUT_BLOCK];
     for c in 0..channels {
         let row = &act[c * width + t0..];
@@ -260,7 +260,7 @@ fn half_tile<const N: usize>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MICRO, OUT_BLOCK};
+    use super::{Activations, MICRO, OUT_BLOCK};
     use std::arch::x86_64::*;
 
     /// Vectors of 16 floats per accumulator row.
@@ -269,17 +269,8 @@ mod avx512 {
     /// The micro tile in AVX-512: 16 accumulators; per input channel and tap, `VECS` loads of the
     /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds. A tile at the end of a
     /// short input (the encoder's phonemes, the flow's frames) computes only the vectors it needs.
-    #[allow(clippy::too_many_arguments)]
-    pub fn micro_tile(
-        act: &[f32],
-        width: usize,
-        channels: usize,
-        kernel: usize,
-        dilation: usize,
-        w: &[f32],
-        t0: usize,
-        steps: usize,
-    ) -> [[f32; MICRO]; OUT_BLOCK] {
+    pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
+        let Activations { act, width, channels, kernel, dilation } = *a;
         // The reads below stay inside both slices (the caller's contract, checked here once).
         assert!(channels > 0 && kernel > 0);
         assert!((channels - 1) * width + t0 + dilation * (kernel - 1) + MICRO <= act.len());
@@ -288,25 +279,18 @@ mod avx512 {
         // SAFETY: AVX-512F is present (checked above) and every read is in bounds (asserted above).
         unsafe {
             match steps.div_ceil(16) {
-                1 => tile::<1>(act, width, channels, kernel, dilation, w, t0),
-                2 => tile::<2>(act, width, channels, kernel, dilation, w, t0),
-                3 => tile::<3>(act, width, channels, kernel, dilation, w, t0),
-                _ => tile::<VECS>(act, width, channels, kernel, dilation, w, t0),
+                1 => tile::<1>(a, w, t0),
+                2 => tile::<2>(a, w, t0),
+                3 => tile::<3>(a, w, t0),
+                _ => tile::<VECS>(a, w, t0),
             }
         }
     }
 
     /// `V` vectors of 16 time steps per accumulator row.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const V: usize>(
-        act: &[f32],
-        width: usize,
-        channels: usize,
-        kernel: usize,
-        dilation: usize,
-        w: &[f32],
-        t0: usize,
-    ) -> [[f32; MICRO]; OUT_BLOCK] {
+    unsafe fn tile<const V: usize>(a: &Activations, w: &[f32], t0: usize) -> [[f32; MICRO]; OUT_BLOCK] {
+        let Activations { act, width, channels, kernel, dilation } = *a;
         let mut acc = [[_mm512_setzero_ps(); V]; OUT_BLOCK];
         for c in 0..channels {
             let row = act.as_ptr().add(c * width + t0);
@@ -360,10 +344,11 @@ mod tests {
         let width = t0 + MICRO + dilation * (kernel - 1);
         let act = values(4, channels * width);
         let w = values(5, channels * kernel * OUT_BLOCK);
-        let a = micro_tile_portable(&act, width, channels, kernel, dilation, &w, t0, MICRO);
+        let input = Activations { act: &act, width, channels, kernel, dilation };
+        let a = micro_tile_portable(&input, &w, t0, MICRO);
         // Every width a tile at the end of an input may be cut to.
         for steps in [MICRO, 49, 48, 20, 1] {
-            let b = micro_tile_for_this_cpu()(&act, width, channels, kernel, dilation, &w, t0, steps);
+            let b = micro_tile_for_this_cpu()(&input, &w, t0, steps);
             let diff = (a.iter().zip(&b))
                 .flat_map(|(x, y)| x[..steps].iter().zip(&y[..steps]))
                 .map(|(x, y)| (x - y).abs())

@@ -7,7 +7,7 @@
 
 use super::layers::{leaky_relu, per_sequence, Conv1d, ConvTranspose1d, CpuUpsample};
 use super::{ResBlockKind, VitsConfig};
-use crate::arch::cpu::conv1d::{leaky_conv, leaky_conv_here, PackedConv};
+use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv};
 use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -35,6 +35,24 @@ impl CpuResBlock {
     fn halo(&self) -> usize {
         self.dilated.iter().chain(&self.plain).map(PackedConv::reach).sum()
     }
+
+    /// `ResBlock::forward` for one window of one sequence, on the calling thread: `input` is
+    /// `[channels][len]`, all of it inside the sequence.
+    fn forward_here(&self, input: &[f32], len: usize) -> Vec<f32> {
+        let conv = |x: &[f32], c: &PackedConv, residual: Option<&[f32]>| {
+            leaky_conv_here(x, len, 0..len, SLOPE as f32, c, residual)
+        };
+        // The first step reads the stage's input in place; each later one reads the last output.
+        let mut out: Option<Vec<f32>> = None;
+        for (j, c) in self.dilated.iter().enumerate() {
+            let x = out.as_deref().unwrap_or(input);
+            out = Some(match self.plain.get(j) {
+                None => conv(x, c, Some(x)),
+                Some(p) => conv(&conv(x, c, None), p, Some(x)),
+            });
+        }
+        out.unwrap_or_else(|| input.to_vec())
+    }
 }
 
 impl ResBlock {
@@ -59,24 +77,6 @@ impl ResBlock {
             _ => None,
         };
         Ok(Self { dilated, plain, cpu })
-    }
-
-    /// The same as `forward` for one window of one sequence, on the calling thread: `input` is
-    /// `[channels][len]`, all of it inside the sequence.
-    fn forward_here(cpu: &CpuResBlock, input: &[f32], len: usize) -> Vec<f32> {
-        let conv = |x: &[f32], c: &PackedConv, residual: Option<&[f32]>| {
-            leaky_conv_here(x, len, 0..len, SLOPE as f32, c, residual)
-        };
-        // The first step reads the stage's input in place; each later one reads the last output.
-        let mut out: Option<Vec<f32>> = None;
-        for (j, c) in cpu.dilated.iter().enumerate() {
-            let x = out.as_deref().unwrap_or(input);
-            out = Some(match cpu.plain.get(j) {
-                None => conv(x, c, Some(x)),
-                Some(p) => conv(&conv(x, c, None), p, Some(x)),
-            });
-        }
-        out.unwrap_or_else(|| input.to_vec())
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -162,7 +162,7 @@ impl Decoder {
     /// plain vectors from the frames to the audio.
     fn forward_cpu(stages: &[CpuStage], pre: &PackedConv, post: &PackedConv, z: &[f32], len: usize) -> Vec<f32> {
         // No activation before `conv_pre`: a leaky slope of 1.
-        let (mut x, mut len) = (leaky_conv(z, len, len, 1.0, pre, None), len);
+        let (mut x, mut len) = (pre.apply(z, len), len);
         for (i, (up, blocks)) in stages.iter().enumerate() {
             x = up.forward(&x, len, len, SLOPE as f32);
             len *= up.stride();
@@ -240,7 +240,7 @@ fn resblocks_in_windows(
             let input: Vec<f32> = (0..channels).flat_map(|c| &x[c * len + start..c * len + end]).copied().collect();
             let mut sum = vec![0f32; channels * width];
             for block in blocks {
-                let y = ResBlock::forward_here(block, &input, width);
+                let y = block.forward_here(&input, width);
                 sum.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
             }
             sum.iter_mut().for_each(|v| *v *= scale);

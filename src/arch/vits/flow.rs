@@ -4,7 +4,7 @@
 
 use super::layers::{per_sequence, Conv1d};
 use super::VitsConfig;
-use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
+use crate::arch::cpu::conv1d::PackedConv;
 use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -147,15 +147,13 @@ impl CpuCoupling {
     /// `CouplingLayer::reverse` for one sequence: `x` is `[channels][len]`, all of it valid, and
     /// its second half is updated in place.
     fn reverse(&self, x: &mut [f32], len: usize) {
-        // A slope of 1: these convolutions have no activation before them.
-        let conv = |x: &[f32], c: &PackedConv| leaky_conv(x, len, len, 1.0, c, None);
         let (x0, x1) = x.split_at_mut(self.half * len);
-        let mut h = conv(x0, &self.pre);
+        let mut h = self.pre.apply(x0, len);
         let mut skip = vec![0f32; self.hidden * len];
         let last = self.in_layers.len() - 1;
         for (i, (inl, rs)) in self.in_layers.iter().zip(&self.res_skip_layers).enumerate() {
-            let acts = gated_tanh(&conv(&h, inl), self.hidden * len);
-            let rs = conv(&acts, rs);
+            let acts = gated_tanh(&inl.apply(&h, len), self.hidden * len);
+            let rs = rs.apply(&acts, len);
             let skip_part = if i < last {
                 h.iter_mut().zip(&rs).for_each(|(h, r)| *h += r);
                 &rs[self.hidden * len..]
@@ -164,7 +162,7 @@ impl CpuCoupling {
             };
             skip.iter_mut().zip(skip_part).for_each(|(s, r)| *s += r);
         }
-        let m = conv(&skip, &self.post);
+        let m = self.post.apply(&skip, len);
         x1.iter_mut().zip(&m).for_each(|(x, m)| *x -= m);
     }
 }

@@ -5,7 +5,7 @@
 //! multiply-adds (BENCHMARKS.md). One sequence alone needs no masks: every position is real.
 
 use super::{ConvFlow, DdsConv, DurationPredictor, Flow};
-use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
+use crate::arch::cpu::conv1d::PackedConv;
 use crate::arch::vits::layers::{gelu, ChannelNorm, Conv1d, CpuDepthwise, CpuNorm};
 use candle_core::Result;
 
@@ -40,19 +40,10 @@ enum CpuFlow {
     Flip,
 }
 
-/// A 1x1 convolution on one sequence.
-fn pointwise(x: &[f32], len: usize, c: &PackedConv) -> Vec<f32> {
-    leaky_conv(x, len, len, 1.0, c, None)
-}
-
-fn packed(c: &Conv1d) -> Result<Option<PackedConv>> {
-    c.packed()
-}
-
 impl CpuDds {
     fn new(d: &DdsConv) -> Result<Option<Self>> {
         let sep = d.sep.iter().map(|c| c.depthwise_cpu()).collect::<Result<Option<Vec<_>>>>()?;
-        let pointwise = d.pointwise.iter().map(packed).collect::<Result<Option<Vec<_>>>>()?;
+        let pointwise = d.pointwise.iter().map(Conv1d::packed).collect::<Result<Option<Vec<_>>>>()?;
         let (Some(sep), Some(pointwise)) = (sep, pointwise) else {
             return Ok(None);
         };
@@ -66,7 +57,7 @@ impl CpuDds {
             let mut y = self.sep[i].forward(x, len);
             self.norms_1[i].apply(&mut y, len);
             y.iter_mut().for_each(|v| *v = gelu(*v));
-            let mut y = pointwise(&y, len, &self.pointwise[i]);
+            let mut y = self.pointwise[i].apply(&y, len);
             self.norms_2[i].apply(&mut y, len);
             x.iter_mut().zip(&y).for_each(|(x, y)| *x += gelu(*y));
         }
@@ -76,7 +67,7 @@ impl CpuDds {
 impl CpuDurations {
     /// `None` on another device.
     pub(super) fn new(dp: &DurationPredictor) -> Result<Option<Self>> {
-        let (Some(pre), Some(convs), Some(proj)) = (packed(&dp.pre)?, CpuDds::new(&dp.convs)?, packed(&dp.proj)?)
+        let (Some(pre), Some(convs), Some(proj)) = (dp.pre.packed()?, CpuDds::new(&dp.convs)?, dp.proj.packed()?)
         else {
             return Ok(None);
         };
@@ -89,7 +80,7 @@ impl CpuDurations {
                 },
                 Flow::Flip => CpuFlow::Flip,
                 Flow::Conv(ConvFlow { pre, convs, proj, filter_channels, bins, tail_bound }) => {
-                    let (Some(pre), Some(convs), Some(proj)) = (packed(pre)?, CpuDds::new(convs)?, packed(proj)?)
+                    let (Some(pre), Some(convs), Some(proj)) = (pre.packed()?, CpuDds::new(convs)?, proj.packed()?)
                     else {
                         return Ok(None);
                     };
@@ -108,9 +99,9 @@ impl CpuDurations {
             return vec![];
         }
         let (x, noise) = x.split_at(x.len() - 2 * len);
-        let mut g = pointwise(x, len, &self.pre);
+        let mut g = self.pre.apply(x, len);
         self.convs.forward(&mut g, len);
-        let g = pointwise(&g, len, &self.proj);
+        let g = self.proj.apply(&g, len);
         let mut z = noise.to_vec();
         for flow in &self.flows {
             match flow {
@@ -125,10 +116,10 @@ impl CpuDurations {
                 }
                 CpuFlow::Conv { pre, convs, proj, bins, tail_bound, knot_scale } => {
                     let (x0, x1) = z.split_at_mut(len);
-                    let mut h = pointwise(x0, len, pre);
+                    let mut h = pre.apply(x0, len);
                     h.iter_mut().zip(&g).for_each(|(h, g)| *h += g);
                     convs.forward(&mut h, len);
-                    let params = pointwise(&h, len, proj); // [3 * bins - 1][len]
+                    let params = proj.apply(&h, len); // [3 * bins - 1][len]
                     for (i, v) in x1.iter_mut().enumerate() {
                         let p: Vec<f32> = (0..3 * bins - 1).map(|c| params[c * len + i]).collect();
                         let widths: Vec<f32> = p[..*bins].iter().map(|w| w * knot_scale).collect();

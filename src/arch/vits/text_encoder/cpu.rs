@@ -70,16 +70,15 @@ impl CpuEncoder {
         if len == 0 {
             return vec![];
         }
-        let plain = |x: &[f32], c: &PackedConv| leaky_conv(x, len, len, 1.0, c, None);
         let mut x = x.to_vec();
         for l in &self.layers {
-            let y = plain(&l.attend(&plain(&x, &l.qkv), len), &l.o);
+            let y = l.o.apply(&l.attend(&l.qkv.apply(&x, len), len), len);
             add_and_norm(&mut x, &y, &l.norm_1, len);
             // ReLU between the two convolutions: a leaky slope of 0.
-            let y = leaky_conv(&plain(&x, &l.ffn_1), len, len, 0.0, &l.ffn_2, None);
+            let y = leaky_conv(&l.ffn_1.apply(&x, len), len, len, 0.0, &l.ffn_2, None);
             add_and_norm(&mut x, &y, &l.norm_2, len);
         }
-        let stats = plain(&x, &self.proj);
+        let stats = self.proj.apply(&x, len);
         x.extend_from_slice(&stats);
         x
     }
