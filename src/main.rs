@@ -1,8 +1,9 @@
 use clap::{Parser, Subcommand};
+use wick::arch::cpu::isa;
 use wick::catalog::Catalog;
 
 #[derive(Parser)]
-#[command(name = "wick", version, about = "An OpenAI-compatible inference server")]
+#[command(name = "wick", version, long_version = long_version(), about = "An OpenAI-compatible inference server")]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "WICK_LOG_FORMAT", default_value = "text", global = true)]
@@ -27,6 +28,11 @@ enum Command {
     Probe(wick::probe::ProbeArgs),
 }
 
+/// `wick --version`: the version and the CPU kernels this machine gets (or why it gets none).
+fn long_version() -> &'static str {
+    Box::leak(format!("{}\n{}", env!("CARGO_PKG_VERSION"), isa::describe()).into_boxed_str())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter =
@@ -37,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     } else {
         subscriber.init();
     }
+    // Before anything runs a kernel: a forced variant this CPU cannot run stops here, with the reason.
+    isa::init()?;
+    tracing::info!("{}", isa::describe());
     let command = cli.command.unwrap_or_else(|| Command::Serve(Box::new(wick::config::ServeArgs::parse_from_env())));
     match command {
         Command::Serve(args) => {
@@ -52,11 +61,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Probe(args) => wick::probe::run(args),
         Command::Models => {
-            println!("{:<28} {:<6} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
+            println!("{:<28} {:<8} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
             for m in &Catalog::builtin().models {
                 let pulled = if m.is_pulled() { "yes" } else { "no" };
                 let default = if m.default { " (default)" } else { "" };
-                println!("{:<28} {:<6} {:<8} {}{default}", m.name, m.kind, pulled, m.description);
+                println!("{:<28} {:<8} {:<8} {}{default}", m.name, m.kind, pulled, m.description);
             }
             Ok(())
         }

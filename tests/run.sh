@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the tests need (idempotent), pulls the default model, then
-# `cargo nextest run`. This is the README's test command; .ci/run calls it.
+# Runs every test: installs what the tests need (idempotent), checks the build's hygiene, pulls the
+# default models, runs `cargo nextest run`, then the kernel and real-model tests again with each lower
+# CPU kernel variant forced. This is the README's test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,9 +11,9 @@ say "system packages"
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v node >/dev/null || need_apt+=(nodejs npm)
-# Speech: libespeak-ng (phonemes) for the server; cmake builds libopus (the opus encoder); curl runs
-# the docs' example request.
-ldconfig -p | grep -q 'libespeak-ng\.so\.1' || need_apt+=(espeak-ng)
+# Only the tests need these: cmake builds the reference libopus that decodes our Opus output
+# (a dev-dependency; the server's own build needs no cmake), curl runs the docs' example request.
+# espeak-ng is not installed: speech uses the copy `wick pull` brings.
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v curl >/dev/null || need_apt+=(curl)
 if ((${#need_apt[@]})); then
@@ -24,6 +25,16 @@ say "OpenAI clients"
 python3 -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
 (cd tests/clients && npm install --no-package-lock --no-audit --no-fund --loglevel=error)
 
+say "build hygiene"
+cargo fmt --check
+# Nothing that `cargo build` or `cargo run` builds may need cmake (dev-dependencies aside).
+if cmake_users=$(cargo tree --target all -e normal,build -i cmake 2>/dev/null) && [[ -n $cmake_users ]]; then
+  printf 'cmake is in the build graph:\n%s\n' "$cmake_users" >&2
+  exit 1
+fi
+# Warnings are errors; the lints allowed are listed, with why, in Cargo.toml's [lints].
+cargo clippy --all-targets --quiet -- -D warnings
+
 say "build"
 cargo build --tests --bins
 
@@ -34,4 +45,18 @@ say "default models"
 say "tests"
 # The real-model and client tests must not skip here.
 export WICK_REQUIRE_REAL_MODEL=1
+./target/debug/wick --version
 cargo nextest run --no-fail-fast "$@"
+
+# Every kernel variant is unit-tested against the scalar reference above; these runs put each lower
+# variant under the real models and the voice, end to end.
+kernel_and_model_tests='(kind(lib) & test(/^arch::/)) | binary(real_model) | binary(speech_parity) | binary(engine)'
+for variant in avx2 portable; do
+  if ! WICK_CPU_VARIANT=$variant ./target/debug/wick models >/dev/null 2>&1; then
+    echo "(this CPU cannot run the $variant kernels: skipped)"
+    continue
+  fi
+  say "tests with WICK_CPU_VARIANT=$variant"
+  WICK_CPU_VARIANT=$variant ./target/debug/wick --version
+  WICK_CPU_VARIANT=$variant cargo nextest run --no-fail-fast -E "$kernel_and_model_tests"
+done

@@ -240,4 +240,12 @@ fn the_docs_curl_request_works() {
     assert_eq!(rate, 22_050);
     let seconds = samples.len() as f32 / rate as f32;
     assert!((3.0..6.0).contains(&seconds) && rms(&samples) > 0.02, "{seconds} s, rms {}", rms(&samples));
+
+    // It spoke with the espeak-ng that `wick pull` brought (tests/run.sh installs no system copy;
+    // where one is installed, it must not be the one used).
+    let pulled = wick::catalog::Catalog::builtin().get("espeak-ng").unwrap().dir().join("libespeak-ng.so.1");
+    let maps = server.maps();
+    let espeak: Vec<&str> = maps.lines().filter(|l| l.contains("libespeak-ng")).collect();
+    assert!(!espeak.is_empty(), "the server mapped no libespeak-ng");
+    assert!(espeak.iter().all(|l| l.ends_with(pulled.to_str().unwrap())), "not the pulled copy: {espeak:#?}");
 }

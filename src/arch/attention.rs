@@ -7,6 +7,7 @@
 //! Here one pass per (sequence, head) does it with no allocation beyond the output. On CUDA our
 //! kernels do the same (src/cuda/); this is their CPU reference.
 
+use super::cpu::vector::{axpy, dot};
 use super::cpu::{parallel_for, SharedOut};
 use crate::kv::{slot, BlockId, LayerKv, BLOCK_SIZE};
 
@@ -173,31 +174,6 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
         }
     });
     out
-}
-
-/// Dot product with eight independent accumulators so the compiler can vectorise it.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        sum += x * y;
-    }
-    sum
-}
-
-#[inline]
-fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += w * x;
-    }
 }
 
 #[cfg(test)]

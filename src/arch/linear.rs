@@ -4,12 +4,15 @@
 //! at 16 sequences the arithmetic starts to count. Measured on our 2-core CPU (BENCHMARKS.md,
 //! `cargo bench --bench forward`): the GGUF's own Q4_1 through our kernel (`cpu::q4_1`, AVX-512 VNNI)
 //! is the fastest from 1 to 64 rows, prefill included, so `native` is the default; `q8-0` converts
-//! every matrix once at load (candle's kernels); `f32` dequantizes (dense GEMM only ties at 64 rows).
+//! every matrix once at load; `f32` dequantizes (dense GEMM only ties at 64 rows). On CPU, Q4_1 and
+//! Q8_0 run on our kernels (variants chosen at run time, `cpu::isa`); other quantized types on
+//! candle's, which are scalar in a baseline build.
 //! Every kernel here computes each row independently of the others in the batch, so a greedy
 //! completion is the same alone or batched; a kernel choice that switched with the batch size would
 //! break that, which is why the choice is per deployment and not per step.
 
 use super::cpu::q4_1::Q4_1Matrix;
+use super::cpu::q8_0::Q8_0Matrix;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -69,12 +72,12 @@ pub struct Linear {
     pub out_features: usize,
 }
 
-// One per weight matrix (a few hundred): the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
 enum Kernel {
     Candle(QMatMul),
-    /// Our AVX2 kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.
+    /// Our kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.
     Q4_1(Q4_1Matrix),
+    /// Our kernel (`cpu::q8_0`): candle's is scalar unless built for the host's SIMD.
+    Q8_0(Q8_0Matrix),
 }
 
 impl Linear {
@@ -108,6 +111,10 @@ impl Linear {
                 let q = stack_quantized(parts, GgmlDType::Q4_1, device)?;
                 Kernel::Q4_1(Q4_1Matrix::new(q.data()?.into_owned(), out_features, in_features)?)
             }
+            Some(GgmlDType::Q8_0) if device.is_cpu() => {
+                let q = stack_quantized(parts, GgmlDType::Q8_0, device)?;
+                Kernel::Q8_0(Q8_0Matrix::new(q.data()?.into_owned(), out_features, in_features)?)
+            }
             Some(dtype) => Kernel::Candle(QMatMul::from_qtensor(stack_quantized(parts, dtype, device)?)?),
         };
         Ok(Self { kernel, out_features })
@@ -119,6 +126,7 @@ impl Linear {
             Kernel::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             Kernel::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
             Kernel::Q4_1(w) => w.bytes(),
+            Kernel::Q8_0(w) => w.bytes(),
         }
     }
 
@@ -126,13 +134,17 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kernel {
             Kernel::Candle(m) => Ok(m.forward(x)?),
-            Kernel::Q4_1(w) => {
-                let rows = x.dim(0)?;
-                let xs = x.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Tensor::from_vec(w.matmul(&xs, rows), (rows, w.n), x.device())?)
-            }
+            Kernel::Q4_1(w) => ours(x, w.n, |xs, rows| w.matmul(xs, rows)),
+            Kernel::Q8_0(w) => ours(x, w.n, |xs, rows| w.matmul(xs, rows)),
         }
     }
+}
+
+/// One of our CPU kernels on a `[rows, in]` tensor, giving `[rows, out]`.
+fn ours(x: &Tensor, out: usize, matmul: impl Fn(&[f32], usize) -> Vec<f32>) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Tensor::from_vec(matmul(&xs, rows), (rows, out), x.device())?)
 }
 
 /// Quantized rows are whole blocks, so stacking matrices of one type along the output dimension is a

@@ -11,7 +11,7 @@
 //! - `flac`: lossless at the input rate, one FLAC frame per 4096 samples.
 //! - `mp3`: LAME, CBR, at the input rate (22.05 kHz is an MPEG-2 Layer III rate).
 //! - `aac`: fdk-aac AAC-LC in ADTS at the input rate (22.05 kHz is an AAC rate).
-//! - `opus`: libopus in Ogg at 24 kHz (Opus has no 22.05 kHz mode). Resampled.
+//! - `opus`: Opus (pure Rust, `opus-rs`) in Ogg at 24 kHz (Opus has no 22.05 kHz mode). Resampled.
 
 mod aac;
 mod flac;
@@ -76,7 +76,7 @@ impl AudioFormat {
         const MP3: &[u32] = &[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
         // The rates with an ADTS sampling-frequency index that fdk-aac encodes at.
         const AAC: &[u32] = &[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000];
-        // libopus runs at these alone (the Ogg granule clock is 48 kHz whatever the rate).
+        // Opus runs at these alone (the Ogg granule clock is 48 kHz whatever the rate).
         const OPUS: &[u32] = &[8000, 12000, 16000, 24000, 48000];
         match self {
             // OpenAI's pcm is 24 kHz, and the bytes carry no header to say otherwise.

@@ -1,7 +1,8 @@
-//! `opus`: libopus (1.5, built from source by `opusic-sys`) in an Ogg stream (RFC 7845), which is
-//! what OpenAI's `audio/opus` is.
+//! `opus`: Opus (the `opus-rs` crate, a pure-Rust port of libopus 1.6, so that the build needs no
+//! cmake or C toolchain) in an Ogg stream (RFC 7845), which is what OpenAI's `audio/opus` is. The
+//! tests decode what it writes with the reference libopus.
 //!
-//! libopus runs at 8, 12, 16, 24 or 48 kHz only, so the 22.05 kHz voice is resampled to 24 kHz: its
+//! Opus runs at 8, 12, 16, 24 or 48 kHz only, so the 22.05 kHz voice is resampled to 24 kHz: its
 //! band ends at 11 kHz, and 24 kHz keeps all of it for half the work of 48 kHz.
 //!
 //! Stream layout: a page with OpusHead alone (beginning of stream), a page with OpusTags, then
@@ -11,19 +12,19 @@
 //! with silence to cover the lookahead and a whole last packet, and the last page's granule
 //! position says where the real audio ends, so decoders play back exactly the input's length.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use ogg::{PacketWriteEndInfo, PacketWriter};
-use opus::{Application, Bitrate, Channels, Signal};
+use opus_rs::Application;
 
 /// Good speech at 24 kHz mono; a third of mp3's and aac's 64 kb/s, as Opus is that much better.
 const BITRATE: i32 = 32_000;
 /// The Ogg granule clock, fixed by RFC 7845.
 const GRANULE_RATE: u32 = 48_000;
-/// The largest packet libopus can produce is 1275 bytes per frame; this is the size its docs use.
+/// A packet is at most 1275 bytes per frame (RFC 6716); this is the size libopus's docs use.
 const MAX_PACKET: usize = 4000;
 
 pub struct OpusEncoder {
-    opus: opus::Encoder,
+    opus: opus_rs::OpusEncoder,
     ogg: PacketWriter<'static, Vec<u8>>,
     serial: u32,
     /// Samples per 20 ms packet at the encoding rate, and the same in granule (48 kHz) units.
@@ -41,11 +42,12 @@ pub struct OpusEncoder {
 
 impl OpusEncoder {
     pub fn new(rate: u32) -> Result<Self> {
-        let mut opus = opus::Encoder::new(rate, Channels::Mono, Application::Audio)
-            .with_context(|| format!("libopus at {rate} Hz"))?;
-        opus.set_bitrate(Bitrate::Bits(BITRATE)).context("libopus bitrate")?;
-        opus.set_signal(Signal::Voice).context("libopus signal")?;
-        let lookahead = usize::try_from(opus.get_lookahead().context("libopus lookahead")?)?;
+        let mut opus = opus_rs::OpusEncoder::new(i32::try_from(rate)?, 1, Application::Audio)
+            .map_err(|e| anyhow!("Opus at {rate} Hz: {e}"))?;
+        opus.bitrate_bps = BITRATE;
+        // What libopus's OPUS_GET_LOOKAHEAD reports for every application but restricted low delay:
+        // 2.5 ms of the CELT overlap plus the 4 ms delay compensation (opus_encoder.c).
+        let lookahead = rate as usize / 400 + rate as usize / 250;
         let scale = u64::from(GRANULE_RATE / rate);
         let pre_skip = u16::try_from(lookahead as u64 * scale)?;
         let frame = rate as usize / 50;
@@ -74,8 +76,10 @@ impl OpusEncoder {
     fn encode_pending(&mut self, end: PacketWriteEndInfo, final_granule: u64) -> Result<()> {
         let whole = self.pending.len() / self.frame * self.frame;
         let mut packets = Vec::with_capacity(whole / self.frame);
+        let mut buf = [0u8; MAX_PACKET];
         for frame in self.pending[..whole].chunks_exact(self.frame) {
-            packets.push(self.opus.encode_vec(frame, MAX_PACKET).context("libopus")?);
+            let len = self.opus.encode_i16(frame, self.frame, &mut buf).map_err(|e| anyhow!("Opus: {e}"))?;
+            packets.push(buf[..len].to_vec());
         }
         self.pending.drain(..whole);
         let count = packets.len();
@@ -108,7 +112,7 @@ fn opus_head(pre_skip: u16, rate: u32) -> Vec<u8> {
 
 /// OpusTags (RFC 7845 section 5.2): the encoder library as vendor, no comments.
 fn opus_tags() -> Vec<u8> {
-    let vendor = opus::version().as_bytes();
+    let vendor = b"opus-rs (libopus 1.6 port)";
     let mut t = b"OpusTags".to_vec();
     t.extend((vendor.len() as u32).to_le_bytes());
     t.extend(vendor);

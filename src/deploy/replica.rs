@@ -24,7 +24,7 @@ impl Replica {
     /// Loads the model onto replica `index`'s device and starts its engine. Blocking.
     pub fn load(spec: &DeploymentSpec, index: usize, usage: Arc<Usage>) -> anyhow::Result<Self> {
         if let crate::loader::ModelSource::Catalog(entry) = &spec.source {
-            if !entry.is_pulled() {
+            if crate::pull::missing(entry) {
                 crate::pull::pull(entry, false)?;
             }
         }

@@ -45,6 +45,9 @@ impl ModelSource {
     /// A catalog name, a path to a .gguf file or a model folder, or a hub id.
     pub fn parse(spec: &str) -> Result<Self> {
         if let Some(entry) = Catalog::builtin().get(spec) {
+            if entry.main.is_none() {
+                bail!("`{spec}` is a {} that other entries use, not a model to serve", entry.kind);
+            }
             return Ok(Self::Catalog(Box::new(entry.clone())));
         }
         let path = Path::new(spec);

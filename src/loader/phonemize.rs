@@ -1,9 +1,10 @@
 //! Text to phonemes with espeak-ng, the way Piper does it: clause by clause in IPA, each clause's
 //! punctuation kept (the voices were trained with it), split into sentences.
 //!
-//! libespeak-ng is opened at run time (Debian's `libespeak-ng1`), so that Wick builds and serves chat
-//! without it; a speech request without it gets a clear error. espeak-ng keeps global state and is not
-//! thread-safe: every call goes through one lock.
+//! libespeak-ng is opened at run time, so that Wick builds and serves chat without it: the copy
+//! `wick pull` brings with a Piper voice (the catalog's `espeak-ng` entry, from a PyPI wheel, with its
+//! data), else the system's (Debian's `libespeak-ng1`). A speech request without either gets a clear
+//! error. espeak-ng keeps global state and is not thread-safe: every call goes through one lock.
 
 use anyhow::{bail, Context, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -19,6 +20,8 @@ const PHONEMES_IPA: c_int = 0x02;
 struct Espeak {
     // Kept so the symbols below stay valid.
     _lib: libloading::Library,
+    /// Which library this is: a path in the cache, or the system's soname.
+    origin: String,
     set_voice: unsafe extern "C" fn(*const c_char) -> c_int,
     text_to_phonemes: unsafe extern "C" fn(*mut *const c_void, c_int, c_int) -> *const c_char,
 }
@@ -35,21 +38,43 @@ fn espeak() -> Result<&'static Mutex<Espeak>> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The catalog entry whose pulled copy of espeak-ng is preferred to the system's.
+pub const CATALOG_ENTRY: &str = "espeak-ng";
+/// The system library's soname.
+const SYSTEM_LIBRARY: &str = "libespeak-ng.so.1";
+
 fn open() -> Result<Espeak> {
+    // The pulled copy's folder holds the library and `espeak-ng-data`, which espeak_Initialize is
+    // given the folder of; the system's finds its own data.
+    let (library, data_parent) = match crate::catalog::pulled_library(CATALOG_ENTRY) {
+        Some(dir) => (
+            dir.join(SYSTEM_LIBRARY).to_string_lossy().into_owned(),
+            Some(CString::new(dir.to_string_lossy().as_bytes())?),
+        ),
+        None => (SYSTEM_LIBRARY.to_string(), None),
+    };
     // SAFETY: loading libespeak-ng runs no code of ours; the symbols are declared as in speak_lib.h.
     unsafe {
-        let lib = libloading::Library::new("libespeak-ng.so.1").context(
-            "speech needs espeak-ng's library (Debian: `apt-get install espeak-ng`), which is not installed",
-        )?;
+        let lib = libloading::Library::new(&library).with_context(|| {
+            format!("speech needs espeak-ng's library: `wick pull {CATALOG_ENTRY}` brings it (or Debian's `apt-get install espeak-ng`); opening {library} failed")
+        })?;
         let init: libloading::Symbol<unsafe extern "C" fn(c_int, c_int, *const c_char, c_int) -> c_int> =
             lib.get(b"espeak_Initialize")?;
-        if init(AUDIO_OUTPUT_SYNCHRONOUS, 0, std::ptr::null(), 0) < 0 {
-            bail!("espeak-ng did not initialise (is espeak-ng-data installed?)");
+        let path = data_parent.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
+        if init(AUDIO_OUTPUT_SYNCHRONOUS, 0, path, 0) < 0 {
+            bail!("espeak-ng ({library}) did not initialise (is its espeak-ng-data there?)");
         }
         let set_voice = *lib.get(b"espeak_SetVoiceByName")?;
         let text_to_phonemes = *lib.get(b"espeak_TextToPhonemes")?;
-        Ok(Espeak { _lib: lib, set_voice, text_to_phonemes })
+        tracing::info!(library = %library, "espeak-ng opened");
+        Ok(Espeak { _lib: lib, origin: library, set_voice, text_to_phonemes })
     }
+}
+
+/// Which espeak-ng library speech uses (opening it on first use): its path when it is the pulled
+/// copy, the soname when it is the system's.
+pub fn library() -> Result<String> {
+    Ok(espeak()?.lock().unwrap_or_else(|e| e.into_inner()).origin.clone())
 }
 
 /// One sentence's phonemes: NFD code points, punctuation included.
@@ -163,7 +188,7 @@ mod tests {
         assert_eq!(unspeakable_letter("Привет", "ru"), None);
     }
 
-    /// Needs libespeak-ng (tests/run.sh installs it); the ids were checked against piper-tts 1.8.0.
+    /// Needs libespeak-ng (tests/run.sh pulls it); the ids were checked against piper-tts 1.8.0.
     #[test]
     fn sentences_keep_their_punctuation_like_piper() {
         let sentences = phonemize("Hello world. How are you, friend?", "en-us").unwrap();

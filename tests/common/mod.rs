@@ -232,7 +232,7 @@ pub fn greedy(content: &str, max_tokens: u32) -> serde_json::Value {
 /// CI) and is skipped with a notice otherwise.
 pub fn real_model_pulled(name: &str) -> bool {
     let entry = wick::catalog::Catalog::builtin().get(name).unwrap();
-    if entry.is_pulled() {
+    if !wick::pull::missing(entry) {
         return true;
     }
     if std::env::var("WICK_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1") {

@@ -47,6 +47,11 @@ impl WickProcess {
         kib / 1024.0
     }
 
+    /// The server process's memory map (Linux): which files, libraries among them, it has mapped.
+    pub fn maps(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap()
+    }
+
     /// SIGTERM, then waits for a graceful exit (the server saves usage on the way out).
     pub fn stop(mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

@@ -13,10 +13,15 @@
 //! stored until the end. (An accumulator in memory instead, one output channel at a time, cost two
 //! loads and a store per multiply-add and ran at about a third of this speed: BENCHMARKS.md.)
 //!
-//! Where the CPU has AVX-512 the micro tile is written with its intrinsics: the compiler's own
-//! vectors stop at 256 bits on such CPUs (LLVM's tuning for them), which halves the peak, and
-//! onnxruntime's kernels use the full width.
+//! The micro tile has one variant per instruction set (`isa`):
+//! - `avx512`: intrinsics, sixteen 512-bit accumulators. The compiler's own vectors stop at 256 bits
+//!   on such CPUs (LLVM's tuning for them), which halves the peak, and onnxruntime's use the full width;
+//! - `avx2`: intrinsics, the tile in passes of at most 4 x 3 256-bit accumulators, so that with the
+//!   inputs and a broadcast weight they fit the 16 registers;
+//! - `portable`: plain Rust over 8 time steps at a time (4 x 8 accumulators: eight SSE or NEON
+//!   registers), which the compiler vectorises for the baseline.
 
+use super::isa::{self, Variant};
 use super::{parallel_for, SharedOut};
 use std::ops::Range;
 
@@ -28,7 +33,7 @@ const MIN_ITEMS: usize = 8;
 /// Output channels whose accumulators are held at once.
 const OUT_BLOCK: usize = 4;
 /// Time steps per accumulator row: with `OUT_BLOCK` rows, 256 floats, sixteen 512-bit registers.
-/// (Without AVX-512, two halves of sixteen 256-bit registers each.)
+/// (The other variants cover it in passes.)
 const MICRO: usize = 64;
 
 /// The weights of one convolution, packed for the kernel once when the model loads.
@@ -166,7 +171,7 @@ fn conv_rows(
     let tiles = len.div_ceil(TILE);
     let groups = (MIN_ITEMS.div_ceil(tiles)).clamp(1, blocks);
     let per_group = blocks.div_ceil(groups);
-    let micro_tile = micro_tile_for_this_cpu();
+    let micro_tile = micro_tile_for(isa::variant());
     let input = Activations { act: &act, width, channels, kernel, dilation };
     run(tiles * groups, &|range: Range<usize>| {
         for item in range {
@@ -216,41 +221,46 @@ struct Activations<'a> {
 /// values from `t0` on. Only the first `steps` time steps are wanted; a tile may compute more.
 type MicroTile = fn(&Activations, &[f32], usize, usize) -> [[f32; MICRO]; OUT_BLOCK];
 
-fn micro_tile_for_this_cpu() -> MicroTile {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        return avx512::micro_tile;
+fn micro_tile_for(variant: Variant) -> MicroTile {
+    match variant {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => avx512::micro_tile,
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => avx2::micro_tile,
+        _ => micro_tile_portable,
     }
-    micro_tile_portable
 }
 
-/// The micro tile as two halves of plain Rust that the compiler vectorises for the target.
-fn micro_tile_portable(a: &Activations, w: &[f32], t0: usize, _steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
-    const HALF: usize = MICRO / 2;
+/// Time steps the portable tile computes per pass.
+const PORTABLE_STEPS: usize = 8;
+
+/// The micro tile in plain Rust that the compiler vectorises for the target, `PORTABLE_STEPS` time
+/// steps at a time; only the passes that cover `steps` run.
+fn micro_tile_portable(a: &Activations, w: &[f32], t0: usize, steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
     let mut out = [[0f32; MICRO]; OUT_BLOCK];
-    for half in 0..2 {
-        let acc = half_tile::<HALF>(a, w, t0 + half * HALF);
+    for from in (0..steps.min(MICRO)).step_by(PORTABLE_STEPS) {
+        let acc = portable_pass(a, w, t0 + from);
         for (o, acc) in out.iter_mut().zip(&acc) {
-            o[half * HALF..][..HALF].copy_from_slice(acc);
+            o[from..][..PORTABLE_STEPS].copy_from_slice(acc);
         }
     }
     out
 }
 
 /// Fixed sizes let the compiler keep `acc` in registers and unroll the two inner loops into
-/// vector fused multiply-adds.
+/// vector multiply-adds.
 #[inline(always)]
-fn half_tile<const N: usize>(a: &Activations, w: &[f32], t0: usize) -> [[f32; N]; OUT_BLOCK] {
+fn portable_pass(a: &Activations, w: &[f32], t0: usize) -> [[f32; PORTABLE_STEPS]; OUT_BLOCK] {
     let Activations { act, width, channels, kernel, dilation } = *a;
-    let mut acc = [[0f32; N]; OUT_BLOCK];
+    let mut acc = [[0f32; PORTABLE_STEPS]; OUT_BLOCK];
     for c in 0..channels {
         let row = &act[c * width + t0..];
         let wc = &w[c * kernel * OUT_BLOCK..][..kernel * OUT_BLOCK];
         for (j, wj) in wc.chunks_exact(OUT_BLOCK).enumerate() {
-            let src: &[f32; N] = row[j * dilation..][..N].try_into().expect("N floats");
+            let src: &[f32; PORTABLE_STEPS] = row[j * dilation..][..PORTABLE_STEPS].try_into().expect("a pass");
             for (a, &wo) in acc.iter_mut().zip(wj) {
                 for (a, &s) in a.iter_mut().zip(src) {
-                    *a = fma(wo, s, *a);
+                    *a += wo * s;
                 }
             }
         }
@@ -258,9 +268,87 @@ fn half_tile<const N: usize>(a: &Activations, w: &[f32], t0: usize) -> [[f32; N]
     acc
 }
 
+/// The reads every intrinsics tile makes stay inside both slices: the caller's contract, checked
+/// once per tile.
+#[cfg(target_arch = "x86_64")]
+fn check_tile_bounds(a: &Activations, w: &[f32], t0: usize) {
+    let Activations { act, width, channels, kernel, dilation } = *a;
+    assert!(channels > 0 && kernel > 0);
+    assert!((channels - 1) * width + t0 + dilation * (kernel - 1) + MICRO <= act.len());
+    assert!(channels * kernel * OUT_BLOCK <= w.len());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{check_tile_bounds, Activations, MICRO, OUT_BLOCK};
+    use crate::arch::cpu::isa::Variant;
+    use std::arch::x86_64::*;
+
+    /// 256-bit vectors of 8 floats; a pass holds at most this many per accumulator row.
+    const PASS: usize = 3;
+
+    /// The micro tile in AVX2 passes of up to `PASS` vectors per output channel (12 accumulators,
+    /// 3 inputs, 1 broadcast weight); only the vectors that cover `steps` are computed.
+    pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
+        check_tile_bounds(a, w, t0);
+        assert!(Variant::Avx2.runs_here());
+        let mut out = [[0f32; MICRO]; OUT_BLOCK];
+        let vectors = steps.min(MICRO).div_ceil(8);
+        let mut v0 = 0;
+        while v0 < vectors {
+            // SAFETY: AVX2 and FMA are present and every read is in bounds (both checked above).
+            unsafe {
+                match vectors - v0 {
+                    1 => pass::<1>(a, w, t0, v0, &mut out),
+                    2 => pass::<2>(a, w, t0, v0, &mut out),
+                    _ => pass::<PASS>(a, w, t0, v0, &mut out),
+                }
+            }
+            v0 += PASS.min(vectors - v0);
+        }
+        out
+    }
+
+    /// Vectors `v0..v0 + V` of every accumulator row.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pass<const V: usize>(
+        a: &Activations,
+        w: &[f32],
+        t0: usize,
+        v0: usize,
+        out: &mut [[f32; MICRO]; OUT_BLOCK],
+    ) {
+        let Activations { act, width, channels, kernel, dilation } = *a;
+        let mut acc = [[_mm256_setzero_ps(); V]; OUT_BLOCK];
+        for c in 0..channels {
+            let row = act.as_ptr().add(c * width + t0 + 8 * v0);
+            let wc = w.as_ptr().add(c * kernel * OUT_BLOCK);
+            for j in 0..kernel {
+                let src = row.add(j * dilation);
+                let mut s = [_mm256_setzero_ps(); V];
+                for (v, sv) in s.iter_mut().enumerate() {
+                    *sv = _mm256_loadu_ps(src.add(8 * v));
+                }
+                for (o, acc_o) in acc.iter_mut().enumerate() {
+                    let wo = _mm256_broadcast_ss(&*wc.add(j * OUT_BLOCK + o));
+                    for (a, &sv) in acc_o.iter_mut().zip(&s) {
+                        *a = _mm256_fmadd_ps(wo, sv, *a);
+                    }
+                }
+            }
+        }
+        for (o, acc_o) in out.iter_mut().zip(&acc) {
+            for (v, &a) in acc_o.iter().enumerate() {
+                _mm256_storeu_ps(o.as_mut_ptr().add(8 * (v0 + v)), a);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Activations, MICRO, OUT_BLOCK};
+    use super::{check_tile_bounds, Activations, MICRO, OUT_BLOCK};
+    use crate::arch::cpu::isa::Variant;
     use std::arch::x86_64::*;
 
     /// Vectors of 16 floats per accumulator row.
@@ -270,13 +358,9 @@ mod avx512 {
     /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds. A tile at the end of a
     /// short input (the encoder's phonemes, the flow's frames) computes only the vectors it needs.
     pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
-        let Activations { act, width, channels, kernel, dilation } = *a;
-        // The reads below stay inside both slices (the caller's contract, checked here once).
-        assert!(channels > 0 && kernel > 0);
-        assert!((channels - 1) * width + t0 + dilation * (kernel - 1) + MICRO <= act.len());
-        assert!(channels * kernel * OUT_BLOCK <= w.len());
-        assert!(std::is_x86_feature_detected!("avx512f"));
-        // SAFETY: AVX-512F is present (checked above) and every read is in bounds (asserted above).
+        check_tile_bounds(a, w, t0);
+        assert!(Variant::Avx512.runs_here());
+        // SAFETY: AVX-512F is present and every read is in bounds (both checked above).
         unsafe {
             match steps.div_ceil(16) {
                 1 => tile::<1>(a, w, t0),
@@ -319,41 +403,32 @@ mod avx512 {
     }
 }
 
-/// `a * b + c` in one instruction where the target has one; without it, `mul_add` would be a
-/// slow library call, so multiply and add instead.
-#[inline(always)]
-fn fma(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(target_feature = "fma") {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::test_values as values;
     use candle_core::{Device, Tensor};
 
-    /// The portable tile and the one this CPU runs (AVX-512 where it has it) agree, so the test
-    /// against candle below covers both.
+    /// Every variant's tile this CPU runs agrees with the portable one, so the test against candle
+    /// below covers them all.
     #[test]
-    fn the_portable_tile_matches_this_cpus() {
+    fn every_variants_tile_matches_the_portable_one() {
         let (channels, kernel, dilation, t0) = (5, 3, 2, 7);
         let width = t0 + MICRO + dilation * (kernel - 1);
         let act = values(4, channels * width);
         let w = values(5, channels * kernel * OUT_BLOCK);
         let input = Activations { act: &act, width, channels, kernel, dilation };
         let a = micro_tile_portable(&input, &w, t0, MICRO);
-        // Every width a tile at the end of an input may be cut to.
-        for steps in [MICRO, 49, 48, 20, 1] {
-            let b = micro_tile_for_this_cpu()(&input, &w, t0, steps);
-            let diff = (a.iter().zip(&b))
-                .flat_map(|(x, y)| x[..steps].iter().zip(&y[..steps]))
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(diff < 1e-5, "{steps} steps: {diff}");
+        for variant in Variant::all_here() {
+            // Every width a tile at the end of an input may be cut to.
+            for steps in [MICRO, 49, 48, 24, 20, 9, 1] {
+                let b = micro_tile_for(variant)(&input, &w, t0, steps);
+                let diff = (a.iter().zip(&b))
+                    .flat_map(|(x, y)| x[..steps].iter().zip(&y[..steps]))
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-5, "{variant}, {steps} steps: {diff}");
+            }
         }
         assert!(a.iter().flatten().any(|&v| v.abs() > 1e-3), "a tile of zeros proves nothing");
     }

@@ -1,8 +1,13 @@
 //! Our own CPU kernels, where candle's are missing or too slow for what the engine needs, and the
-//! thread pool they run on.
+//! thread pool they run on. Each hot kernel has a variant per instruction set, chosen at run time
+//! (`isa`).
 
 pub mod conv1d;
+pub mod isa;
 pub mod q4_1;
+pub mod q8_0;
+pub mod quant;
+pub mod vector;
 
 use std::ops::Range;
 

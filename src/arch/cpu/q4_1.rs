@@ -2,75 +2,21 @@
 //!
 //! Why ours: candle 0.11 has no SIMD dot product for Q4_1, so a Q4_1 GGUF ran 25x slower than its
 //! Q8_0 conversion, and the conversion reads 1.7x the bytes per token. This kernel keeps the file's
-//! 5 bits per weight. Activations are quantized per 32-value block to i8 (`Activations`, like ggml's
-//! Q8_1); weights are multiplied as unsigned nibbles against them:
-//! - with AVX-512 VNNI (this project's machines), weights are repacked at load so that 16 columns sit
-//!   side by side, one per vector lane (`repack_lanes`): `vpdpbusd` advances 16 columns by 4 weights
-//!   per instruction, a block's integer sum needs one scaling for all 16 columns, and each unpacked
-//!   weight block serves 4 activation rows;
-//! - elsewhere (or when the column count is not a multiple of 16), ggml's own layout with AVX2
-//!   `maddubs`, or the scalar reference.
+//! 5 bits per weight. Activations are quantized per 32-value block to i8 (`quant::Activations`, like
+//! ggml's Q8_1); weights are multiplied as unsigned nibbles against them, by the variant `isa` chose:
+//! - `avx512`: weights are repacked at load so that 16 columns sit side by side, one per vector lane
+//!   (`repack_lanes`): `vpdpbusd` advances 16 columns by 4 weights per instruction, a block's integer
+//!   sum needs one scaling for all 16 columns, and each unpacked weight block serves 4 activation rows;
+//! - `avx2` (or a column count that is not a multiple of 16): ggml's own layout with `maddubs`;
+//! - `portable`: the scalar reference.
 //!
-//! Batch invariance: a row's result never depends on which other rows share the call. Each (row,
-//! column) is reduced over the blocks in the same order whatever `m` is, so a greedy completion gives
-//! the same tokens alone or batched.
+//! Every path is batch-invariant (see `quant`).
 
-use super::{parallel_for, SharedOut};
+use super::isa::Variant;
+use super::quant::{by_column, by_lane_group, f16_at, Activations, Row, BLOCK};
 
 /// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first), f16 d and m.
-pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = 20;
-
-/// Whether this build runs the VNNI kernel (decided at compile time by the target features, build.rs).
-pub const VNNI: bool = cfg!(wick_vnni);
-
-/// Rows of activations quantized per block: `x ~= d * q`, and `s = d * sum(q)` for the weights' offset.
-pub struct Activations {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    s: Vec<f32>,
-    k: usize,
-}
-
-impl Activations {
-    pub fn quantize(x: &[f32], k: usize) -> Self {
-        let blocks = x.len() / BLOCK;
-        let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
-        let (q, d, s) = (SharedOut::new(&mut a.q), SharedOut::new(&mut a.d), SharedOut::new(&mut a.s));
-        parallel_for(blocks, |range| {
-            // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
-            let (qs, ds, ss) = unsafe {
-                (
-                    q.part(range.start * BLOCK, range.len() * BLOCK),
-                    d.part(range.start, range.len()),
-                    s.part(range.start, range.len()),
-                )
-            };
-            for (b, xs) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(BLOCK).enumerate() {
-                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                let mut sum = 0i32;
-                for (q, &v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
-                    *q = (v * inv).round() as i8;
-                    sum += *q as i32;
-                }
-                ds[b] = scale;
-                ss[b] = scale * sum as f32;
-            }
-        });
-        a
-    }
-
-    fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
-        let blocks = self.k / BLOCK;
-        (
-            &self.q[r * self.k..(r + 1) * self.k],
-            &self.d[r * blocks..(r + 1) * blocks],
-            &self.s[r * blocks..(r + 1) * blocks],
-        )
-    }
-}
 
 /// A Q4_1 matrix `[n, k]` (n output features, k inputs).
 pub struct Q4_1Matrix {
@@ -80,23 +26,15 @@ pub struct Q4_1Matrix {
 }
 
 enum Layout {
-    /// ggml's blocks, as in the file.
-    Ggml(Vec<u8>),
-    /// Columns in groups of 16, one per vector lane (see `repack_lanes`).
+    /// ggml's blocks, as in the file, with the variant whose kernel reads them.
+    Ggml(Vec<u8>, Variant),
+    /// Columns in groups of 16, one per vector lane (see `repack_lanes`), for `avx512`.
     Lanes(Vec<u8>),
 }
 
 /// Bytes of one block of one 16-column group in the `Lanes` layout: 16 f16 scales, 16 f16 mins, and
 /// 4 x 64 bytes of nibbles.
 const LANE_BLOCK_BYTES: usize = 32 + 32 + 256;
-
-fn f16_bits(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
-}
-
-fn f16(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
-}
 
 /// The 4-bit value of weight `j` (0..32) of a ggml block.
 fn nibble(block: &[u8], j: usize) -> u8 {
@@ -111,91 +49,67 @@ impl Q4_1Matrix {
     /// Bytes of the packed weights.
     pub fn bytes(&self) -> usize {
         match &self.layout {
-            Layout::Ggml(b) | Layout::Lanes(b) => b.len(),
+            Layout::Ggml(b, _) | Layout::Lanes(b) => b.len(),
         }
     }
 
-    /// `data` holds ggml Q4_1 blocks, row after row.
+    /// `data` holds ggml Q4_1 blocks, row after row; packed for this process's kernel variant.
     pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
+        Self::for_variant(data, n, k, super::isa::variant())
+    }
+
+    /// Packed for the kernels of `variant`, which the CPU must run (the tests go through each).
+    pub fn for_variant(data: Vec<u8>, n: usize, k: usize, variant: Variant) -> anyhow::Result<Self> {
         anyhow::ensure!(k.is_multiple_of(BLOCK), "Q4_1 rows must be whole blocks (k = {k})");
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
-        let layout = if VNNI && n.is_multiple_of(16) { repack_lanes(&data, n, k) } else { Layout::Ggml(data) };
+        assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
+        let layout = match variant {
+            Variant::Avx512 if n.is_multiple_of(16) => repack_lanes(&data, n, k),
+            Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
+            v => Layout::Ggml(data, v),
+        };
         Ok(Self { n, k, layout })
     }
 
     /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k);
         let acts = Activations::quantize(x, self.k);
-        // Columns are split across threads; each thread writes its columns of every row.
-        let mut y = vec![0f32; m * self.n];
-        let out = SharedOut::new(&mut y);
-        #[cfg(wick_vnni)]
-        if let Layout::Lanes(data) = &self.layout {
-            let blocks = self.k / BLOCK;
-            parallel_for(self.n / 16, |groups| {
-                for g in groups {
-                    let w = &data[g * blocks * LANE_BLOCK_BYTES..(g + 1) * blocks * LANE_BLOCK_BYTES];
-                    let mut r = 0;
-                    while r < m {
-                        let rows = (m - r).min(4);
-                        // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
-                        let y = unsafe {
-                            if rows == 4 {
-                                lanes_vnni(w, &[acts.row(r), acts.row(r + 1), acts.row(r + 2), acts.row(r + 3)])
-                            } else {
-                                let mut y = [[0f32; 16]; 4];
-                                for (t, lanes) in y.iter_mut().enumerate().take(rows) {
-                                    *lanes = lanes_vnni(w, &[acts.row(r + t)])[0];
-                                }
-                                y
-                            }
-                        };
-                        for (t, lanes) in y.iter().take(rows).enumerate() {
-                            // SAFETY: this thread owns column group `g` of every row.
-                            unsafe { out.part((r + t) * self.n + 16 * g, 16) }.copy_from_slice(lanes);
-                        }
-                        r += rows;
-                    }
-                }
-            });
-            return y;
-        }
-        parallel_for(self.n, |cols| {
-            for r in 0..m {
-                // SAFETY: column ranges are disjoint, so are these parts of each row.
-                let out = unsafe { out.part(r * self.n + cols.start, cols.len()) };
-                for (j, o) in cols.clone().zip(out.iter_mut()) {
-                    *o = self.dot(j, acts.row(r));
-                }
+        match &self.layout {
+            #[cfg(target_arch = "x86_64")]
+            Layout::Lanes(data) => {
+                let group = self.k / BLOCK * LANE_BLOCK_BYTES;
+                by_lane_group(self.n, &acts, |g, rows| {
+                    // SAFETY: `Lanes` is only built for a CPU that runs the avx512 variant.
+                    unsafe { avx512::lanes_tile(&data[g * group..(g + 1) * group], rows) }
+                })
             }
-        });
-        y
+            _ => by_column(self.n, &acts, |j, row| self.dot(j, row)),
+        }
     }
 
     /// Weight row `j` dotted with one activation row.
     #[inline]
-    fn dot(&self, j: usize, a: (&[i8], &[f32], &[f32])) -> f32 {
+    fn dot(&self, j: usize, a: Row<'_>) -> f32 {
         let blocks = self.k / BLOCK;
         match &self.layout {
-            Layout::Ggml(data) => {
+            Layout::Ggml(data, variant) => {
                 let w = &data[j * blocks * BLOCK_BYTES..(j + 1) * blocks * BLOCK_BYTES];
-                #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-                // SAFETY: the cfg guarantees AVX2 and FMA; `w` and `a` hold `blocks` blocks each.
-                return unsafe { dot_ggml_avx2(w, a) };
-                #[allow(unreachable_code)]
-                dot_ggml_scalar(w, a)
+                match variant {
+                    // SAFETY: the layout is only built with a variant this CPU runs.
+                    #[cfg(target_arch = "x86_64")]
+                    Variant::Avx2 | Variant::Avx512 => unsafe { avx2::dot_ggml(w, a) },
+                    _ => dot_ggml_scalar(w, a),
+                }
             }
             Layout::Lanes(data) => {
                 let (g, lane) = (j / 16, j % 16);
                 let w = &data[g * blocks * LANE_BLOCK_BYTES..(g + 1) * blocks * LANE_BLOCK_BYTES];
-                #[cfg(wick_vnni)]
-                // SAFETY: the cfg guarantees the instructions; lengths follow from `k`.
-                return unsafe { lanes_vnni(w, &[a]) }[0][lane];
-                #[allow(unreachable_code)]
-                {
-                    let _ = (w, lane);
-                    unreachable!("the lanes layout is only built when VNNI is compiled in")
-                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Lanes` is only built for a CPU that runs the avx512 variant.
+                return unsafe { avx512::lanes_tile(w, &[a]) }[0][lane];
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("the lanes layout is x86-64 only ({}, {lane})", w.len())
             }
         }
     }
@@ -231,165 +145,176 @@ fn repack_lanes(data: &[u8], n: usize, k: usize) -> Layout {
     Layout::Lanes(out)
 }
 
-/// The reference: what every SIMD path computes, one value at a time.
-pub fn dot_ggml_scalar(w: &[u8], (q, d, s): (&[i8], &[f32], &[f32])) -> f32 {
+/// The reference: what every SIMD path computes, one value at a time. Also the `portable` variant,
+/// whose integer sums the compiler vectorises for the baseline.
+pub fn dot_ggml_scalar(w: &[u8], (q, d, s): Row<'_>) -> f32 {
     let mut total = 0f32;
     for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
         let isum: i32 = (0..BLOCK).map(|j| nibble(wb, j) as i32 * q[b * BLOCK + j] as i32).sum();
-        total += f16(f16_bits(&wb[0..2])) * d[b] * isum as f32 + f16(f16_bits(&wb[2..4])) * s[b];
+        total += f16_at(&wb[0..2]) * d[b] * isum as f32 + f16_at(&wb[2..4]) * s[b];
     }
     total
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-#[inline]
-unsafe fn dot_ggml_avx2(w: &[u8], (q, d, s): (&[i8], &[f32], &[f32])) -> f32 {
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{f16_at, Row, BLOCK, BLOCK_BYTES};
+    use crate::arch::cpu::quant::x86::hsum256;
     use std::arch::x86_64::*;
-    let low_mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-        let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
-        // Low nibbles are weights 0..16, high nibbles 16..32.
-        let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
-        let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
-        let scale = f16(f16_bits(&wb[0..2])) * d[b];
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
-        offset += f16(f16_bits(&wb[2..4])) * s[b];
-    }
-    hsum256(acc) + offset
-}
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline]
-unsafe fn hsum128(x: std::arch::x86_64::__m128) -> f32 {
-    use std::arch::x86_64::*;
-    let s2 = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline]
-unsafe fn hsum256(x: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    hsum128(_mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)))
-}
-
-/// `R` activation rows times one 16-column group (`Lanes` layout): 16 results per row. Each row goes
-/// through the same operations whatever `R` is, so results do not depend on the batch.
-#[cfg(wick_vnni)]
-#[inline(always)]
-unsafe fn lanes_vnni<const R: usize>(w: &[u8], a: &[(&[i8], &[f32], &[f32]); R]) -> [[f32; 16]; R] {
-    use std::arch::x86_64::*;
-    let blocks = w.len() / LANE_BLOCK_BYTES;
-    for (q, ad, s) in a {
-        assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
-    }
-    let mask = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut offset = [_mm512_setzero_ps(); R];
-    for b in 0..blocks {
-        let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
-        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
-        let mins = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32) as *const __m256i));
-        let mut lo = [_mm512_setzero_si512(); 4];
-        let mut hi = [_mm512_setzero_si512(); 4];
-        for t in 0..4 {
-            let packed = _mm512_loadu_si512(wb.add(64 + 64 * t) as *const _);
-            lo[t] = _mm512_and_si512(packed, mask);
-            hi[t] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+    /// ggml's blocks with `maddubs`: unsigned nibbles times signed activations, 32 per block.
+    ///
+    /// # Safety
+    /// The CPU must run the avx2 variant.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_ggml(w: &[u8], (q, d, s): Row<'_>) -> f32 {
+        let blocks = w.len() / BLOCK_BYTES;
+        assert!(q.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
+        let low_mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+            let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
+            // Low nibbles are weights 0..16, high nibbles 16..32.
+            let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
+            let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
+            let scale = f16_at(&wb[0..2]) * d[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+            offset += f16_at(&wb[2..4]) * s[b];
         }
-        for r in 0..R {
-            let q = a[r].0.as_ptr().add(b * BLOCK);
-            let mut isum = _mm512_setzero_si512();
-            for t in 0..4 {
-                let x_lo = _mm512_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
-                let x_hi = _mm512_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
-                isum = _mm512_dpbusd_epi32(isum, lo[t], x_lo);
-                isum = _mm512_dpbusd_epi32(isum, hi[t], x_hi);
+        hsum256(acc) + offset
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Row, BLOCK, LANE_BLOCK_BYTES};
+    use crate::arch::cpu::quant::ROW_TILE;
+    use std::arch::x86_64::*;
+
+    /// One or `ROW_TILE` activation rows times one 16-column group (`Lanes` layout).
+    ///
+    /// # Safety
+    /// The CPU must run the avx512 variant.
+    pub unsafe fn lanes_tile(w: &[u8], rows: &[Row<'_>]) -> [[f32; 16]; ROW_TILE] {
+        let mut out = [[0f32; 16]; ROW_TILE];
+        if let Ok(tile) = <&[Row<'_>; ROW_TILE]>::try_from(rows) {
+            out = lanes::<ROW_TILE>(w, tile);
+        } else {
+            for (o, row) in out.iter_mut().zip(rows) {
+                *o = lanes::<1>(w, &[*row])[0];
             }
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(a[r].1[b]));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
-            offset[r] = _mm512_fmadd_ps(mins, _mm512_set1_ps(a[r].2[b]), offset[r]);
         }
+        out
     }
-    let mut out = [[0f32; 16]; R];
-    for r in 0..R {
-        _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_add_ps(acc[r], offset[r]));
+
+    /// `R` activation rows times one 16-column group: 16 results per row. Each row goes through the
+    /// same operations whatever `R` is, so results do not depend on the batch.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
+        let blocks = w.len() / LANE_BLOCK_BYTES;
+        for (q, ad, s) in a {
+            assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
+        }
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut offset = [_mm512_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
+            let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
+            let mins = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32) as *const __m256i));
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for t in 0..4 {
+                let packed = _mm512_loadu_si512(wb.add(64 + 64 * t) as *const _);
+                lo[t] = _mm512_and_si512(packed, mask);
+                hi[t] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+            }
+            for r in 0..R {
+                let q = a[r].0.as_ptr().add(b * BLOCK);
+                let mut isum = _mm512_setzero_si512();
+                for t in 0..4 {
+                    let x_lo = _mm512_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                    let x_hi = _mm512_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
+                    isum = _mm512_dpbusd_epi32(isum, lo[t], x_lo);
+                    isum = _mm512_dpbusd_epi32(isum, hi[t], x_hi);
+                }
+                let scale = _mm512_mul_ps(scales, _mm512_set1_ps(a[r].1[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
+                offset[r] = _mm512_fmadd_ps(mins, _mm512_set1_ps(a[r].2[b]), offset[r]);
+            }
+        }
+        let mut out = [[0f32; 16]; R];
+        for r in 0..R {
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_add_ps(acc[r], offset[r]));
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
+    use crate::arch::cpu::quant::testing::{dense_matmul, quantized, random};
+    use candle_core::quantized::GgmlDType;
 
-    fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn q4_1(n: usize, k: usize) -> (Vec<u8>, Tensor) {
-        let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-        (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
+    fn q4_1(n: usize, k: usize) -> (Vec<u8>, candle_core::Tensor) {
+        quantized(GgmlDType::Q4_1, n, k)
     }
 
     #[test]
-    fn matches_dense_matmul_of_the_dequantized_weights() {
-        // Multiples of 16 columns use the lanes layout, the others ggml's.
-        for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
-            let (data, dense) = q4_1(n, k);
-            let q = Q4_1Matrix::new(data, n, k).unwrap();
-            let x = random(m * k, 9);
-            let y = q.matmul(&x, m);
-            let want = Tensor::from_vec(x, (m, k), &Device::Cpu).unwrap().matmul(&dense.t().unwrap()).unwrap();
-            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (a, b) in y.iter().zip(&want) {
-                // Only the activations' 8-bit quantization separates the two.
-                assert!((a - b).abs() < 0.02 * scale, "k={k}: {a} vs {b}");
+    fn every_variant_matches_dense_matmul_of_the_dequantized_weights() {
+        // Multiples of 16 columns use the lanes layout under avx512, the others ggml's.
+        for variant in Variant::all_here() {
+            for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
+                let (data, dense) = q4_1(n, k);
+                let q = Q4_1Matrix::for_variant(data, n, k, variant).unwrap();
+                let x = random(m * k, 9);
+                let y = q.matmul(&x, m);
+                let want = dense_matmul(&x, m, k, &dense);
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (a, b) in y.iter().zip(&want) {
+                    // Only the activations' 8-bit quantization separates the two.
+                    assert!((a - b).abs() < 0.02 * scale, "{variant} k={k}: {a} vs {b}");
+                }
             }
         }
     }
 
     #[test]
-    fn every_path_equals_the_scalar_reference() {
-        // 32 columns: lanes layout; 8 columns: ggml's layout.
-        for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576), (8, 1536)] {
-            let (data, _) = q4_1(n, k);
-            let q = Q4_1Matrix::new(data.clone(), n, k).unwrap();
-            let acts = Activations::quantize(&random(k, 4), k);
-            for j in 0..n {
-                let w = &data[j * k / BLOCK * BLOCK_BYTES..(j + 1) * k / BLOCK * BLOCK_BYTES];
-                let (a, b) = (q.dot(j, acts.row(0)), dot_ggml_scalar(w, acts.row(0)));
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "k={k}: {a} vs {b}");
+    fn every_variant_equals_the_scalar_reference() {
+        // 32 columns: lanes layout under avx512; 8 columns: ggml's layout.
+        for variant in Variant::all_here() {
+            for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576), (8, 1536)] {
+                let (data, _) = q4_1(n, k);
+                let q = Q4_1Matrix::for_variant(data.clone(), n, k, variant).unwrap();
+                let acts = Activations::quantize(&random(k, 4), k);
+                for j in 0..n {
+                    let w = &data[j * k / BLOCK * BLOCK_BYTES..(j + 1) * k / BLOCK * BLOCK_BYTES];
+                    let (a, b) = (q.dot(j, acts.row(0)), dot_ggml_scalar(w, acts.row(0)));
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{variant} k={k}: {a} vs {b}");
+                }
             }
         }
     }
 
     #[test]
-    fn rows_do_not_depend_on_their_batch() {
-        // 144 columns: lanes layout; 130: ggml's. 7 rows: a tile of 4 and 3 single rows.
-        for n in [144, 130] {
-            let (data, _) = q4_1(n, 576);
-            let q = Q4_1Matrix::new(data, n, 576).unwrap();
-            let x = random(7 * 576, 5);
-            let batched = q.matmul(&x, 7);
-            for r in 0..7 {
-                let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
-                assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "n={n} row {r}");
+    fn rows_do_not_depend_on_their_batch_in_any_variant() {
+        // 144 columns: lanes layout under avx512; 130: ggml's. 7 rows: a tile of 4 and 3 single rows.
+        for variant in Variant::all_here() {
+            for n in [144, 130] {
+                let (data, _) = q4_1(n, 576);
+                let q = Q4_1Matrix::for_variant(data, n, 576, variant).unwrap();
+                let x = random(7 * 576, 5);
+                let batched = q.matmul(&x, 7);
+                for r in 0..7 {
+                    let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
+                    assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "{variant} n={n} row {r}");
+                }
             }
         }
     }

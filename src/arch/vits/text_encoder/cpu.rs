@@ -10,6 +10,7 @@
 
 use super::{Layer, RelativeAttention, TextEncoder};
 use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
+use crate::arch::cpu::vector::{axpy, dot};
 use crate::arch::cpu::{parallel_for, SharedOut};
 use crate::arch::vits::layers::{Conv1d, CpuNorm};
 use candle_core::Result;
@@ -135,24 +136,6 @@ impl CpuLayer {
 fn add_and_norm(x: &mut [f32], y: &[f32], norm: &CpuNorm, len: usize) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
     norm.apply(x, len);
-}
-
-/// A dot product in 16 independent lanes, so that the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += a * x`.
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
 }
 
 fn softmax(p: &mut [f32]) {

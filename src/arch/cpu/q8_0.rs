@@ -1,0 +1,285 @@
+//! Q8_0 weights times f32 activations, batched: the default model's output head (49,152 x 576, a
+//! third of the bytes a decode step reads) and every matrix under `--weights q8-0`.
+//!
+//! Why ours: candle's Q8_0 dot product is chosen by compile-time target features, so in a binary
+//! built for the x86-64 baseline it is scalar (1.6 tok/s against 46.5, DESIGN.md). Activations are
+//! quantized per 32-value block to i8 (`quant::Activations`), then, by the variant `isa` chose:
+//! - `avx512`: 16 columns side by side, one per vector lane, with each weight stored as `w + 128`
+//!   (`repack_lanes`), so that `vpdpbusd` (unsigned times signed bytes) advances 16 columns by 4
+//!   weights per instruction; the `128 * sum(x)` it adds is taken off with the activations' block
+//!   sums, once per block for all 16 columns;
+//! - `avx2` (or a column count that is not a multiple of 16): ggml's own layout, with `maddubs` on
+//!   `|w|` and `x` carrying `w`'s sign, as llama.cpp does;
+//! - `portable`: the scalar reference.
+//!
+//! Every path is batch-invariant (see `quant`).
+
+use super::isa::Variant;
+use super::quant::{by_column, by_lane_group, f16_at, Activations, Row, BLOCK};
+
+/// ggml's block_q8_0: an f16 scale `d`, then 32 weights `d * q`, q an i8.
+pub const BLOCK_BYTES: usize = 34;
+
+/// Bytes of one block of one 16-column group in the `Lanes` layout: 16 f16 scales, then 8 x 64 bytes
+/// of weights plus 128.
+const LANE_BLOCK_BYTES: usize = 32 + 512;
+
+/// A Q8_0 matrix `[n, k]` (n output features, k inputs).
+pub struct Q8_0Matrix {
+    pub n: usize,
+    pub k: usize,
+    layout: Layout,
+}
+
+enum Layout {
+    /// ggml's blocks, as in the file, with the variant whose kernel reads them.
+    Ggml(Vec<u8>, Variant),
+    /// Columns in groups of 16, one per vector lane (see `repack_lanes`), for `avx512`.
+    Lanes(Vec<u8>),
+}
+
+impl Q8_0Matrix {
+    /// `data` holds ggml Q8_0 blocks, row after row; packed for this process's kernel variant.
+    pub fn new(data: Vec<u8>, n: usize, k: usize) -> anyhow::Result<Self> {
+        Self::for_variant(data, n, k, super::isa::variant())
+    }
+
+    /// Packed for the kernels of `variant`, which the CPU must run (the tests go through each).
+    pub fn for_variant(data: Vec<u8>, n: usize, k: usize, variant: Variant) -> anyhow::Result<Self> {
+        anyhow::ensure!(k.is_multiple_of(BLOCK), "Q8_0 rows must be whole blocks (k = {k})");
+        anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q8_0 data has {} bytes for {n}x{k}", data.len());
+        assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
+        let layout = match variant {
+            Variant::Avx512 if n.is_multiple_of(16) => Layout::Lanes(repack_lanes(&data, n, k)),
+            Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
+            v => Layout::Ggml(data, v),
+        };
+        Ok(Self { n, k, layout })
+    }
+
+    /// Bytes of the packed weights.
+    pub fn bytes(&self) -> usize {
+        match &self.layout {
+            Layout::Ggml(b, _) | Layout::Lanes(b) => b.len(),
+        }
+    }
+
+    /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k);
+        let acts = Activations::quantize(x, self.k);
+        let row_bytes = self.k / BLOCK * BLOCK_BYTES;
+        match &self.layout {
+            #[cfg(target_arch = "x86_64")]
+            Layout::Lanes(data) => {
+                let group = self.k / BLOCK * LANE_BLOCK_BYTES;
+                by_lane_group(self.n, &acts, |g, rows| {
+                    // SAFETY: `Lanes` is only built for a CPU that runs the avx512 variant.
+                    unsafe { avx512::lanes_tile(&data[g * group..(g + 1) * group], rows) }
+                })
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
+            Layout::Ggml(data, variant) => by_column(self.n, &acts, |j, row| {
+                let w = &data[j * row_bytes..(j + 1) * row_bytes];
+                match variant {
+                    // SAFETY: the layout is only built with a variant this CPU runs.
+                    #[cfg(target_arch = "x86_64")]
+                    Variant::Avx2 | Variant::Avx512 => unsafe { avx2::dot_ggml(w, row) },
+                    _ => dot_ggml_scalar(w, row),
+                }
+            }),
+        }
+    }
+}
+
+/// Repacks ggml blocks so that 16 columns sit side by side, one per 32-bit vector lane. Per group
+/// of 16 columns and per block: the 16 scales (f16), then for steps t = 0..8 a 64-byte vector whose
+/// byte 4c + j holds weight 4t + j of column c plus 128 (an i8 made unsigned).
+fn repack_lanes(data: &[u8], n: usize, k: usize) -> Vec<u8> {
+    let blocks = k / BLOCK;
+    let row_bytes = blocks * BLOCK_BYTES;
+    let mut out = Vec::with_capacity(n / 16 * blocks * LANE_BLOCK_BYTES);
+    for g in 0..n / 16 {
+        for b in 0..blocks {
+            let block = |c: usize| &data[(16 * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+            for c in 0..16 {
+                out.extend_from_slice(&block(c)[0..2]);
+            }
+            for t in 0..8 {
+                for c in 0..16 {
+                    out.extend(block(c)[2 + 4 * t..][..4].iter().map(|&w| w ^ 0x80));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The reference: what every SIMD path computes, one value at a time. Also the `portable` variant,
+/// whose integer sums the compiler vectorises for the baseline.
+pub fn dot_ggml_scalar(w: &[u8], (q, d, _): Row<'_>) -> f32 {
+    let mut total = 0f32;
+    for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+        let isum: i32 = wb[2..].iter().zip(&q[b * BLOCK..][..BLOCK]).map(|(&w, &x)| w as i8 as i32 * x as i32).sum();
+        total += f16_at(&wb[0..2]) * d[b] * isum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{f16_at, Row, BLOCK, BLOCK_BYTES};
+    use crate::arch::cpu::quant::x86::hsum256;
+    use std::arch::x86_64::*;
+
+    /// ggml's blocks with `maddubs`, which multiplies unsigned by signed bytes: `|w|` against `x`
+    /// with the sign of `w`, 32 per block.
+    ///
+    /// # Safety
+    /// The CPU must run the avx2 variant.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_ggml(w: &[u8], (q, d, _): Row<'_>) -> f32 {
+        let blocks = w.len() / BLOCK_BYTES;
+        assert!(q.len() >= blocks * BLOCK && d.len() >= blocks);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+            let wv = _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i);
+            let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv));
+            let sums = _mm256_madd_epi16(products, ones);
+            let scale = f16_at(&wb[0..2]) * d[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+        }
+        hsum256(acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Row, BLOCK, LANE_BLOCK_BYTES};
+    use crate::arch::cpu::quant::ROW_TILE;
+    use std::arch::x86_64::*;
+
+    /// One or `ROW_TILE` activation rows times one 16-column group (`Lanes` layout).
+    ///
+    /// # Safety
+    /// The CPU must run the avx512 variant.
+    pub unsafe fn lanes_tile(w: &[u8], rows: &[Row<'_>]) -> [[f32; 16]; ROW_TILE] {
+        let mut out = [[0f32; 16]; ROW_TILE];
+        if let Ok(tile) = <&[Row<'_>; ROW_TILE]>::try_from(rows) {
+            out = lanes::<ROW_TILE>(w, tile);
+        } else {
+            for (o, row) in out.iter_mut().zip(rows) {
+                *o = lanes::<1>(w, &[*row])[0];
+            }
+        }
+        out
+    }
+
+    /// `R` activation rows times one 16-column group: 16 results per row. Each row goes through the
+    /// same operations whatever `R` is, so results do not depend on the batch.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
+        let blocks = w.len() / LANE_BLOCK_BYTES;
+        for (q, ad, s) in a {
+            assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
+        }
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut offset = [_mm512_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
+            let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
+            let mut u = [_mm512_setzero_si512(); 8];
+            for (t, ut) in u.iter_mut().enumerate() {
+                *ut = _mm512_loadu_si512(wb.add(32 + 64 * t) as *const _);
+            }
+            for r in 0..R {
+                let q = a[r].0.as_ptr().add(b * BLOCK);
+                let mut isum = _mm512_setzero_si512();
+                for (t, &ut) in u.iter().enumerate() {
+                    let x = _mm512_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                    isum = _mm512_dpbusd_epi32(isum, ut, x);
+                }
+                // (w + 128) . x = w . x + 128 * sum(x): the second term is `128 * s / d` per block.
+                let scale = _mm512_mul_ps(scales, _mm512_set1_ps(a[r].1[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
+                offset[r] = _mm512_fmadd_ps(scales, _mm512_set1_ps(-128.0 * a[r].2[b]), offset[r]);
+            }
+        }
+        let mut out = [[0f32; 16]; R];
+        for r in 0..R {
+            _mm512_storeu_ps(out[r].as_mut_ptr(), _mm512_add_ps(acc[r], offset[r]));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::cpu::quant::testing::{dense_matmul, quantized, random};
+    use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn every_variant_matches_dense_matmul_of_the_dequantized_weights() {
+        // Multiples of 16 columns use the lanes layout under avx512, the others ggml's.
+        for variant in Variant::all_here() {
+            for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
+                let (data, dense) = quantized(GgmlDType::Q8_0, n, k);
+                let q = Q8_0Matrix::for_variant(data, n, k, variant).unwrap();
+                let x = random(m * k, 9);
+                let y = q.matmul(&x, m);
+                let want = dense_matmul(&x, m, k, &dense);
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (a, b) in y.iter().zip(&want) {
+                    // Only the activations' 8-bit quantization separates the two.
+                    assert!((a - b).abs() < 0.02 * scale, "{variant} k={k}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_variant_equals_the_scalar_reference() {
+        // Weights of -128 (which `maddubs` and the +128 shift must both survive) in every block.
+        for variant in Variant::all_here() {
+            for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576)] {
+                let (mut data, _) = quantized(GgmlDType::Q8_0, n, k);
+                for block in data.chunks_exact_mut(BLOCK_BYTES) {
+                    block[2] = 0x80;
+                    block[33] = 0x80;
+                }
+                let q = Q8_0Matrix::for_variant(data.clone(), n, k, variant).unwrap();
+                let x = random(k, 4);
+                let acts = Activations::quantize(&x, k);
+                let got = q.matmul(&x, 1);
+                let row_bytes = k / BLOCK * BLOCK_BYTES;
+                for (j, a) in got.iter().enumerate() {
+                    let b = dot_ggml_scalar(&data[j * row_bytes..(j + 1) * row_bytes], acts.row(0));
+                    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{variant} k={k} col {j}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_do_not_depend_on_their_batch_in_any_variant() {
+        // 144 columns: lanes layout under avx512; 130: ggml's. 7 rows: a tile of 4 and 3 single rows.
+        for variant in Variant::all_here() {
+            for n in [144, 130] {
+                let (data, _) = quantized(GgmlDType::Q8_0, n, 576);
+                let q = Q8_0Matrix::for_variant(data, n, 576, variant).unwrap();
+                let x = random(7 * 576, 5);
+                let batched = q.matmul(&x, 7);
+                for r in 0..7 {
+                    let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
+                    assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "{variant} n={n} row {r}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! What the quantized matmuls (`q4_1`, `q8_0`) share: activations quantized per block, and the two
+//! ways of splitting a matmul over the worker pool.
+//!
+//! Batch invariance: a row's result never depends on which other rows share the call. Each (row,
+//! column) is reduced over the blocks in the same order whatever `m` is, and a tile of several rows
+//! runs every row through the same operations as a tile of one, so a greedy completion gives the
+//! same tokens alone or batched.
+
+use super::{parallel_for, SharedOut};
+
+/// Weights per block, in every ggml type the kernels take (Q4_1, Q8_0).
+pub const BLOCK: usize = 32;
+
+/// Rows of activations quantized per block: `x ~= d * q`, and `s = d * sum(q)`, which turns a
+/// weight offset (Q4_1's mins, the +128 that makes Q8_0 unsigned for `vpdpbusd`) into one multiply.
+pub struct Activations {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+    k: usize,
+}
+
+/// One row of `Activations`: its i8 values, per-block scales and per-block scaled sums.
+pub type Row<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+impl Activations {
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        assert!(k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k), "activations are whole blocks");
+        let blocks = x.len() / BLOCK;
+        let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
+        let (q, d, s) = (SharedOut::new(&mut a.q), SharedOut::new(&mut a.d), SharedOut::new(&mut a.s));
+        parallel_for(blocks, |range| {
+            // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
+            let (qs, ds, ss) = unsafe {
+                (
+                    q.part(range.start * BLOCK, range.len() * BLOCK),
+                    d.part(range.start, range.len()),
+                    s.part(range.start, range.len()),
+                )
+            };
+            for (b, xs) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(BLOCK).enumerate() {
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                let mut sum = 0i32;
+                for (q, &v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
+                    *q = (v * inv).round() as i8;
+                    sum += *q as i32;
+                }
+                ds[b] = scale;
+                ss[b] = scale * sum as f32;
+            }
+        });
+        a
+    }
+
+    pub fn rows(&self) -> usize {
+        self.q.len() / self.k
+    }
+
+    pub fn row(&self, r: usize) -> Row<'_> {
+        let blocks = self.k / BLOCK;
+        (
+            &self.q[r * self.k..(r + 1) * self.k],
+            &self.d[r * blocks..(r + 1) * blocks],
+            &self.s[r * blocks..(r + 1) * blocks],
+        )
+    }
+}
+
+/// `[m, n]` results, one (row, column) at a time: `dot(j, row)` is weight column `j` dotted with
+/// one activation row. Columns are split across threads; each writes its columns of every row.
+pub fn by_column(n: usize, acts: &Activations, dot: impl Fn(usize, Row<'_>) -> f32 + Sync) -> Vec<f32> {
+    let m = acts.rows();
+    let mut y = vec![0f32; m * n];
+    let out = SharedOut::new(&mut y);
+    parallel_for(n, |cols| {
+        for r in 0..m {
+            // SAFETY: column ranges are disjoint, so are these parts of each row.
+            let out = unsafe { out.part(r * n + cols.start, cols.len()) };
+            for (j, o) in cols.clone().zip(out.iter_mut()) {
+                *o = dot(j, acts.row(r));
+            }
+        }
+    });
+    y
+}
+
+/// Up to this many activation rows share one pass over a 16-column group's weights.
+pub const ROW_TILE: usize = 4;
+
+/// `[m, n]` results, 16 columns at a time: `tile(g, rows)` gives columns `16g..16g+16` for one or
+/// `ROW_TILE` rows (the lanes layouts' kernels). Groups are split across threads.
+pub fn by_lane_group(
+    n: usize,
+    acts: &Activations,
+    tile: impl Fn(usize, &[Row<'_>]) -> [[f32; 16]; ROW_TILE] + Sync,
+) -> Vec<f32> {
+    assert!(n.is_multiple_of(16));
+    let m = acts.rows();
+    let mut y = vec![0f32; m * n];
+    let out = SharedOut::new(&mut y);
+    parallel_for(n / 16, |groups| {
+        for g in groups {
+            let mut r = 0;
+            while r < m {
+                // Whole tiles of rows, then the rest one at a time.
+                let rows = if m - r >= ROW_TILE { ROW_TILE } else { 1 };
+                let tile_rows: [Row<'_>; ROW_TILE] = std::array::from_fn(|t| acts.row((r + t).min(m - 1)));
+                let y = tile(g, &tile_rows[..rows]);
+                for (t, lanes) in y.iter().take(rows).enumerate() {
+                    // SAFETY: this thread owns column group `g` of every row.
+                    unsafe { out.part((r + t) * n + 16 * g, 16) }.copy_from_slice(lanes);
+                }
+                r += rows;
+            }
+        }
+    });
+    y
+}
+
+pub fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// Horizontal sums for the AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The sum of the eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn hsum256(x: __m256) -> f32 {
+        let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let s2 = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    }
+}
+
+/// Test inputs shared by the kernels' tests.
+#[cfg(test)]
+pub mod testing {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    pub fn random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A random `[n, k]` matrix in `dtype`: its ggml bytes and its dequantized values.
+    pub fn quantized(dtype: GgmlDType, n: usize, k: usize) -> (Vec<u8>, Tensor) {
+        let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
+    }
+
+    /// `x W^T` in f32 through candle, from the dequantized weights.
+    pub fn dense_matmul(x: &[f32], m: usize, k: usize, dense: &Tensor) -> Vec<f32> {
+        let x = Tensor::from_vec(x.to_vec(), (m, k), &Device::Cpu).unwrap();
+        x.matmul(&dense.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+}
