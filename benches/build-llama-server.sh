@@ -12,6 +12,9 @@
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 ...      # override the pinned version
 #   JOBS=4 ...                               # parallel compile jobs (default 2)
 #   WICK_LLAMA_AMX=1 ...                     # keep Intel AMX kernels (default: off)
+#   WICK_LLAMA_ISA=avx2 ...                  # build for AVX2+FMA only (GGML_NATIVE off, AVX-512
+#                                            # off), the peer of Wick's forced avx2 variant; default
+#                                            # `native`, the host's own instruction set
 #
 # AMX is compiled out by default: with -march=native on an AMX-capable Xeon
 # (as on our dev VM), this llama.cpp segfaults in ggml_backend_amx_mul_mat
@@ -28,20 +31,27 @@ BENCH_DIR="${WICK_BENCH_DIR:-$HOME/.cache/wick/llama.cpp}"
 JOBS="${JOBS:-2}"
 PYTHON="${PYTHON:-python3}"
 WICK_LLAMA_AMX="${WICK_LLAMA_AMX:-0}"
+WICK_LLAMA_ISA="${WICK_LLAMA_ISA:-native}"
+case "$WICK_LLAMA_ISA" in
+    native) ISA_FLAGS=(-DGGML_NATIVE=ON) ;;
+    avx2) ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                     -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX_VNNI=OFF) ;;
+    *) echo "WICK_LLAMA_ISA must be native or avx2" >&2; exit 1 ;;
+esac
 
 NATIVE_EXTRA_FLAGS=""
 if [[ "$WICK_LLAMA_AMX" == 0 && "$(uname -m)" == x86_64 ]]; then
     # Explicit -mno-* flags win over the -march=native that ggml adds.
     NATIVE_EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
-CONFIG_ID="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION amx=$WICK_LLAMA_AMX"
+CONFIG_ID="llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION amx=$WICK_LLAMA_AMX isa=$WICK_LLAMA_ISA"
 
 SRC_ROOT="$BENCH_DIR/src"
 SDIST_DIR="$BENCH_DIR/sdist"
 PKG_DIR="$SRC_ROOT/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 LLAMA_SRC="$PKG_DIR/vendor/llama.cpp"
-BUILD_DIR="$BENCH_DIR/build-$LLAMA_CPP_PYTHON_VERSION"
-BIN_DIR="$BENCH_DIR/bin"
+BUILD_DIR="$BENCH_DIR/build-$LLAMA_CPP_PYTHON_VERSION-$WICK_LLAMA_ISA"
+BIN_DIR="$BENCH_DIR/bin-$WICK_LLAMA_ISA"
 STAMP="$BIN_DIR/.built-from"
 
 log() { echo "[build-llama-server] $*" >&2; }
@@ -102,7 +112,7 @@ cmake -S "$LLAMA_SRC" -B "$BUILD_DIR" \
     -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_C_FLAGS="$NATIVE_EXTRA_FLAGS" \
     -DCMAKE_CXX_FLAGS="$NATIVE_EXTRA_FLAGS" \
-    -DGGML_NATIVE=ON \
+    "${ISA_FLAGS[@]}" \
     -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_UI=OFF \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Wick against llama.cpp's llama-server on the same GGUF, same machine, same run.
 #   bash benches/compare.sh [concurrency list, default 1,4,16] [max tokens, default 128]
+#   WICK_CPU_VARIANT=avx2 bash benches/compare.sh    # both sides on AVX2: Wick's forced variant
+#                                                     # against llama-server built for AVX2 alone
 # Builds Wick (release) and llama-server (benches/build-llama-server.sh) when missing, pulls the
 # default model, starts both servers on loopback, runs benches/load.rs against both, stops them.
 set -euo pipefail
@@ -13,7 +15,10 @@ llama_port=${LLAMA_BENCH_PORT:-8381}
 cargo build --release --bin wick --bench load
 load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
 model=$(./target/release/wick pull smollm2-135m-instruct)
-llama_server=$(bash benches/build-llama-server.sh | tail -n 1)
+# The peer is built for the instruction set Wick runs: AVX2 alone for a forced avx2, else the host's.
+isa=native
+[[ ${WICK_CPU_VARIANT:-} == avx2 ]] && isa=avx2
+llama_server=$(WICK_LLAMA_ISA=$isa bash benches/build-llama-server.sh | tail -n 1)
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,8 +33,8 @@ for url in "http://127.0.0.1:$wick_port/health" "http://127.0.0.1:$llama_port/he
   for _ in $(seq 1 120); do curl -sf "$url" >/dev/null && break; sleep 0.5; done
 done
 
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB"
-echo "wick $(git rev-parse --short HEAD 2>/dev/null || echo '?'); llama-server: $("$llama_server" --version 2>&1 | head -n 1)"
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB; flags: $(grep -m1 -o -w -E 'avx2|fma|avx512f|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "wick $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(./target/release/wick --version | tail -n 1); llama-server ($isa build): $("$llama_server" --version 2>&1 | head -n 1)"
 # SmolLM2's end-of-generation tokens (<|endoftext|>=0, <|im_end|>=2) are banned so that every request
 # generates exactly max_tokens on both servers.
 "$load" --target "wick=http://127.0.0.1:$wick_port,smollm2-135m-instruct,$wick_pid" \

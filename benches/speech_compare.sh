@@ -12,6 +12,7 @@ if [[ ! -x $venv/bin/python ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check onnxruntime==1.32.0 numpy
 fi
-echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); flags: $(grep -m1 -o -w -E 'avx2|fma|avx512f|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "wick: $(./target/release/wick --version | tail -n 1)"
 cargo bench --bench speech 2>/dev/null
 "$venv/bin/python" benches/speech_ort.py "$voice"

@@ -73,10 +73,14 @@ impl Q8_0Matrix {
             #[cfg(target_arch = "x86_64")]
             Layout::Lanes(data) => {
                 let group = self.k / BLOCK * LANE_BLOCK_BYTES;
-                by_lane_group(self.n, &acts, |g, rows| {
-                    // SAFETY: `Lanes` is only built for a CPU that runs the avx512 variant.
-                    unsafe { avx512::lanes_tile(&data[g * group..(g + 1) * group], rows) }
-                })
+                let w = |g: usize| &data[g * group..(g + 1) * group];
+                // SAFETY (both): `Lanes` is only built for a CPU that runs the avx512 variant.
+                by_lane_group(
+                    self.n,
+                    &acts,
+                    |g, rows| unsafe { avx512::lanes(w(g), rows) },
+                    |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
+                )
             }
             #[cfg(not(target_arch = "x86_64"))]
             Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
@@ -160,30 +164,16 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Row, BLOCK, LANE_BLOCK_BYTES};
-    use crate::arch::cpu::quant::ROW_TILE;
     use std::arch::x86_64::*;
-
-    /// One or `ROW_TILE` activation rows times one 16-column group (`Lanes` layout).
-    ///
-    /// # Safety
-    /// The CPU must run the avx512 variant.
-    pub unsafe fn lanes_tile(w: &[u8], rows: &[Row<'_>]) -> [[f32; 16]; ROW_TILE] {
-        let mut out = [[0f32; 16]; ROW_TILE];
-        if let Ok(tile) = <&[Row<'_>; ROW_TILE]>::try_from(rows) {
-            out = lanes::<ROW_TILE>(w, tile);
-        } else {
-            for (o, row) in out.iter_mut().zip(rows) {
-                *o = lanes::<1>(w, &[*row])[0];
-            }
-        }
-        out
-    }
 
     /// `R` activation rows times one 16-column group: 16 results per row. Each row goes through the
     /// same operations whatever `R` is, so results do not depend on the batch.
+    ///
+    /// # Safety
+    /// The CPU must run the avx512 variant.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
+    pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
         let blocks = w.len() / LANE_BLOCK_BYTES;
         for (q, ad, s) in a {
             assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
@@ -221,26 +211,17 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::cpu::quant::testing::{dense_matmul, quantized, random};
+    use crate::arch::cpu::quant::testing::{self, quantized, random};
     use candle_core::quantized::GgmlDType;
+
+    fn build(data: Vec<u8>, n: usize, k: usize, v: Variant) -> Box<dyn Fn(&[f32], usize) -> Vec<f32>> {
+        let q = Q8_0Matrix::for_variant(data, n, k, v).unwrap();
+        Box::new(move |x, m| q.matmul(x, m))
+    }
 
     #[test]
     fn every_variant_matches_dense_matmul_of_the_dequantized_weights() {
-        // Multiples of 16 columns use the lanes layout under avx512, the others ggml's.
-        for variant in Variant::all_here() {
-            for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
-                let (data, dense) = quantized(GgmlDType::Q8_0, n, k);
-                let q = Q8_0Matrix::for_variant(data, n, k, variant).unwrap();
-                let x = random(m * k, 9);
-                let y = q.matmul(&x, m);
-                let want = dense_matmul(&x, m, k, &dense);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for (a, b) in y.iter().zip(&want) {
-                    // Only the activations' 8-bit quantization separates the two.
-                    assert!((a - b).abs() < 0.02 * scale, "{variant} k={k}: {a} vs {b}");
-                }
-            }
-        }
+        testing::every_variant_matches_dense(GgmlDType::Q8_0, &build);
     }
 
     #[test]
@@ -268,18 +249,6 @@ mod tests {
 
     #[test]
     fn rows_do_not_depend_on_their_batch_in_any_variant() {
-        // 144 columns: lanes layout under avx512; 130: ggml's. 7 rows: a tile of 4 and 3 single rows.
-        for variant in Variant::all_here() {
-            for n in [144, 130] {
-                let (data, _) = quantized(GgmlDType::Q8_0, n, 576);
-                let q = Q8_0Matrix::for_variant(data, n, 576, variant).unwrap();
-                let x = random(7 * 576, 5);
-                let batched = q.matmul(&x, 7);
-                for r in 0..7 {
-                    let alone = q.matmul(&x[r * 576..(r + 1) * 576], 1);
-                    assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "{variant} n={n} row {r}");
-                }
-            }
-        }
+        testing::rows_do_not_depend_on_their_batch(GgmlDType::Q8_0, &build);
     }
 }

@@ -89,12 +89,14 @@ pub fn by_column(n: usize, acts: &Activations, dot: impl Fn(usize, Row<'_>) -> f
 /// Up to this many activation rows share one pass over a 16-column group's weights.
 pub const ROW_TILE: usize = 4;
 
-/// `[m, n]` results, 16 columns at a time: `tile(g, rows)` gives columns `16g..16g+16` for one or
-/// `ROW_TILE` rows (the lanes layouts' kernels). Groups are split across threads.
+/// `[m, n]` results, 16 columns at a time (the lanes layouts' kernels): `tile(g, rows)` gives
+/// columns `16g..16g+16` for `ROW_TILE` rows, `single(g, row)` for one. Whole tiles of rows go
+/// through `tile`, the rest through `single`; groups are split across threads.
 pub fn by_lane_group(
     n: usize,
     acts: &Activations,
-    tile: impl Fn(usize, &[Row<'_>]) -> [[f32; 16]; ROW_TILE] + Sync,
+    tile: impl Fn(usize, &[Row<'_>; ROW_TILE]) -> [[f32; 16]; ROW_TILE] + Sync,
+    single: impl Fn(usize, Row<'_>) -> [f32; 16] + Sync,
 ) -> Vec<f32> {
     assert!(n.is_multiple_of(16));
     let m = acts.rows();
@@ -102,17 +104,18 @@ pub fn by_lane_group(
     let out = SharedOut::new(&mut y);
     parallel_for(n / 16, |groups| {
         for g in groups {
+            // SAFETY: this thread owns column group `g` of every row.
+            let write = |r: usize, lanes: &[f32; 16]| unsafe { out.part(r * n + 16 * g, 16) }.copy_from_slice(lanes);
             let mut r = 0;
-            while r < m {
-                // Whole tiles of rows, then the rest one at a time.
-                let rows = if m - r >= ROW_TILE { ROW_TILE } else { 1 };
-                let tile_rows: [Row<'_>; ROW_TILE] = std::array::from_fn(|t| acts.row((r + t).min(m - 1)));
-                let y = tile(g, &tile_rows[..rows]);
-                for (t, lanes) in y.iter().take(rows).enumerate() {
-                    // SAFETY: this thread owns column group `g` of every row.
-                    unsafe { out.part((r + t) * n + 16 * g, 16) }.copy_from_slice(lanes);
+            while r + ROW_TILE <= m {
+                let rows: [Row<'_>; ROW_TILE] = std::array::from_fn(|t| acts.row(r + t));
+                for (t, lanes) in tile(g, &rows).iter().enumerate() {
+                    write(r + t, lanes);
                 }
-                r += rows;
+                r += ROW_TILE;
+            }
+            for r in r..m {
+                write(r, &single(g, acts.row(r)));
             }
         }
     });
@@ -144,6 +147,7 @@ pub mod x86 {
 /// Test inputs shared by the kernels' tests.
 #[cfg(test)]
 pub mod testing {
+    use crate::arch::cpu::isa::Variant;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
@@ -164,6 +168,44 @@ pub mod testing {
         let w = Tensor::from_vec(random(n * k, 3), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, dtype).unwrap();
         (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
+    }
+
+    /// A kernel under test: a matrix of `[n, k]` ggml bytes packed for a variant, as its matmul.
+    pub type Build = dyn Fn(Vec<u8>, usize, usize, Variant) -> Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
+
+    /// Every variant this CPU runs gives what dense f32 gives on the dequantized weights, up to the
+    /// activations' 8-bit quantization. Multiples of 16 columns take the lanes layout under avx512,
+    /// the others ggml's.
+    pub fn every_variant_matches_dense(dtype: GgmlDType, build: &Build) {
+        for variant in Variant::all_here() {
+            for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
+                let (data, dense) = quantized(dtype, n, k);
+                let x = random(m * k, 9);
+                let y = build(data, n, k, variant)(&x, m);
+                let want = dense_matmul(&x, m, k, &dense);
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() < 0.02 * scale, "{dtype:?} {variant} k={k}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// A row's result is the same alone or in a batch of 7 (a tile of 4 and 3 single rows), in every
+    /// variant: 144 columns take the lanes layout under avx512, 130 ggml's.
+    pub fn rows_do_not_depend_on_their_batch(dtype: GgmlDType, build: &Build) {
+        for variant in Variant::all_here() {
+            for n in [144, 130] {
+                let (data, _) = quantized(dtype, n, 576);
+                let matmul = build(data, n, 576, variant);
+                let x = random(7 * 576, 5);
+                let batched = matmul(&x, 7);
+                for r in 0..7 {
+                    let alone = matmul(&x[r * 576..(r + 1) * 576], 1);
+                    assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "{dtype:?} {variant} n={n} row {r}");
+                }
+            }
+        }
     }
 
     /// `x W^T` in f32 through candle, from the dequantized weights.
