@@ -214,7 +214,7 @@ mod tests {
     use crate::arch::cpu::quant::testing::{self, quantized, random};
     use candle_core::quantized::GgmlDType;
 
-    fn build(data: Vec<u8>, n: usize, k: usize, v: Variant) -> Box<dyn Fn(&[f32], usize) -> Vec<f32>> {
+    fn build(data: Vec<u8>, n: usize, k: usize, v: Variant) -> testing::Matmul {
         let q = Q8_0Matrix::for_variant(data, n, k, v).unwrap();
         Box::new(move |x, m| q.matmul(x, m))
     }

@@ -170,8 +170,10 @@ pub mod testing {
         (q.data().unwrap().into_owned(), q.dequantize(&Device::Cpu).unwrap())
     }
 
+    /// A kernel's matmul: `[m, k]` activations in, `[m, n]` out.
+    pub type Matmul = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
     /// A kernel under test: a matrix of `[n, k]` ggml bytes packed for a variant, as its matmul.
-    pub type Build = dyn Fn(Vec<u8>, usize, usize, Variant) -> Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
+    pub type Build = dyn Fn(Vec<u8>, usize, usize, Variant) -> Matmul;
 
     /// Every variant this CPU runs gives what dense f32 gives on the dequantized weights, up to the
     /// activations' 8-bit quantization. Multiples of 16 columns take the lanes layout under avx512,
