@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         args.get(2).cloned().unwrap_or_else(|| "1,4,16".into()).split(',').map(|b| b.parse().unwrap()).collect();
     let source = ModelSource::parse(&model)?;
     println!("model {model}; context 128 tokens per sequence; median of 20 decode steps");
+    println!("{}", wick::arch::cpu::isa::describe());
     println!("{:<8} {:>6} {:>12} {:>12} {:>14}", "weights", "batch", "ms/step", "tok/s", "prefill128 ms");
     for f in formats.split(',') {
         let format = <WeightFormat as clap::ValueEnum>::from_str(f, true).map_err(anyhow::Error::msg)?;

@@ -18,6 +18,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let threads = candle_core::utils::get_num_threads();
+    println!("{}", wick::arch::cpu::isa::describe());
     let entry = wick::catalog::Catalog::builtin().default_speech();
     let voice = Voice::load(&entry.local_path(), &Device::Cpu)?;
     let fixture: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/joe_parity.json"))?;

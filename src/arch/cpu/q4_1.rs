@@ -88,12 +88,33 @@ impl Q4_1Matrix {
                     |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
                 )
             }
-            _ => by_column(self.n, &acts, |j, row| self.dot(j, row)),
+            Layout::Ggml(data, variant) => {
+                let row_bytes = self.k / BLOCK * BLOCK_BYTES;
+                let w = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
+                match variant {
+                    // SAFETY (both): the layout is only built with a variant this CPU runs.
+                    #[cfg(target_arch = "x86_64")]
+                    Variant::Avx2 | Variant::Avx512 => by_column(
+                        self.n,
+                        &acts,
+                        |j, rows| unsafe { avx2::dot_ggml(w(j), rows) },
+                        |j, row| unsafe { avx2::dot_ggml(w(j), &[row])[0] },
+                    ),
+                    _ => by_column(
+                        self.n,
+                        &acts,
+                        |j, rows| rows.map(|row| dot_ggml_scalar(w(j), row)),
+                        |j, row| dot_ggml_scalar(w(j), row),
+                    ),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
         }
     }
 
-    /// Weight row `j` dotted with one activation row.
-    #[inline]
+    /// Weight row `j` dotted with one activation row (each layout's single-row path, for the tests).
+    #[cfg(test)]
     fn dot(&self, j: usize, a: Row<'_>) -> f32 {
         let blocks = self.k / BLOCK;
         match &self.layout {
@@ -102,7 +123,7 @@ impl Q4_1Matrix {
                 match variant {
                     // SAFETY: the layout is only built with a variant this CPU runs.
                     #[cfg(target_arch = "x86_64")]
-                    Variant::Avx2 | Variant::Avx512 => unsafe { avx2::dot_ggml(w, a) },
+                    Variant::Avx2 | Variant::Avx512 => unsafe { avx2::dot_ggml(w, &[a])[0] },
                     _ => dot_ggml_scalar(w, a),
                 }
             }
@@ -162,34 +183,43 @@ pub fn dot_ggml_scalar(w: &[u8], (q, d, s): Row<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{f16_at, Row, BLOCK, BLOCK_BYTES};
+    use super::{Row, BLOCK, BLOCK_BYTES};
     use crate::arch::cpu::quant::x86::hsum256;
     use std::arch::x86_64::*;
 
-    /// ggml's blocks with `maddubs`: unsigned nibbles times signed activations, 32 per block.
+    /// ggml's blocks with `maddubs`: unsigned nibbles times signed activations, 32 per block, for
+    /// `R` rows at once (each block's nibbles are unpacked once for all of them). Each row goes
+    /// through the same operations whatever `R` is, so results do not depend on the batch.
     ///
     /// # Safety
     /// The CPU must run the avx2 variant.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_ggml(w: &[u8], (q, d, s): Row<'_>) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_ggml<const R: usize>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
         let blocks = w.len() / BLOCK_BYTES;
-        assert!(q.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
+        for (q, d, s) in rows {
+            assert!(q.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
+        }
         let low_mask = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
-        for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offset = [0f32; R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * BLOCK_BYTES);
+            // The block's f16 scale and min, converted in one instruction.
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((wb as *const i32).read_unaligned()));
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let packed = _mm_loadu_si128(wb.add(4) as *const __m128i);
             // Low nibbles are weights 0..16, high nibbles 16..32.
             let nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_mask);
-            let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
-            let scale = f16_at(&wb[0..2]) * d[b];
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
-            offset += f16_at(&wb[2..4]) * s[b];
+            for (r, (q, dx, s)) in rows.iter().enumerate() {
+                let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * dx[b]), acc[r]);
+                offset[r] += m * s[b];
+            }
         }
-        hsum256(acc) + offset
+        std::array::from_fn(|r| hsum256(acc[r]) + offset[r])
     }
 }
 

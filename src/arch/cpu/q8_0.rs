@@ -84,15 +84,25 @@ impl Q8_0Matrix {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
-            Layout::Ggml(data, variant) => by_column(self.n, &acts, |j, row| {
-                let w = &data[j * row_bytes..(j + 1) * row_bytes];
+            Layout::Ggml(data, variant) => {
+                let w = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
                 match variant {
-                    // SAFETY: the layout is only built with a variant this CPU runs.
+                    // SAFETY (both): the layout is only built with a variant this CPU runs.
                     #[cfg(target_arch = "x86_64")]
-                    Variant::Avx2 | Variant::Avx512 => unsafe { avx2::dot_ggml(w, row) },
-                    _ => dot_ggml_scalar(w, row),
+                    Variant::Avx2 | Variant::Avx512 => by_column(
+                        self.n,
+                        &acts,
+                        |j, rows| unsafe { avx2::dot_ggml(w(j), rows) },
+                        |j, row| unsafe { avx2::dot_ggml(w(j), &[row])[0] },
+                    ),
+                    _ => by_column(
+                        self.n,
+                        &acts,
+                        |j, rows| rows.map(|row| dot_ggml_scalar(w(j), row)),
+                        |j, row| dot_ggml_scalar(w(j), row),
+                    ),
                 }
-            }),
+            }
         }
     }
 }
@@ -133,31 +143,38 @@ pub fn dot_ggml_scalar(w: &[u8], (q, d, _): Row<'_>) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{f16_at, Row, BLOCK, BLOCK_BYTES};
+    use super::{Row, BLOCK, BLOCK_BYTES};
     use crate::arch::cpu::quant::x86::hsum256;
     use std::arch::x86_64::*;
 
     /// ggml's blocks with `maddubs`, which multiplies unsigned by signed bytes: `|w|` against `x`
-    /// with the sign of `w`, 32 per block.
+    /// with the sign of `w`, 32 per block, for `R` rows at once. Each row goes through the same
+    /// operations whatever `R` is, so results do not depend on the batch.
     ///
     /// # Safety
     /// The CPU must run the avx2 variant.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_ggml(w: &[u8], (q, d, _): Row<'_>) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_ggml<const R: usize>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
         let blocks = w.len() / BLOCK_BYTES;
-        assert!(q.len() >= blocks * BLOCK && d.len() >= blocks);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for (b, wb) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-            let wv = _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i);
-            let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv));
-            let sums = _mm256_madd_epi16(products, ones);
-            let scale = f16_at(&wb[0..2]) * d[b];
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+        for (q, d, _) in rows {
+            assert!(q.len() >= blocks * BLOCK && d.len() >= blocks);
         }
-        hsum256(acc)
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * BLOCK_BYTES);
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((wb as *const u16).read_unaligned() as i32)));
+            let wv = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+            let magnitude = _mm256_sign_epi8(wv, wv);
+            for (r, (q, dx, _)) in rows.iter().enumerate() {
+                let x = _mm256_loadu_si256(q.as_ptr().add(b * BLOCK) as *const __m256i);
+                let products = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(x, wv));
+                let sums = _mm256_madd_epi16(products, ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * dx[b]), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum256(acc[r]))
     }
 }
 

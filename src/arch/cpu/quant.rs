@@ -68,18 +68,33 @@ impl Activations {
     }
 }
 
-/// `[m, n]` results, one (row, column) at a time: `dot(j, row)` is weight column `j` dotted with
-/// one activation row. Columns are split across threads; each writes its columns of every row.
-pub fn by_column(n: usize, acts: &Activations, dot: impl Fn(usize, Row<'_>) -> f32 + Sync) -> Vec<f32> {
+/// `[m, n]` results, one column at a time (the ggml layouts' kernels): `tile(j, rows)` is weight
+/// column `j` dotted with `ROW_TILE` activation rows, `single(j, row)` with one. Whole tiles of rows
+/// go through `tile`, so that a column's weights are decoded once for several rows; the rest
+/// through `single`. Columns are split across threads; each writes its columns of every row.
+pub fn by_column(
+    n: usize,
+    acts: &Activations,
+    tile: impl Fn(usize, &[Row<'_>; ROW_TILE]) -> [f32; ROW_TILE] + Sync,
+    single: impl Fn(usize, Row<'_>) -> f32 + Sync,
+) -> Vec<f32> {
     let m = acts.rows();
     let mut y = vec![0f32; m * n];
     let out = SharedOut::new(&mut y);
     parallel_for(n, |cols| {
-        for r in 0..m {
-            // SAFETY: column ranges are disjoint, so are these parts of each row.
-            let out = unsafe { out.part(r * n + cols.start, cols.len()) };
-            for (j, o) in cols.clone().zip(out.iter_mut()) {
-                *o = dot(j, acts.row(r));
+        for j in cols {
+            // SAFETY: column ranges are disjoint, so are the values each thread writes.
+            let write = |r: usize, v: f32| unsafe { out.part(r * n + j, 1) }[0] = v;
+            let mut r = 0;
+            while r + ROW_TILE <= m {
+                let rows: [Row<'_>; ROW_TILE] = std::array::from_fn(|t| acts.row(r + t));
+                for (t, v) in tile(j, &rows).into_iter().enumerate() {
+                    write(r + t, v);
+                }
+                r += ROW_TILE;
+            }
+            for r in r..m {
+                write(r, single(j, acts.row(r)));
             }
         }
     });
