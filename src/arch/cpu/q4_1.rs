@@ -7,7 +7,9 @@
 //! - `avx512`: weights are repacked at load so that 16 columns sit side by side, one per vector lane
 //!   (`repack_lanes`): `vpdpbusd` advances 16 columns by 4 weights per instruction, a block's integer
 //!   sum needs one scaling for all 16 columns, and each unpacked weight block serves 4 activation rows;
-//! - `avx2` (or a column count that is not a multiple of 16): ggml's own layout with `maddubs`;
+//! - `avx2`: the same layout 8 columns wide, with `maddubs` for `vpdpbusd` (its 16-bit sums of a
+//!   block cannot overflow: 16 products of at most 15 x 127);
+//! - a column count that is not a multiple of the width: ggml's own layout with `maddubs`;
 //! - `portable`: the scalar reference.
 //!
 //! Every path is batch-invariant (see `quant`).
@@ -28,13 +30,24 @@ pub struct Q4_1Matrix {
 enum Layout {
     /// ggml's blocks, as in the file, with the variant whose kernel reads them.
     Ggml(Vec<u8>, Variant),
-    /// Columns in groups of 16, one per vector lane (see `repack_lanes`), for `avx512`.
-    Lanes(Vec<u8>),
+    /// Columns in groups of `lanes(variant)`, one per vector lane (see `repack_lanes`).
+    Lanes(Vec<u8>, Variant),
 }
 
-/// Bytes of one block of one 16-column group in the `Lanes` layout: 16 f16 scales, 16 f16 mins, and
-/// 4 x 64 bytes of nibbles.
-const LANE_BLOCK_BYTES: usize = 32 + 32 + 256;
+/// Columns per group of the `Lanes` layout: one per 32-bit lane of the variant's vectors.
+fn lanes(variant: Variant) -> usize {
+    if variant == Variant::Avx512 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Bytes of one block of one group of `w` columns in the `Lanes` layout: `w` f16 scales, `w` f16
+/// mins, and 4 x `4w` bytes of nibbles.
+const fn lane_block_bytes(w: usize) -> usize {
+    20 * w
+}
 
 /// The 4-bit value of weight `j` (0..32) of a ggml block.
 fn nibble(block: &[u8], j: usize) -> u8 {
@@ -49,7 +62,7 @@ impl Q4_1Matrix {
     /// Bytes of the packed weights.
     pub fn bytes(&self) -> usize {
         match &self.layout {
-            Layout::Ggml(b, _) | Layout::Lanes(b) => b.len(),
+            Layout::Ggml(b, _) | Layout::Lanes(b, _) => b.len(),
         }
     }
 
@@ -64,7 +77,9 @@ impl Q4_1Matrix {
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
-            Variant::Avx512 if n.is_multiple_of(16) => repack_lanes(&data, n, k),
+            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lanes(variant)) => {
+                Layout::Lanes(repack_lanes(&data, n, k, lanes(variant)), variant)
+            }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
             v => Layout::Ggml(data, v),
         };
@@ -77,16 +92,25 @@ impl Q4_1Matrix {
         let acts = Activations::quantize(x, self.k);
         match &self.layout {
             #[cfg(target_arch = "x86_64")]
-            Layout::Lanes(data) => {
-                let group = self.k / BLOCK * LANE_BLOCK_BYTES;
+            Layout::Lanes(data, variant) => {
+                let group = self.k / BLOCK * lane_block_bytes(lanes(*variant));
                 let w = |g: usize| &data[g * group..(g + 1) * group];
-                // SAFETY (both): `Lanes` is only built for a CPU that runs the avx512 variant.
-                by_lane_group(
-                    self.n,
-                    &acts,
-                    |g, rows| unsafe { avx512::lanes(w(g), rows) },
-                    |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
-                )
+                // SAFETY (all four): `Lanes` is only built with a variant this CPU runs.
+                if *variant == Variant::Avx512 {
+                    by_lane_group(
+                        self.n,
+                        &acts,
+                        |g, rows| unsafe { avx512::lanes(w(g), rows) },
+                        |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
+                    )
+                } else {
+                    by_lane_group(
+                        self.n,
+                        &acts,
+                        |g, rows| unsafe { avx2::lanes(w(g), rows) },
+                        |g, row| unsafe { avx2::lanes(w(g), &[row]) }[0],
+                    )
+                }
             }
             Layout::Ggml(data, variant) => {
                 let row_bytes = self.k / BLOCK * BLOCK_BYTES;
@@ -109,7 +133,7 @@ impl Q4_1Matrix {
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
+            Layout::Lanes(..) => unreachable!("the lanes layout is x86-64 only"),
         }
     }
 
@@ -127,12 +151,20 @@ impl Q4_1Matrix {
                     _ => dot_ggml_scalar(w, a),
                 }
             }
-            Layout::Lanes(data) => {
-                let (g, lane) = (j / 16, j % 16);
-                let w = &data[g * blocks * LANE_BLOCK_BYTES..(g + 1) * blocks * LANE_BLOCK_BYTES];
+            Layout::Lanes(data, variant) => {
+                let width = lanes(*variant);
+                let (g, lane) = (j / width, j % width);
+                let group = blocks * lane_block_bytes(width);
+                let w = &data[g * group..(g + 1) * group];
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Lanes` is only built for a CPU that runs the avx512 variant.
-                return unsafe { avx512::lanes(w, &[a]) }[0][lane];
+                // SAFETY: `Lanes` is only built with a variant this CPU runs.
+                return unsafe {
+                    if *variant == Variant::Avx512 {
+                        avx512::lanes(w, &[a])[0][lane]
+                    } else {
+                        avx2::lanes(w, &[a])[0][lane]
+                    }
+                };
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("the lanes layout is x86-64 only ({}, {lane})", w.len())
             }
@@ -140,26 +172,26 @@ impl Q4_1Matrix {
     }
 }
 
-/// Repacks ggml blocks so that 16 columns sit side by side, one per 32-bit vector lane. Per group
-/// of 16 columns and per block: the 16 scales (f16), the 16 mins (f16), then for steps t = 0..4 a
-/// 64-byte vector whose byte 4c + j holds weight 4t + j of column c in its low nibble and weight
-/// 16 + 4t + j in its high nibble. `vpdpbusd` against 4 broadcast activation bytes then advances all
-/// 16 columns by 4 weights at once, and each block needs one scaling for 16 columns.
-fn repack_lanes(data: &[u8], n: usize, k: usize) -> Layout {
+/// Repacks ggml blocks so that `w` columns sit side by side, one per 32-bit vector lane. Per group
+/// of `w` columns and per block: the `w` scales (f16), the `w` mins (f16), then for steps t = 0..4 a
+/// `4w`-byte vector whose byte 4c + j holds weight 4t + j of column c in its low nibble and weight
+/// 16 + 4t + j in its high nibble. `vpdpbusd` (or `maddubs`) against 4 broadcast activation bytes
+/// then advances all `w` columns by 4 weights at once, and each block needs one scaling for them all.
+fn repack_lanes(data: &[u8], n: usize, k: usize, w: usize) -> Vec<u8> {
     let blocks = k / BLOCK;
     let row_bytes = blocks * BLOCK_BYTES;
-    let mut out = Vec::with_capacity(n / 16 * blocks * LANE_BLOCK_BYTES);
-    for g in 0..n / 16 {
+    let mut out = Vec::with_capacity(n / w * blocks * lane_block_bytes(w));
+    for g in 0..n / w {
         for b in 0..blocks {
-            let block = |c: usize| &data[(16 * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
-            for c in 0..16 {
+            let block = |c: usize| &data[(w * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+            for c in 0..w {
                 out.extend_from_slice(&block(c)[0..2]);
             }
-            for c in 0..16 {
+            for c in 0..w {
                 out.extend_from_slice(&block(c)[2..4]);
             }
             for t in 0..4 {
-                for c in 0..16 {
+                for c in 0..w {
                     for j in 0..4 {
                         out.push(nibble(block(c), 4 * t + j) | (nibble(block(c), 16 + 4 * t + j) << 4));
                     }
@@ -167,7 +199,7 @@ fn repack_lanes(data: &[u8], n: usize, k: usize) -> Layout {
             }
         }
     }
-    Layout::Lanes(out)
+    out
 }
 
 /// The reference: what every SIMD path computes, one value at a time. Also the `portable` variant,
@@ -221,11 +253,63 @@ mod avx2 {
         }
         std::array::from_fn(|r| hsum256(acc[r]) + offset[r])
     }
+
+    /// `R` activation rows times one 8-column group (`Lanes` layout, 8 wide): 8 results per row.
+    /// Each row goes through the same operations whatever `R` is, so results do not depend on the
+    /// batch.
+    ///
+    /// # Safety
+    /// The CPU must run the avx2 variant.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
+        let block_bytes = super::lane_block_bytes(8);
+        let blocks = w.len() / block_bytes;
+        for (q, ad, s) in a {
+            assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
+        }
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offset = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * block_bytes);
+            let scales = _mm256_cvtph_ps(_mm_loadu_si128(wb as *const __m128i));
+            let mins = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(16) as *const __m128i));
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for t in 0..4 {
+                let packed = _mm256_loadu_si256(wb.add(32 + 32 * t) as *const __m256i);
+                lo[t] = _mm256_and_si256(packed, mask);
+                hi[t] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+            }
+            for r in 0..R {
+                let q = a[r].0.as_ptr().add(b * BLOCK);
+                // 16-bit sums: 16 products of a nibble (at most 15) and an i8 stay below 32,767.
+                let mut sums = _mm256_setzero_si256();
+                for t in 0..4 {
+                    let x_lo = _mm256_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                    let x_hi = _mm256_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
+                    sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(lo[t], x_lo));
+                    sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(hi[t], x_hi));
+                }
+                let isum = _mm256_madd_epi16(sums, ones);
+                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(a[r].1[b]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+                offset[r] = _mm256_fmadd_ps(mins, _mm256_set1_ps(a[r].2[b]), offset[r]);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], offset[r]));
+        }
+        out
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Row, BLOCK, LANE_BLOCK_BYTES};
+    use super::{lane_block_bytes, Row, BLOCK};
     use std::arch::x86_64::*;
 
     /// `R` activation rows times one 16-column group: 16 results per row. Each row goes through the
@@ -236,7 +320,8 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
-        let blocks = w.len() / LANE_BLOCK_BYTES;
+        let block_bytes = lane_block_bytes(16);
+        let blocks = w.len() / block_bytes;
         for (q, ad, s) in a {
             assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
         }
@@ -244,7 +329,7 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); R];
         let mut offset = [_mm512_setzero_ps(); R];
         for b in 0..blocks {
-            let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
+            let wb = w.as_ptr().add(b * block_bytes);
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
             let mins = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32) as *const __m256i));
             let mut lo = [_mm512_setzero_si512(); 4];
@@ -294,9 +379,10 @@ mod tests {
 
     #[test]
     fn every_variant_equals_the_scalar_reference() {
-        // 32 columns: lanes layout under avx512; 8 columns: ggml's layout.
+        // 32 columns: a lanes layout under avx512 and avx2; 8: lanes under avx2, ggml's under avx512;
+        // 12: ggml's layout everywhere.
         for variant in Variant::all_here() {
-            for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576), (8, 1536)] {
+            for (n, k) in [(32, 96), (32, 576), (8, 64), (8, 576), (8, 1536), (12, 576)] {
                 let (data, _) = quantized(GgmlDType::Q4_1, n, k);
                 let q = Q4_1Matrix::for_variant(data.clone(), n, k, variant).unwrap();
                 let acts = Activations::quantize(&random(k, 4), k);

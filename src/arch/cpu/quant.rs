@@ -104,23 +104,23 @@ pub fn by_column(
 /// Up to this many activation rows share one pass over a 16-column group's weights.
 pub const ROW_TILE: usize = 4;
 
-/// `[m, n]` results, 16 columns at a time (the lanes layouts' kernels): `tile(g, rows)` gives
-/// columns `16g..16g+16` for `ROW_TILE` rows, `single(g, row)` for one. Whole tiles of rows go
-/// through `tile`, the rest through `single`; groups are split across threads.
-pub fn by_lane_group(
+/// `[m, n]` results, `W` columns at a time (the lanes layouts' kernels: 16 for AVX-512, 8 for
+/// AVX2): `tile(g, rows)` gives columns `W*g..W*g+W` for `ROW_TILE` rows, `single(g, row)` for one.
+/// Whole tiles of rows go through `tile`, the rest through `single`; groups are split across threads.
+pub fn by_lane_group<const W: usize>(
     n: usize,
     acts: &Activations,
-    tile: impl Fn(usize, &[Row<'_>; ROW_TILE]) -> [[f32; 16]; ROW_TILE] + Sync,
-    single: impl Fn(usize, Row<'_>) -> [f32; 16] + Sync,
+    tile: impl Fn(usize, &[Row<'_>; ROW_TILE]) -> [[f32; W]; ROW_TILE] + Sync,
+    single: impl Fn(usize, Row<'_>) -> [f32; W] + Sync,
 ) -> Vec<f32> {
-    assert!(n.is_multiple_of(16));
+    assert!(n.is_multiple_of(W));
     let m = acts.rows();
     let mut y = vec![0f32; m * n];
     let out = SharedOut::new(&mut y);
-    parallel_for(n / 16, |groups| {
+    parallel_for(n / W, |groups| {
         for g in groups {
             // SAFETY: this thread owns column group `g` of every row.
-            let write = |r: usize, lanes: &[f32; 16]| unsafe { out.part(r * n + 16 * g, 16) }.copy_from_slice(lanes);
+            let write = |r: usize, lanes: &[f32; W]| unsafe { out.part(r * n + W * g, W) }.copy_from_slice(lanes);
             let mut r = 0;
             while r + ROW_TILE <= m {
                 let rows: [Row<'_>; ROW_TILE] = std::array::from_fn(|t| acts.row(r + t));
@@ -191,8 +191,8 @@ pub mod testing {
     pub type Build = dyn Fn(Vec<u8>, usize, usize, Variant) -> Matmul;
 
     /// Every variant this CPU runs gives what dense f32 gives on the dequantized weights, up to the
-    /// activations' 8-bit quantization. Multiples of 16 columns take the lanes layout under avx512,
-    /// the others ggml's.
+    /// activations' 8-bit quantization. Multiples of 16 (or, for Q4_1 under avx2, 8) columns take a
+    /// lanes layout, the others ggml's.
     pub fn every_variant_matches_dense(dtype: GgmlDType, build: &Build) {
         for variant in Variant::all_here() {
             for (n, k, m) in [(48, 576, 6), (200, 576, 3), (70, 96, 2), (33, 128, 5)] {
@@ -209,7 +209,7 @@ pub mod testing {
     }
 
     /// A row's result is the same alone or in a batch of 7 (a tile of 4 and 3 single rows), in every
-    /// variant: 144 columns take the lanes layout under avx512, 130 ggml's.
+    /// variant: 144 columns take a lanes layout, 130 ggml's.
     pub fn rows_do_not_depend_on_their_batch(dtype: GgmlDType, build: &Build) {
         for variant in Variant::all_here() {
             for n in [144, 130] {
