@@ -166,16 +166,9 @@ pub mod testing {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
+    /// `n` deterministic values in [-1, 1): the model tests' `arch::test_values`, doubled.
     pub fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::arch::test_values(seed.into(), n).into_iter().map(|v| 2.0 * v).collect()
     }
 
     /// A random `[n, k]` matrix in `dtype`: its ggml bytes and its dequantized values.
