@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wick against llama.cpp's llama-server on the same GGUF, same machine, same run.
 #   bash benches/compare.sh [concurrency list, default 1,4,16] [max tokens, default 128]
+#                           [long prompt tokens, default 1400; 0 skips that row]
 #   WICK_CPU_VARIANT=avx2 bash benches/compare.sh    # both sides on AVX2: Wick's forced variant
 #                                                     # against llama-server built for AVX2 alone
 # Builds Wick (release) and llama-server (benches/build-llama-server.sh) when missing, pulls the
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 levels=${1:-1,4,16}
 max_tokens=${2:-128}
+long_prompt=${3:-1400}
 wick_port=${WICK_BENCH_PORT:-8380}
 llama_port=${LLAMA_BENCH_PORT:-8381}
 
@@ -29,9 +31,12 @@ wick_pid=$!; pids+=("$wick_pid")
 "$llama_server" -m "$model" -t 2 -np 16 -c 16384 --host 127.0.0.1 --port "$llama_port" >/tmp/llama-bench.log 2>&1 &
 llama_pid=$!; pids+=("$llama_pid")
 
-for url in "http://127.0.0.1:$wick_port/health" "http://127.0.0.1:$llama_port/health"; do
-  for _ in $(seq 1 120); do curl -sf "$url" >/dev/null && break; sleep 0.5; done
-done
+wait_healthy() {
+  for url in "$@"; do
+    for _ in $(seq 1 120); do curl -sf "$url" >/dev/null && break; sleep 0.5; done
+  done
+}
+wait_healthy "http://127.0.0.1:$wick_port/health" "http://127.0.0.1:$llama_port/health"
 
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB; flags: $(grep -m1 -o -w -E 'avx2|fma|avx512f|avx512_vnni|avx_vnni' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "wick $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(./target/release/wick --version | tail -n 1); llama-server ($isa build): $("$llama_server" --version 2>&1 | head -n 1)"
@@ -40,3 +45,16 @@ echo "wick $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(./target/rel
 "$load" --target "wick=http://127.0.0.1:$wick_port,smollm2-135m-instruct,$wick_pid" \
         --target "llama=http://127.0.0.1:$llama_port,smollm2,$llama_pid" \
         --concurrency "$levels" --max-tokens "$max_tokens" --ban 0,2
+
+# The long prompt, one request at a time. llama-server is restarted with one slot of 4096 positions:
+# with 16 slots each holds 16384/16 = 1024 positions and the prompt would not fit (and one slot is
+# its best case for a single stream). Wick keeps its one configuration.
+if (( long_prompt > 0 )); then
+  kill "$llama_pid"; wait "$llama_pid" 2>/dev/null || true
+  "$llama_server" -m "$model" -t 2 -np 1 -c 4096 --host 127.0.0.1 --port "$llama_port" >/tmp/llama-bench-long.log 2>&1 &
+  llama_pid=$!; pids+=("$llama_pid")
+  wait_healthy "http://127.0.0.1:$llama_port/health"
+  "$load" --target "wick=http://127.0.0.1:$wick_port,smollm2-135m-instruct,$wick_pid" \
+          --target "llama=http://127.0.0.1:$llama_port,smollm2,$llama_pid" \
+          --concurrency none --long-prompt "$long_prompt" --ban 0,2
+fi

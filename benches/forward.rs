@@ -2,6 +2,9 @@
 //! weight format. Tells which matmul kernel to use on this machine (BENCHMARKS.md).
 //!
 //!   cargo bench --bench forward -- [path/to/model.gguf] [formats: q8-0,native,f32] [batches: 1,4,16]
+//!       [prompt tokens: 128]
+//!
+//! The prompt length sets both the prefill timed and the context of the decode steps.
 
 use std::time::Instant;
 use wick::arch::linear::WeightFormat;
@@ -15,20 +18,28 @@ fn main() -> anyhow::Result<()> {
     let batches: Vec<usize> =
         args.get(2).cloned().unwrap_or_else(|| "1,4,16".into()).split(',').map(|b| b.parse().unwrap()).collect();
     let source = ModelSource::parse(&model)?;
-    println!("model {model}; context 128 tokens per sequence; median of 20 decode steps");
+    let prompt_len: usize = args.get(3).map(|p| p.parse()).transpose()?.unwrap_or(128);
+    println!("model {model}; context {prompt_len} tokens per sequence; median of 20 decode steps");
     println!("{}", wick::arch::cpu::isa::describe());
-    println!("{:<8} {:>6} {:>12} {:>12} {:>14}", "weights", "batch", "ms/step", "tok/s", "prefill128 ms");
+    println!(
+        "{:<8} {:>6} {:>12} {:>12} {:>14}",
+        "weights",
+        "batch",
+        "ms/step",
+        "tok/s",
+        format!("prefill{prompt_len} ms")
+    );
     for f in formats.split(',') {
         let format = <WeightFormat as clap::ValueEnum>::from_str(f, true).map_err(anyhow::Error::msg)?;
         let loaded = source.load(format, &candle_core::Device::Cpu)?;
         let model = &loaded.model;
         for &batch in &batches {
-            // Each sequence gets 16 blocks of its own (256 positions), as the block manager would.
-            let per_seq = 256 / wick::kv::BLOCK_SIZE;
+            // Each sequence gets blocks of its own for the prompt and the steps, as the block manager would.
+            let per_seq = (prompt_len + 64).div_ceil(wick::kv::BLOCK_SIZE);
             let tables: Vec<Vec<u32>> =
                 (0..batch).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
             let mut kv = wick::kv::KvStore::Cpu(model.new_cpu_kv());
-            let prompt: Vec<u32> = (0..128).map(|i| 100 + i).collect();
+            let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + i % 20000).collect();
             let mut prefill = Vec::new();
             for blocks in &tables {
                 let t0 = Instant::now();

@@ -3,7 +3,8 @@
 //! to first token, per-stream decode rate and each server's peak RSS, and the Wick/llama ratios.
 //!
 //!   cargo bench --bench load -- --target wick=http://127.0.0.1:8080,smollm2-135m-instruct,PID \
-//!       [--target llama=http://127.0.0.1:8181,smollm2,PID] [--concurrency 1,4,16] [--max-tokens 128]
+//!       [--target llama=http://127.0.0.1:8181,smollm2,PID] [--concurrency 1,4,16] [--max-tokens 128] \
+//!       [--long-prompt 1400]
 //!
 //! benches/compare.sh starts both servers and runs this. Every request asks for exactly `max-tokens`
 //! tokens (end-of-generation tokens are banned with logit_bias) so both servers do the same work.
@@ -23,6 +24,7 @@ struct Sample {
     ttft: Duration,
     decode_rate: f64,
     tokens: usize,
+    prompt_tokens: usize,
 }
 
 struct Level {
@@ -66,7 +68,7 @@ async fn one_request(
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let (mut first, mut last) = (None, start);
-    let mut tokens = 0;
+    let (mut tokens, mut prompt_tokens) = (0, 0);
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = buf.find("\n\n") {
@@ -84,6 +86,9 @@ async fn one_request(
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 tokens = n as usize;
             }
+            if let Some(n) = v["usage"]["prompt_tokens"].as_u64() {
+                prompt_tokens = n as usize;
+            }
         }
     }
     let first = first.ok_or_else(|| anyhow::anyhow!("no content"))?;
@@ -92,7 +97,61 @@ async fn one_request(
         ttft: first - start,
         decode_rate: if decode_secs > 0.0 { (tokens.saturating_sub(1)) as f64 / decode_secs } else { 0.0 },
         tokens,
+        prompt_tokens,
     })
+}
+
+/// A prompt of about `repeats` times the PROMPTS passage, opened by `nonce` so that no two requests
+/// share a first token: both servers cache prompt prefixes (llama-server a slot's last prompt, Wick
+/// whole KV blocks) and would otherwise skip the prefill that this measures.
+fn long_prompt(nonce: usize, repeats: usize) -> String {
+    let passage = PROMPTS.join(" ");
+    format!("{nonce} Summarise the following in one line. {}", vec![passage; repeats].join(" "))
+}
+
+/// Time to first token of a long prompt, one request at a time: the prefill alone. The number of
+/// repeats is calibrated from the first target's token count so that the prompt is about `tokens`.
+fn long_prompt_ttft(
+    rt: &tokio::runtime::Runtime,
+    targets: &[Target],
+    tokens: usize,
+    rounds: usize,
+    ban: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let count = |repeats| -> anyhow::Result<usize> {
+        Ok(rt.block_on(one_request(&client, &targets[0], &long_prompt(0, repeats), 1, ban))?.prompt_tokens)
+    };
+    let (one, four) = (count(1)?, count(4)?);
+    let per_repeat = (four - one) as f64 / 3.0;
+    let repeats = ((tokens as f64 - (one as f64 - per_repeat)) / per_repeat).round().max(1.0) as usize;
+    println!("\n{rounds} prompts of about {tokens} tokens, one at a time, 1 output token");
+    println!("| server | prompt tokens | TTFT p50 ms | min | max | prefill tok/s |");
+    println!("|---|---|---|---|---|---|");
+    let mut medians = Vec::new();
+    for t in targets {
+        let mut ttft = Vec::new();
+        let mut prompt_tokens = 0;
+        for r in 0..rounds {
+            let s = rt.block_on(one_request(&client, t, &long_prompt(r + 1, repeats), 1, ban))?;
+            ttft.push(s.ttft.as_secs_f64() * 1e3);
+            prompt_tokens = s.prompt_tokens;
+        }
+        ttft.sort_by(|a, b| a.total_cmp(b));
+        let p50 = ttft[ttft.len() / 2];
+        println!(
+            "| {} | {prompt_tokens} | {p50:.0} | {:.0} | {:.0} | {:.0} |",
+            t.name,
+            ttft[0],
+            ttft[ttft.len() - 1],
+            prompt_tokens as f64 / (p50 / 1e3)
+        );
+        medians.push(p50);
+    }
+    if medians.len() >= 2 {
+        println!("{}/{} TTFT: {:.2}x", targets[0].name, targets[1].name, medians[0] / medians[1]);
+    }
+    Ok(())
 }
 
 async fn run_level(t: &Target, concurrency: usize, max_tokens: usize, rounds: usize, ban: &serde_json::Value) -> Level {
@@ -143,6 +202,7 @@ fn main() -> anyhow::Result<()> {
     let mut max_tokens = 128;
     let mut rounds = 2;
     let mut ban = serde_json::json!({});
+    let mut long_prompt_tokens = 0;
     let mut i = 0;
     while i < args.len() {
         let value = args.get(i + 1).cloned().unwrap_or_default();
@@ -158,9 +218,13 @@ fn main() -> anyhow::Result<()> {
                     pid: parts.get(2).and_then(|p| p.parse().ok()),
                 });
             }
+            // `none`: no concurrency levels (only the long prompt).
+            "--concurrency" if value == "none" => levels.clear(),
             "--concurrency" => levels = value.split(',').map(|c| c.parse()).collect::<Result<_, _>>()?,
             "--max-tokens" => max_tokens = value.parse()?,
             "--rounds" => rounds = value.parse()?,
+            // Also time the first token of prompts of about this many tokens (0: skip).
+            "--long-prompt" => long_prompt_tokens = value.parse()?,
             // Token ids to ban (comma-separated), so that every request runs to max-tokens.
             "--ban" => {
                 ban = value
@@ -187,6 +251,9 @@ fn main() -> anyhow::Result<()> {
             );
             row.1.push(level);
         }
+    }
+    if levels.is_empty() {
+        return long_prompt_ttft(&rt, &targets, long_prompt_tokens, 5, &ban);
     }
     println!("\n{max_tokens} output tokens per request, {rounds} requests per stream, greedy, streaming");
     println!("| server | streams | aggregate tok/s | TTFT p50 ms | decode tok/s/stream p50 | failed |");
@@ -220,6 +287,9 @@ fn main() -> anyhow::Result<()> {
                 x.ttft_p50 / y.ttft_p50
             );
         }
+    }
+    if long_prompt_tokens > 0 {
+        long_prompt_ttft(&rt, &targets, long_prompt_tokens, 5, &ban)?;
     }
     Ok(())
 }

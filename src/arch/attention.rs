@@ -7,8 +7,8 @@
 //! Here one pass per (sequence, head) does it with no allocation beyond the output. On CUDA our
 //! kernels do the same (src/cuda/); this is their CPU reference.
 
-use super::cpu::vector::{axpy, dot};
-use super::cpu::{parallel_for, SharedOut};
+use super::cpu::paged_attention::{attend_tile, HeadCache, Query};
+use super::cpu::{isa, parallel_for, SharedOut};
 use crate::kv::{slot, BlockId, LayerKv, BLOCK_SIZE};
 
 /// How a GGUF and a Hugging Face checkpoint lay out the rotary pairs: llama.cpp permutes q and k at
@@ -100,6 +100,9 @@ pub struct SeqRows<'a> {
     pub rows: usize,
 }
 
+/// Query rows of one sequence that share a pass over its cache (with every query head of a KV head).
+const ROWS_PER_TILE: usize = 4;
+
 /// Attention for one layer over a flattened step, on the paged cache.
 ///
 /// `qkv` holds one row per new token, `[q | k | v]` as the fused projection produced them, grouped by
@@ -110,7 +113,8 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
     let (q_dim, kv_dim, d) = (shape.q_dim(), shape.kv_dim(), shape.head_dim);
     let row_len = q_dim + 2 * kv_dim;
 
-    // Rotate and write into the cache: cheap and sequential.
+    // Rotate and write into the cache: cheap and sequential. Keys go in transposed within their
+    // block (`[block][kv_dim][BLOCK_SIZE]`, see cpu::paged_attention), values as they are.
     let mut row = 0;
     for seq in seqs {
         assert!(seq.blocks.len() * BLOCK_SIZE >= seq.start + seq.rows, "a sequence's blocks are too few");
@@ -120,22 +124,31 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
             for h in 0..shape.num_heads + shape.num_kv_heads {
                 rope.apply(&mut r[h * d..(h + 1) * d], pos);
             }
+            let (block, within) = (seq.blocks[pos / BLOCK_SIZE] as usize, pos % BLOCK_SIZE);
+            let keys = &mut layer.k[block * BLOCK_SIZE * kv_dim..][..BLOCK_SIZE * kv_dim];
+            for (c, &k) in r[q_dim..q_dim + kv_dim].iter().enumerate() {
+                keys[c * BLOCK_SIZE + within] = k;
+            }
             let at = slot(seq.blocks, pos) * kv_dim;
-            layer.k[at..at + kv_dim].copy_from_slice(&r[q_dim..q_dim + kv_dim]);
             layer.v[at..at + kv_dim].copy_from_slice(&r[q_dim + kv_dim..]);
         }
         row += seq.rows;
     }
 
-    // One work item per (sequence, head): each writes its own rows of its own head.
-    let mut items = Vec::with_capacity(seqs.len() * shape.num_heads);
+    // One work item per (sequence, KV head, tile of rows): each writes its own rows of its own query
+    // heads. The latest rows of a prompt see the most keys; they go first, so that the workers' last
+    // grabs are the short ones.
+    let mut items = Vec::new();
     let mut first_row = 0;
     for (s, seq) in seqs.iter().enumerate() {
-        for h in 0..shape.num_heads {
-            items.push((s, h, first_row));
+        for t0 in (0..seq.rows).step_by(ROWS_PER_TILE) {
+            for kv_head in 0..shape.num_kv_heads {
+                items.push((s, kv_head, first_row + t0, t0..seq.rows.min(t0 + ROWS_PER_TILE)));
+            }
         }
         first_row += seq.rows;
     }
+    items.sort_by_key(|(s, _, _, rows)| std::cmp::Reverse(seqs[*s].start + rows.end));
     let qkv: &[f32] = qkv;
     let layer: &LayerKv = layer;
     let scale = 1.0 / (d as f32).sqrt();
@@ -143,34 +156,26 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
     let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
     let mut out = vec![0f32; total_rows * q_dim];
     let shared = SharedOut::new(&mut out);
+    let variant = isa::variant();
     parallel_for(items.len(), |range| {
         let mut scores = Vec::new();
-        for &(s, h, first_row) in &items[range] {
+        for (s, kv_head, tile_row, rows) in items[range].iter().cloned() {
             let seq = &seqs[s];
-            let kv_off = (h / group) * d;
-            for t in 0..seq.rows {
-                let q = &qkv[(first_row + t) * row_len + h * d..][..d];
-                let visible = seq.start + t + 1; // causal: keys 0..=pos
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..visible {
-                    let k = &layer.k[slot(seq.blocks, j) * kv_dim + kv_off..][..d];
-                    let s = dot(q, k) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                // SAFETY: (row, head) pairs are distinct across items, so are these parts.
-                let o = unsafe { shared.part((first_row + t) * q_dim + h * d, d) };
-                for (j, &w) in scores.iter().enumerate() {
-                    let v = &layer.v[slot(seq.blocks, j) * kv_dim + kv_off..][..d];
-                    axpy(w / sum, v, o);
+            let cache =
+                HeadCache { k: &layer.k, v: &layer.v, blocks: seq.blocks, kv_dim, offset: kv_head * d, head_dim: d };
+            let mut tile = Vec::with_capacity(rows.len() * group);
+            for (i, t) in rows.enumerate() {
+                let row = tile_row + i;
+                for h in kv_head * group..(kv_head + 1) * group {
+                    tile.push(Query {
+                        q: &qkv[row * row_len + h * d..][..d],
+                        visible: seq.start + t + 1, // causal: keys 0..=pos
+                        // SAFETY: (row, head) pairs are distinct across items, so are these parts.
+                        out: unsafe { shared.part(row * q_dim + h * d, d) },
+                    });
                 }
             }
+            attend_tile(variant, &cache, &mut tile, scale, &mut scores);
         }
     });
     out

@@ -24,7 +24,8 @@ pub struct CpuKv {
     pub layers: Vec<LayerKv>,
 }
 
-/// One layer's blocks: keys and values, each `[block][BLOCK_SIZE][kv_dim]`.
+/// One layer's blocks: keys `[block][kv_dim][BLOCK_SIZE]` (transposed within a block, so that one
+/// component of a block's keys is one vector: cpu::paged_attention) and values `[block][BLOCK_SIZE][kv_dim]`.
 #[derive(Default)]
 pub struct LayerKv {
     pub k: Vec<f32>,

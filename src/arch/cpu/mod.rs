@@ -4,6 +4,7 @@
 
 pub mod conv1d;
 pub mod isa;
+pub mod paged_attention;
 pub mod q4_1;
 pub mod q8_0;
 pub mod quant;

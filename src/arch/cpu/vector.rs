@@ -7,6 +7,70 @@
 
 use super::isa::{self, Variant};
 
+/// Sixteen f32 lanes, for kernels written once over this trait and instantiated per variant inside
+/// that variant's `#[target_feature]` function (which is what lets the intrinsics inline). The
+/// portable form is an array the compiler vectorises as it can; `mul_add` is fused only where the
+/// instruction set has FMA, so each variant always computes the same thing.
+pub trait F32x16: Copy {
+    /// Whether one register holds all 16 lanes (AVX-512); a kernel may then keep more sums in flight.
+    const ONE_REGISTER: bool;
+    fn zero() -> Self;
+    fn splat(x: f32) -> Self;
+    /// The first 16 floats of `s`.
+    fn load(s: &[f32]) -> Self;
+    /// Into the first 16 floats of `s`.
+    fn store(self, s: &mut [f32]);
+    /// `self * b + c`.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    fn add(self, b: Self) -> Self;
+    fn mul(self, b: Self) -> Self;
+}
+
+/// The portable lanes.
+#[derive(Clone, Copy)]
+pub struct Plain([f32; 16]);
+
+impl F32x16 for Plain {
+    const ONE_REGISTER: bool = false;
+    #[inline(always)]
+    fn zero() -> Self {
+        Plain([0.0; 16])
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        Plain([x; 16])
+    }
+    #[inline(always)]
+    fn load(s: &[f32]) -> Self {
+        Plain(s[..16].try_into().unwrap())
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32]) {
+        s[..16].copy_from_slice(&self.0)
+    }
+    #[inline(always)]
+    fn mul_add(mut self, b: Self, c: Self) -> Self {
+        for l in 0..16 {
+            self.0[l] = self.0[l] * b.0[l] + c.0[l];
+        }
+        self
+    }
+    #[inline(always)]
+    fn add(mut self, b: Self) -> Self {
+        for l in 0..16 {
+            self.0[l] += b.0[l];
+        }
+        self
+    }
+    #[inline(always)]
+    fn mul(mut self, b: Self) -> Self {
+        for l in 0..16 {
+            self.0[l] *= b.0[l];
+        }
+        self
+    }
+}
+
 /// Lanes of the dot product: one AVX-512 vector, two AVX2 ones, four SSE or NEON ones.
 const LANES: usize = 16;
 
@@ -61,6 +125,94 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 fn axpy_plain(w: f32, x: &[f32], y: &mut [f32]) {
     y.iter_mut().zip(x).for_each(|(y, &x)| *y += w * x);
+}
+
+/// The lanes on x86: one AVX-512 register, or two AVX2 ones. Only for use inside functions compiled
+/// for that instruction set (`#[target_feature]`), on a CPU that has it.
+#[cfg(target_arch = "x86_64")]
+pub mod lanes_x86 {
+    use super::F32x16;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub struct Avx512(__m512);
+
+    // SAFETY (every method): the caller runs on an AVX-512 CPU, inside an avx512f function; `load`
+    // and `store` check the slice's length first.
+    impl F32x16 for Avx512 {
+        const ONE_REGISTER: bool = true;
+        #[inline(always)]
+        fn zero() -> Self {
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            Avx512(unsafe { _mm512_set1_ps(x) })
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 16);
+            Avx512(unsafe { _mm512_loadu_ps(s.as_ptr()) })
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 16);
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: Self, c: Self) -> Self {
+            Avx512(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+        }
+        #[inline(always)]
+        fn add(self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_add_ps(self.0, b.0) })
+        }
+        #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_mul_ps(self.0, b.0) })
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub struct Avx2(__m256, __m256);
+
+    // SAFETY (every method): as above, for AVX2 + FMA.
+    impl F32x16 for Avx2 {
+        const ONE_REGISTER: bool = false;
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { Avx2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            unsafe { Avx2(_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 16);
+            unsafe { Avx2(_mm256_loadu_ps(s.as_ptr()), _mm256_loadu_ps(s.as_ptr().add(8))) }
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 16);
+            unsafe {
+                _mm256_storeu_ps(s.as_mut_ptr(), self.0);
+                _mm256_storeu_ps(s.as_mut_ptr().add(8), self.1);
+            }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: Self, c: Self) -> Self {
+            unsafe { Avx2(_mm256_fmadd_ps(self.0, b.0, c.0), _mm256_fmadd_ps(self.1, b.1, c.1)) }
+        }
+        #[inline(always)]
+        fn add(self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(self.0, b.0), _mm256_add_ps(self.1, b.1)) }
+        }
+        #[inline(always)]
+        fn mul(self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_mul_ps(self.0, b.0), _mm256_mul_ps(self.1, b.1)) }
+        }
+    }
 }
 
 /// The same bodies, compiled for each instruction set.
