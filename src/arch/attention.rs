@@ -136,37 +136,44 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
     }
 
     // One work item per (sequence, KV head, tile of rows): each writes its own rows of its own query
-    // heads. The latest rows of a prompt see the most keys; they go first, so that the workers' last
-    // grabs are the short ones.
+    // heads. A decode row gets an item per query head instead: with a KV group as one item, a
+    // 1-stream step had 3 items for 2 threads. The latest rows of a prompt see the most keys; they
+    // go first, so that the workers' last grabs are the short ones.
+    let group = shape.num_heads / shape.num_kv_heads;
     let mut items = Vec::new();
     let mut first_row = 0;
     for (s, seq) in seqs.iter().enumerate() {
         for t0 in (0..seq.rows).step_by(ROWS_PER_TILE) {
+            let rows = t0..seq.rows.min(t0 + ROWS_PER_TILE);
             for kv_head in 0..shape.num_kv_heads {
-                items.push((s, kv_head, first_row + t0, t0..seq.rows.min(t0 + ROWS_PER_TILE)));
+                let heads = kv_head * group..(kv_head + 1) * group;
+                if seq.rows == 1 {
+                    items.extend(heads.map(|h| (s, kv_head, h..h + 1, first_row + t0, rows.clone())));
+                } else {
+                    items.push((s, kv_head, heads, first_row + t0, rows.clone()));
+                }
             }
         }
         first_row += seq.rows;
     }
-    items.sort_by_key(|(s, _, _, rows)| std::cmp::Reverse(seqs[*s].start + rows.end));
+    items.sort_by_key(|(s, _, _, _, rows)| std::cmp::Reverse(seqs[*s].start + rows.end));
     let qkv: &[f32] = qkv;
     let layer: &LayerKv = layer;
     let scale = 1.0 / (d as f32).sqrt();
-    let group = shape.num_heads / shape.num_kv_heads;
     let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
     let mut out = vec![0f32; total_rows * q_dim];
     let shared = SharedOut::new(&mut out);
     let variant = isa::variant();
     parallel_for(items.len(), |range| {
         let mut scores = Vec::new();
-        for (s, kv_head, tile_row, rows) in items[range].iter().cloned() {
+        for (s, kv_head, heads, tile_row, rows) in items[range].iter().cloned() {
             let seq = &seqs[s];
             let cache =
                 HeadCache { k: &layer.k, v: &layer.v, blocks: seq.blocks, kv_dim, offset: kv_head * d, head_dim: d };
-            let mut tile = Vec::with_capacity(rows.len() * group);
+            let mut tile = Vec::with_capacity(rows.len() * heads.len());
             for (i, t) in rows.enumerate() {
                 let row = tile_row + i;
-                for h in kv_head * group..(kv_head + 1) * group {
+                for h in heads.clone() {
                     tile.push(Query {
                         q: &qkv[row * row_len + h * d..][..d],
                         visible: seq.start + t + 1, // causal: keys 0..=pos

@@ -136,7 +136,14 @@ fn block_scores<V: F32x16, const N: usize>(qs: [&[f32]; N], kt: &[f32], scale: f
         }
     }
     let scale = V::splat(scale);
-    acc.map(|a| a[0].add(a[1]).add(a[2].add(a[3])).mul(scale))
+    // A loop, not `array::map`: that one is not always inlined, and out of line its vector ops are
+    // calls (found in the AVX2 build's disassembly).
+    let mut out = [V::zero(); N];
+    for n in 0..N {
+        let a = acc[n];
+        out[n] = a[0].add(a[1]).add(a[2].add(a[3])).mul(scale);
+    }
+    out
 }
 
 /// `out[n] += w[n][j] * values(j)` for each j in order. Four 16-float chunks of each `out` at a time,
