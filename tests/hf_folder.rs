@@ -111,3 +111,47 @@ async fn hugging_face_folder_serves_chat() {
         assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
     }
 }
+
+/// The load error of the test folder with `edit` applied to its config.json, or None if it loads.
+fn load_error_with_config(edit: impl FnOnce(&mut serde_json::Value)) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(dir.path());
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let source = ModelSource::parse(dir.path().to_str().unwrap()).unwrap();
+    source.load(WeightFormat::Native, &Device::Cpu).err().map(|e| format!("{e:#}"))
+}
+
+#[test]
+fn a_folder_of_an_unimplemented_family_or_setting_is_refused_by_name() {
+    assert_eq!(load_error_with_config(|_| {}), None);
+    // Qwen2 carries q/k/v biases that a llama forward would drop.
+    let e = load_error_with_config(|c| c["model_type"] = json!("qwen2")).unwrap();
+    assert!(e.contains("`qwen2` is not implemented") && e.contains("biases"), "{e}");
+    let e = load_error_with_config(|c| c["architectures"] = json!(["GraniteForCausalLM"])).unwrap();
+    assert!(e.contains("`granite` is not implemented"), "{e}");
+    let e = load_error_with_config(|c| c["rope_scaling"] = json!({"rope_type": "longrope", "factor": 4.0})).unwrap();
+    assert!(e.contains("rope scaling `longrope`"), "{e}");
+    let e = load_error_with_config(|c| c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0})).unwrap();
+    assert!(e.contains("rope scaling `llama3`"), "{e}");
+    assert_eq!(load_error_with_config(|c| c["rope_scaling"] = json!(null)), None);
+    let e = load_error_with_config(|c| c["sliding_window"] = json!(128)).unwrap();
+    assert!(e.contains("sliding attention window of 128"), "{e}");
+    let e = load_error_with_config(|c| c["hidden_act"] = json!("gelu_pytorch_tanh")).unwrap();
+    assert!(e.contains("`gelu_pytorch_tanh`"), "{e}");
+}
+
+#[test]
+fn a_checkpoint_tensor_the_forward_would_not_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(dir.path());
+    let bias = Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let extra: HashMap<String, Tensor> = [("model.layers.0.self_attn.q_proj.bias".to_string(), bias)].into();
+    candle_core::safetensors::save(&extra, dir.path().join("model-extra.safetensors")).unwrap();
+    let source = ModelSource::parse(dir.path().to_str().unwrap()).unwrap();
+    let Err(e) = source.load(WeightFormat::Native, &Device::Cpu) else { panic!("a checkpoint with a bias loaded") };
+    let e = format!("{e:#}");
+    assert!(e.contains("`model.layers.0.self_attn.q_proj.bias`"), "{e}");
+}

@@ -1,9 +1,11 @@
-//! Model code. `llama` is the llama family (Llama, SmolLM, Mistral-style GQA without biases),
-//! batched over sequences of different lengths; `vits` is the VITS voice Piper uses, batched over
-//! sentences of different lengths.
+//! Model code. `family` names the model families (which architectures Wick implements, and why the
+//! others are refused); `llama` is the llama family (Llama, SmolLM, Mistral-style GQA without
+//! biases), batched over sequences of different lengths; `vits` is the VITS voice Piper uses, batched
+//! over sentences of different lengths.
 
 pub mod attention;
 pub mod cpu;
+pub mod family;
 pub mod linear;
 pub mod llama;
 pub mod vits;

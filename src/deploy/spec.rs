@@ -241,6 +241,7 @@ impl DeploymentSpec {
             bail!("`model` is required: a catalog id, a path to a model, or a hub id");
         }
         let source = ModelSource::parse(model)?;
+        source.check_family()?;
         let name = match &request.name {
             Some(n) if n.trim().is_empty() => bail!("`name` must not be empty"),
             Some(n) => n.trim().to_string(),

@@ -1,21 +1,23 @@
 //! A llama-family GGUF file: config, weights (memory-mapped, read in their quantized types),
 //! tokenizer and chat template, all from the one file.
+//!
+//! What the family does not implement is a load error, not an approximation (`arch::family`): an
+//! architecture it does not know, a rope scaling or sliding window in the metadata, and any tensor
+//! of the file that the forward would not use (a bias, Llama 3.1's `rope_freqs.weight`).
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
 use crate::arch::attention::RopeStyle;
+use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
 use crate::arch::llama::{Llama, LlamaConfig, RawLayer, RawWeights};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::path::Path;
-
-/// Architectures whose GGUF tensors follow llama.cpp's llama layout without biases.
-const LLAMA_LIKE: &[&str] = &["llama", "mistral", "granite"];
 
 pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
@@ -24,7 +26,9 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
     let mut reader = Cursor::new(&mmap[..]);
     let content = Content::read(&mut reader).map_err(|e| anyhow!("{} is not a GGUF file: {e}", path.display()))?;
     let cfg = config(&content.metadata)?;
+    let mut used = HashSet::new();
     let mut tensor = |name: &str| -> Result<RawWeight> {
+        used.insert(name.to_string());
         Ok(RawWeight::Quantized(content.tensor(&mut reader, name, device).with_context(|| format!("tensor `{name}`"))?))
     };
     let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -50,6 +54,7 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
         layers,
         lm_head,
     };
+    refuse_unused(content.tensor_infos.keys(), &used)?;
     let model = Llama::new(cfg, raw, format, device)?;
 
     let tokenizer = TextTokenizer::from_gguf(&content.metadata)?;
@@ -58,11 +63,41 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
     Ok(LoadedModel { model, tokenizer, template })
 }
 
+/// The family and settings of the file at `path`, from its header alone (`ModelSource::check_family`).
+/// A file that cannot be read yet (still being copied, say) passes: its load reports it, and a later
+/// request retries.
+pub fn check(path: &Path) -> Result<()> {
+    let Ok(content) =
+        std::fs::File::open(path).map_err(anyhow::Error::from).and_then(|mut f| Ok(Content::read(&mut f)?))
+    else {
+        return Ok(());
+    };
+    config(&content.metadata).map(|_| ())
+}
+
+/// Every tensor of the file goes into the forward, or the load fails naming the first that would not.
+fn refuse_unused<'a>(names: impl Iterator<Item = &'a String>, used: &HashSet<String>) -> Result<()> {
+    let mut unused: Vec<&String> = names.filter(|n| !used.contains(*n)).collect();
+    unused.sort();
+    match unused.first() {
+        None => Ok(()),
+        Some(name) if name.as_str() == "rope_freqs.weight" => {
+            bail!("the file scales its rope frequencies (`rope_freqs.weight`, Llama 3.1-style); not implemented yet")
+        }
+        Some(name) => bail!(
+            "tensor `{name}` (and {} more unused) is not part of the llama layout that Wick implements: \
+             serving the file without it would answer wrongly",
+            unused.len() - 1
+        ),
+    }
+}
+
 fn config(md: &HashMap<String, Value>) -> Result<LlamaConfig> {
     let arch = md.get("general.architecture").context("GGUF has no general.architecture")?.to_string()?.clone();
-    if !LLAMA_LIKE.contains(&arch.as_str()) {
-        bail!("architecture `{arch}` is not supported yet (supported: {})", LLAMA_LIKE.join(", "));
+    match family::from_gguf(&arch)? {
+        Family::Llama => {}
     }
+    refuse_unimplemented_settings(md, &arch)?;
     let u = |k: &str| -> Result<usize> {
         Ok(md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF has no {arch}.{k}"))?.to_u32()? as usize)
     };
@@ -88,4 +123,23 @@ fn config(md: &HashMap<String, Value>) -> Result<LlamaConfig> {
         context_length: u("context_length")?,
         rope_style: RopeStyle::Interleaved,
     })
+}
+
+/// Metadata that changes the llama forward in ways Wick does not implement.
+fn refuse_unimplemented_settings(md: &HashMap<String, Value>, arch: &str) -> Result<()> {
+    let text = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_string().ok()).cloned();
+    let number = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
+    if let Some(kind) = text("rope.scaling.type").filter(|t| t != "none") {
+        bail!("rope scaling `{kind}` ({arch}.rope.scaling.type) is not implemented yet");
+    }
+    for key in ["rope.scaling.factor", "rope.scale_linear"] {
+        if let Some(factor) = number(key).filter(|&f| f != 0.0 && f != 1.0) {
+            bail!("rope scaling by {factor} ({arch}.{key}) is not implemented yet");
+        }
+    }
+    if let Some(window) = md.get(&format!("{arch}.attention.sliding_window")) {
+        let window = window.to_u32().map(|w| w.to_string()).unwrap_or_else(|_| "set".into());
+        bail!("a sliding attention window ({arch}.attention.sliding_window = {window}) is not implemented yet");
+    }
+    Ok(())
 }

@@ -104,6 +104,18 @@ impl ModelSource {
         }
     }
 
+    /// Whether the file's family and settings are ones Wick implements, from its metadata alone (a
+    /// GGUF header, a config.json), so that a deployment is refused when it is created rather than
+    /// at its first request. A catalog model not pulled yet, or a hub id, is checked when it loads.
+    pub fn check_family(&self) -> Result<()> {
+        match self {
+            Self::Catalog(e) if e.kind == "chat" && e.local_path().is_file() => gguf::check(&e.local_path()),
+            Self::GgufFile(p) => gguf::check(p),
+            Self::HfFolder(p) => safetensors::check(p),
+            _ => Ok(()),
+        }
+    }
+
     /// Loads the model. Blocking: call it off the async runtime.
     pub fn load(&self, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
         match self {

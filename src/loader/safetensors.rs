@@ -1,15 +1,22 @@
 //! A Hugging Face-layout folder of the llama family: config.json, tokenizer.json,
 //! tokenizer_config.json, generation_config.json and *.safetensors (memory-mapped).
+//!
+//! As for GGUF files, what the family does not implement is a load error (`arch::family`): another
+//! `model_type`, rope scaling, a sliding window, biases, another activation, or a tensor of the
+//! checkpoint that the forward would not use.
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
 use crate::arch::attention::RopeStyle;
+use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
 use crate::arch::llama::{Llama, LlamaConfig, RawLayer, RawWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// The fields of a Hugging Face `LlamaConfig` that the forward needs.
@@ -31,6 +38,47 @@ struct HfConfig {
     tie_word_embeddings: bool,
     #[serde(default)]
     attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    rope_scaling: Option<serde_json::Value>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    hidden_act: Option<String>,
+}
+
+impl HfConfig {
+    /// `model_type`, or else the first of `architectures` without its head ("LlamaForCausalLM" is
+    /// `llama`).
+    fn model_type(&self) -> Result<String> {
+        if let Some(t) = &self.model_type {
+            return Ok(t.clone());
+        }
+        let arch = self.architectures.first().context("config.json names no model_type or architectures")?;
+        Ok(arch.strip_suffix("ForCausalLM").unwrap_or(arch).to_lowercase())
+    }
+
+    /// Settings that change the llama forward in ways Wick does not implement.
+    fn refuse_unimplemented(&self) -> Result<()> {
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|t| t.as_str());
+            bail!("rope scaling `{}` (config.json rope_scaling) is not implemented yet", kind.unwrap_or("unnamed"));
+        }
+        if let Some(window) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
+            if self.use_sliding_window != Some(false) {
+                bail!("a sliding attention window of {window} (config.json sliding_window) is not implemented yet");
+            }
+        }
+        if self.attention_bias || self.mlp_bias {
+            bail!("biases in the attention or MLP projections (config.json attention_bias/mlp_bias) are not implemented yet");
+        }
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+            bail!("activation `{act}` (config.json hidden_act) is not implemented yet; the llama family uses silu");
+        }
+        Ok(())
+    }
 }
 
 fn default_theta() -> f32 {
@@ -45,11 +93,30 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }
 
-pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
+/// The folder's config.json, if its family and settings are ones Wick implements.
+fn supported_config(dir: &Path) -> Result<HfConfig> {
     let hf: HfConfig = serde_json::from_value(read_json(&dir.join("config.json"))?).context("config.json")?;
-    if hf.attention_bias {
-        bail!("attention biases are not supported yet");
+    check_config(&hf)?;
+    Ok(hf)
+}
+
+fn check_config(hf: &HfConfig) -> Result<()> {
+    match family::from_hf(&hf.model_type()?)? {
+        Family::Llama => {}
     }
+    hf.refuse_unimplemented()
+}
+
+/// The family and settings of the folder, from config.json alone (`ModelSource::check_family`). A
+/// config that cannot be read passes, as an unreadable GGUF file does: its load reports it.
+pub fn check(dir: &Path) -> Result<()> {
+    let Ok(config) = read_json(&dir.join("config.json")) else { return Ok(()) };
+    let Ok(hf) = serde_json::from_value::<HfConfig>(config) else { return Ok(()) };
+    check_config(&hf)
+}
+
+pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
+    let hf = supported_config(dir)?;
     let cfg = LlamaConfig {
         hidden_size: hf.hidden_size,
         intermediate_size: hf.intermediate_size,
@@ -73,7 +140,9 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
     }
     // SAFETY: the files are only read; a model file changing under a running server is not supported.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files)? };
+    let used = RefCell::new(HashSet::new());
     let get = |name: &str| -> Result<candle_core::Tensor> {
+        used.borrow_mut().insert(name.to_string());
         st.load(name, device).with_context(|| format!("tensor `{name}`"))
     };
     let dense = |name: &str| -> Result<RawWeight> { Ok(RawWeight::Dense(get(name)?)) };
@@ -95,6 +164,24 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
     let lm_head = if hf.tie_word_embeddings { None } else { Some(dense("lm_head.weight")?) };
     let raw =
         RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
+    // Every tensor goes into the forward, except copies of what it already has: a tied head saved
+    // anyway, and older checkpoints' rotary buffers (plain frequencies; scaling was refused above).
+    let used = used.into_inner();
+    let mut unused: Vec<String> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| !used.contains(n) && !n.ends_with("rotary_emb.inv_freq"))
+        .filter(|n| !(hf.tie_word_embeddings && n == "lm_head.weight"))
+        .collect();
+    unused.sort();
+    if let Some(name) = unused.first() {
+        bail!(
+            "tensor `{name}` (and {} more unused) is not part of the llama layout that Wick implements: \
+             serving the checkpoint without it would answer wrongly",
+            unused.len() - 1
+        );
+    }
     let model = Llama::new(cfg, raw, format, device)?;
 
     let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(serde_json::Value::Null);

@@ -50,6 +50,21 @@ fn byte_chars() -> Vec<char> {
 
 /// Writes a 2-layer llama GGUF with random weights to `path`.
 pub fn write_tiny_gguf(path: &Path, seed: u64, context: usize) {
+    write_tiny_gguf_edited(path, seed, context, |_, _| {})
+}
+
+/// The metadata and tensors of a GGUF file being written, for a test to change.
+pub type GgufMetadata = Vec<(String, Value)>;
+pub type GgufTensors = Vec<(String, QTensor)>;
+
+/// `write_tiny_gguf`, with `edit` changing the metadata and tensors before they are written (another
+/// architecture, a setting, an extra tensor).
+pub fn write_tiny_gguf_edited(
+    path: &Path,
+    seed: u64,
+    context: usize,
+    edit: impl FnOnce(&mut GgufMetadata, &mut GgufTensors),
+) {
     let dev = Device::Cpu;
     let (inter, layers, heads, kv_heads) = (128usize, 2usize, 4u32, 2u32);
     let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
@@ -112,7 +127,9 @@ pub fn write_tiny_gguf(path: &Path, seed: u64, context: usize) {
             s("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
         ),
     ];
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let mut metadata: GgufMetadata = metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    edit(&mut metadata, &mut named);
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md, &ts).unwrap();

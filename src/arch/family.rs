@@ -1,0 +1,84 @@
+//! The model families Wick knows by name: a GGUF file's `general.architecture` or a Hugging Face
+//! config's `model_type` picks one. A family that Wick knows but does not implement is a load error
+//! that names what it would get wrong, never a llama-like approximation: an approximation answers,
+//! and answers wrongly, with no error anywhere.
+
+use anyhow::{bail, Result};
+
+/// A family Wick implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama, SmolLM, and Mistral without a sliding window (`arch::llama`).
+    Llama,
+}
+
+/// One entry of the registry: the names a family goes by in GGUF files and in Hugging Face configs,
+/// and either the implementation or why there is none yet.
+struct Known {
+    gguf: &'static [&'static str],
+    hf: &'static [&'static str],
+    status: std::result::Result<Family, &'static str>,
+}
+
+const REGISTRY: &[Known] = &[
+    Known { gguf: &["llama"], hf: &["llama"], status: Ok(Family::Llama) },
+    // llama.cpp writes Mistral 7B as `llama`; the loaders refuse its sliding window where it is set.
+    Known { gguf: &["mistral"], hf: &["mistral"], status: Ok(Family::Llama) },
+    Known {
+        gguf: &["granite"],
+        hf: &["granite"],
+        status: Err("its embedding, residual, attention and logit multipliers"),
+    },
+    Known { gguf: &["qwen2"], hf: &["qwen2"], status: Err("its q/k/v biases") },
+    Known { gguf: &["qwen3"], hf: &["qwen3"], status: Err("its q/k norms") },
+    Known {
+        gguf: &["gemma", "gemma2", "gemma3"],
+        hf: &["gemma", "gemma2", "gemma3", "gemma3_text"],
+        status: Err("its (1 + w) norms, embedding scale, sliding windows and soft-capping"),
+    },
+    Known { gguf: &["phi3"], hf: &["phi3"], status: Err("its fused projections and rope scaling") },
+];
+
+/// The family of a GGUF file's `general.architecture`.
+pub fn from_gguf(architecture: &str) -> Result<Family> {
+    find(architecture, REGISTRY.iter().find(|k| k.gguf.contains(&architecture)))
+}
+
+/// The family of a Hugging Face config's `model_type`.
+pub fn from_hf(model_type: &str) -> Result<Family> {
+    find(model_type, REGISTRY.iter().find(|k| k.hf.contains(&model_type)))
+}
+
+fn find(name: &str, known: Option<&Known>) -> Result<Family> {
+    match known {
+        Some(Known { status: Ok(family), .. }) => Ok(*family),
+        Some(Known { status: Err(missing), .. }) => bail!(
+            "architecture `{name}` is not implemented yet: serving it as llama would ignore {missing} \
+             and answer wrongly (implemented: {})",
+            implemented().join(", ")
+        ),
+        None => bail!("architecture `{name}` is unknown (implemented: {})", implemented().join(", ")),
+    }
+}
+
+/// The GGUF names of the families Wick implements.
+pub fn implemented() -> Vec<&'static str> {
+    REGISTRY.iter().filter(|k| k.status.is_ok()).flat_map(|k| k.gguf.iter().copied()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_unimplemented_and_unknown_families_are_told_apart() {
+        assert_eq!(from_gguf("llama").unwrap(), Family::Llama);
+        assert_eq!(from_hf("mistral").unwrap(), Family::Llama);
+        let granite = from_gguf("granite").unwrap_err().to_string();
+        assert!(granite.contains("not implemented") && granite.contains("multipliers"), "{granite}");
+        let qwen = from_hf("qwen2").unwrap_err().to_string();
+        assert!(qwen.contains("biases"), "{qwen}");
+        let unknown = from_gguf("rwkv7").unwrap_err().to_string();
+        assert!(unknown.contains("unknown") && unknown.contains("llama"), "{unknown}");
+    }
+}

@@ -1,0 +1,114 @@
+//! What a GGUF file's family and settings decide at load (src/arch/family.rs, src/loader/gguf.rs):
+//! whatever Wick does not implement is a load error that names it, and a request to such a
+//! deployment answers 503 with that cause. Never a llama-like approximation that answers wrongly.
+
+mod common;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use common::{spec, write_tiny_gguf_edited, GgufMetadata, GgufTensors, TestServer};
+use serde_json::json;
+use wick::arch::linear::WeightFormat;
+use wick::deploy::{Defaults, DeploymentRequest, DeploymentSpec, Origin};
+use wick::engine::scheduler::Limits;
+use wick::loader::ModelSource;
+
+/// The load error of the tiny model changed by `edit`, or None if it loads.
+fn load_error(edit: impl FnOnce(&mut GgufMetadata, &mut GgufTensors)) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.gguf");
+    write_tiny_gguf_edited(&path, 7, 256, edit);
+    let source = ModelSource::parse(path.to_str().unwrap()).unwrap();
+    source.load(WeightFormat::Native, &Device::Cpu).err().map(|e| format!("{e:#}"))
+}
+
+/// Renames the architecture, and its metadata keys with it.
+fn architecture(to: &str) -> impl FnOnce(&mut GgufMetadata, &mut GgufTensors) + '_ {
+    move |md, _| {
+        for (key, value) in md.iter_mut() {
+            if key == "general.architecture" {
+                *value = Value::String(to.into());
+            } else if let Some(rest) = key.strip_prefix("llama.") {
+                *key = format!("{to}.{rest}");
+            }
+        }
+    }
+}
+
+fn set(key: &str, value: Value) -> impl FnOnce(&mut GgufMetadata, &mut GgufTensors) + '_ {
+    move |md, _| md.push((key.into(), value))
+}
+
+fn extra_tensor(name: &str, len: usize) -> impl FnOnce(&mut GgufMetadata, &mut GgufTensors) + '_ {
+    move |_, ts| {
+        let t = Tensor::ones(len, candle_core::DType::F32, &Device::Cpu).unwrap();
+        ts.push((name.into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+}
+
+#[test]
+fn the_unedited_model_and_a_mistral_named_file_load() {
+    assert_eq!(load_error(|_, _| {}), None);
+    assert_eq!(load_error(architecture("mistral")), None);
+}
+
+#[test]
+fn granite_is_refused_rather_than_served_without_its_multipliers() {
+    let e = load_error(architecture("granite")).expect("granite must not load as llama");
+    assert!(e.contains("`granite` is not implemented") && e.contains("multipliers"), "{e}");
+}
+
+#[test]
+fn an_unknown_architecture_is_refused_by_name() {
+    let e = load_error(architecture("rwkv7")).expect("an unknown architecture must not load");
+    assert!(e.contains("`rwkv7` is unknown") && e.contains("implemented: llama"), "{e}");
+}
+
+#[test]
+fn rope_scaling_and_sliding_windows_are_refused_by_name() {
+    let e = load_error(set("llama.rope.scaling.type", Value::String("yarn".into()))).unwrap();
+    assert!(e.contains("rope scaling `yarn`"), "{e}");
+    let e = load_error(set("llama.rope.scaling.factor", Value::F32(8.0))).unwrap();
+    assert!(e.contains("rope scaling by 8"), "{e}");
+    // `none` is no scaling.
+    assert_eq!(load_error(set("llama.rope.scaling.type", Value::String("none".into()))), None);
+    let e = load_error(set("llama.attention.sliding_window", Value::U32(64))).unwrap();
+    assert!(e.contains("sliding attention window") && e.contains("64"), "{e}");
+}
+
+#[test]
+fn a_tensor_the_forward_would_not_use_is_refused() {
+    // Llama 3.1's rope frequency factors.
+    let e = load_error(extra_tensor("rope_freqs.weight", 8)).unwrap();
+    assert!(e.contains("rope_freqs.weight") && e.contains("Llama 3.1"), "{e}");
+    // A bias, as Qwen2 files carry.
+    let e = load_error(extra_tensor("blk.0.attn_q.bias", common::HIDDEN)).unwrap();
+    assert!(e.contains("`blk.0.attn_q.bias`") && e.contains("answer wrongly"), "{e}");
+}
+
+#[tokio::test]
+async fn a_deployment_refused_at_load_answers_503_with_the_cause() {
+    // An unused tensor is found only when the weights load; the family was checked at creation.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("biased.gguf");
+    write_tiny_gguf_edited(&path, 7, 256, extra_tensor("blk.0.attn_q.bias", common::HIDDEN));
+    let s = TestServer::start(vec![spec("biased", &path, Limits::default())], &[]).await;
+    let (status, body) = s.chat(json!({"model": "biased", "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "model_unavailable", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`blk.0.attn_q.bias`"), "{body}");
+}
+
+#[test]
+fn a_deployment_of_an_unimplemented_family_is_refused_when_it_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("granite.gguf");
+    write_tiny_gguf_edited(&path, 7, 256, architecture("granite"));
+    let request =
+        DeploymentRequest { model: path.to_str().unwrap().into(), name: Some("g".into()), ..Default::default() };
+    let Err(e) = DeploymentSpec::resolve(request, &Defaults::default(), Origin::Config) else {
+        panic!("a granite file was accepted");
+    };
+    assert!(format!("{e:#}").contains("`granite` is not implemented"), "{e:#}");
+}
