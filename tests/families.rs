@@ -112,3 +112,24 @@ fn a_deployment_of_an_unimplemented_family_is_refused_when_it_is_created() {
     };
     assert!(format!("{e:#}").contains("`granite` is not implemented"), "{e:#}");
 }
+
+#[test]
+fn a_tensor_type_wick_cannot_read_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("iq.gguf");
+    common::write_tiny_gguf(&path, 7, 256);
+    // The tensor info of `output_norm.weight` (GGUF v3): its name, 1 dimension, the length, then the
+    // type, F32 (0) here: made IQ2_XXS (16).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let name = b"output_norm.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).expect("the tensor info") + name.len();
+    let type_at = at + 4 + 8;
+    assert_eq!(&bytes[at..at + 4], &1u32.to_le_bytes(), "one dimension");
+    assert_eq!(&bytes[type_at..type_at + 4], &0u32.to_le_bytes(), "F32");
+    bytes[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let source = ModelSource::parse(path.to_str().unwrap()).unwrap();
+    let Err(e) = source.load(WeightFormat::Native, &Device::Cpu) else { panic!("an IQ2_XXS tensor loaded") };
+    let e = format!("{e:#}");
+    assert!(e.contains("ggml type 16 (IQ2_XXS)") && e.contains("supported: F32"), "{e}");
+}

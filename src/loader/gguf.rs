@@ -24,7 +24,7 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
     // SAFETY: the file is only read; a model file changing under a running server is not supported.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mmap {}", path.display()))?;
     let mut reader = Cursor::new(&mmap[..]);
-    let content = Content::read(&mut reader).map_err(|e| anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+    let content = Content::read(&mut reader).map_err(|e| unreadable(path, e))?;
     let cfg = config(&content.metadata)?;
     let mut used = HashSet::new();
     let mut tensor = |name: &str| -> Result<RawWeight> {
@@ -61,6 +61,43 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
     let template_src = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
     let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
     Ok(LoadedModel { model, tokenizer, template })
+}
+
+/// Why the header of `path` could not be read: a tensor type candle does not know (named, where
+/// ggml has a name for it), or not a GGUF file at all.
+fn unreadable(path: &Path, e: candle_core::Error) -> anyhow::Error {
+    let text = e.to_string();
+    // The number is followed by candle's backtrace, when it keeps one.
+    let number = |n: &str| n.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse::<u32>().ok());
+    let Some(ty) = text.strip_prefix("unknown dtype for tensor ").and_then(number) else {
+        return anyhow!("{} is not a GGUF file: {text}", path.display());
+    };
+    // ggml's numbering (ggml.h) of the types candle cannot read.
+    let name = match ty {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
+    };
+    anyhow!(
+        "{} holds tensors of ggml type {ty} ({name}), which Wick cannot read \
+         (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
+        path.display()
+    )
 }
 
 /// The family and settings of the file at `path`, from its header alone (`ModelSource::check_family`).
