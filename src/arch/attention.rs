@@ -4,8 +4,9 @@
 //! Why not candle ops: a decode step attends each sequence over its own history, and sequences in a
 //! batch have different lengths. Done with tensor ops that is a dozen small ops per sequence per layer,
 //! and on CPU their fixed cost dominates (16 sequences x 30 layers x 12 ops is ~6k dispatches a step).
-//! Here one pass per (sequence, head) does it with no allocation beyond the output. On CUDA our
-//! kernels do the same (src/cuda/); this is their CPU reference.
+//! Here one pass per (sequence, KV head, tile of rows) does it (cpu::paged_attention), with no
+//! allocation beyond the output and a worker's scratch. On CUDA our kernels do the same (src/cuda/);
+//! this is their CPU reference.
 
 use super::cpu::paged_attention::{attend_tile, HeadCache, Query};
 use super::cpu::{isa, parallel_for, SharedOut};
@@ -165,12 +166,12 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
     let shared = SharedOut::new(&mut out);
     let variant = isa::variant();
     parallel_for(items.len(), |range| {
-        let mut scores = Vec::new();
+        let (mut scores, mut tile) = (Vec::new(), Vec::new());
         for (s, kv_head, heads, tile_row, rows) in items[range].iter().cloned() {
             let seq = &seqs[s];
             let cache =
                 HeadCache { k: &layer.k, v: &layer.v, blocks: seq.blocks, kv_dim, offset: kv_head * d, head_dim: d };
-            let mut tile = Vec::with_capacity(rows.len() * heads.len());
+            tile.clear();
             for (i, t) in rows.enumerate() {
                 let row = tile_row + i;
                 for h in heads.clone() {

@@ -13,7 +13,26 @@ use crate::arch::llama::Llama;
 use crate::catalog::{Catalog, CatalogEntry};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+
+/// Every tensor of a model file goes into the forward, or the load fails naming the first (sorted)
+/// that would not: serving without it would answer wrongly. `what` names the file for the message.
+fn refuse_unused(names: impl Iterator<Item = String>, used: &HashSet<String>, what: &str) -> Result<()> {
+    let mut unused: Vec<String> = names.filter(|n| !used.contains(n)).collect();
+    unused.sort();
+    match unused.first() {
+        None => Ok(()),
+        Some(name) if name == "rope_freqs.weight" => {
+            bail!("the {what} scales its rope frequencies (`rope_freqs.weight`, Llama 3.1-style); not implemented yet")
+        }
+        Some(name) => bail!(
+            "tensor `{name}` (and {} more unused) is not part of the llama layout that Wick implements: \
+             serving the {what} without it would answer wrongly",
+            unused.len() - 1
+        ),
+    }
+}
 
 /// Everything a chat engine needs from a model.
 pub struct LoadedModel {

@@ -108,13 +108,13 @@ fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f3
         let mut i = 0;
         while i < tile.len() {
             let n = rows(&tile[i]);
-            let (w, w_next) = (&scores[i * span + b * L..][..n], scores.get((i + 1) * span + b * L..));
+            let weights = |q: usize| &scores[q * span + b * L..][..n];
             if group == 2 && i + 1 < tile.len() && rows(&tile[i + 1]) == n {
-                let (a, b) = tile.split_at_mut(i + 1);
-                add_weighted::<V, 2>([w, &w_next.unwrap()[..n]], values, [&mut *a[i].out, &mut *b[0].out]);
+                let (this, next) = tile.split_at_mut(i + 1);
+                add_weighted::<V, 2>([weights(i), weights(i + 1)], values, [&mut *this[i].out, &mut *next[0].out]);
                 i += 2;
             } else {
-                add_weighted::<V, 1>([w], values, [&mut *tile[i].out]);
+                add_weighted::<V, 1>([weights(i)], values, [&mut *tile[i].out]);
                 i += 1;
             }
         }

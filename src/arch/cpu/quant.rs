@@ -101,7 +101,7 @@ pub fn by_column(
     y
 }
 
-/// Up to this many activation rows share one pass over a 16-column group's weights.
+/// Up to this many activation rows share one pass over a column group's weights.
 pub const ROW_TILE: usize = 4;
 
 /// `[m, n]` results, `W` columns at a time (the lanes layouts' kernels: 16 for AVX-512, 8 for
