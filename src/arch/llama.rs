@@ -4,6 +4,7 @@
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
 use super::attention::{attend, AttnShape, Rope, RopeStyle, SeqRows};
+use super::cpu::rowwise;
 use super::linear::{Linear, RawWeight, WeightFormat};
 use crate::kv::{pool_blocks, BlockId, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
@@ -66,19 +67,37 @@ pub struct RawWeights {
 }
 
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Norm,
     qkv: Linear,
     o: Linear,
-    ffn_norm: Tensor,
+    ffn_norm: Norm,
     gate_up: Linear,
     down: Linear,
+}
+
+/// An RMS norm's weight: on the model's device in its dtype (the CUDA step), and as host f32 (the
+/// CPU step, which works on plain slices).
+struct Norm {
+    weight: Tensor,
+    host: Vec<f32>,
+}
+
+impl Norm {
+    fn new(weight: Tensor, dtype: DType, device: &Device) -> Result<Self> {
+        let host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(Self { weight: weight.to_dtype(dtype)?.to_device(device)?, host })
+    }
+
+    fn bytes(&self) -> usize {
+        self.weight.elem_count() * self.weight.dtype().size_in_bytes()
+    }
 }
 
 pub struct Llama {
     pub cfg: LlamaConfig,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Linear,
     rope: Rope,
     device: Device,
@@ -105,7 +124,7 @@ impl Llama {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
         }
         let dtype = compute_dtype(&raw, format, device);
-        let in_dtype = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
+        let norm = |t: Tensor| Norm::new(t, dtype, device);
         let embed = raw.embed.dense(device, dtype)?;
         let lm_head = match raw.lm_head {
             Some(w) => Linear::fused(vec![w], format, dtype, device)?,
@@ -116,10 +135,10 @@ impl Llama {
             .into_iter()
             .map(|l| {
                 Ok(Layer {
-                    attn_norm: in_dtype(l.attn_norm)?,
+                    attn_norm: norm(l.attn_norm)?,
                     qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
                     o: Linear::fused(vec![l.o], format, dtype, device)?,
-                    ffn_norm: in_dtype(l.ffn_norm)?,
+                    ffn_norm: norm(l.ffn_norm)?,
                     gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
                     down: Linear::fused(vec![l.down], format, dtype, device)?,
                 })
@@ -129,7 +148,7 @@ impl Llama {
         Ok(Self {
             embed,
             layers,
-            norm: in_dtype(raw.norm)?,
+            norm: norm(raw.norm)?,
             lm_head,
             #[cfg(feature = "cuda")]
             gpu_rope: gpu::rope_tables(&rope, device)?,
@@ -147,20 +166,19 @@ impl Llama {
     /// Bytes of weights a decode step reads: every layer, the final norm and the output head (the
     /// embedding contributes one row per token, nothing).
     pub fn step_weight_bytes(&self) -> usize {
-        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let layers: usize = self
             .layers
             .iter()
             .map(|l| {
-                bytes(&l.attn_norm)
-                    + bytes(&l.ffn_norm)
+                l.attn_norm.bytes()
+                    + l.ffn_norm.bytes()
                     + l.qkv.bytes()
                     + l.o.bytes()
                     + l.gate_up.bytes()
                     + l.down.bytes()
             })
             .sum();
-        layers + bytes(&self.norm) + self.lm_head.bytes()
+        layers + self.norm.bytes() + self.lm_head.bytes()
     }
 
     /// The KV store for this model on its device and how many blocks it holds: `max_kv_tokens`
@@ -221,48 +239,51 @@ impl Llama {
         Ok(())
     }
 
-    /// The CPU step: matmuls through candle, attention over `kv` with `attention::attend`.
+    /// The CPU step, on plain row-major slices: our matmul kernels (`Linear::forward_rows`), the
+    /// row-wise ops of `cpu::rowwise`, attention over `kv` with `attention::attend`.
     fn forward_cpu(&self, kv: &mut CpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         if let Some(&b) = inputs.iter().flat_map(|i| i.blocks).max() {
             kv.cover(b as usize + 1);
         }
         let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
         let total = ids.len();
+        let (hidden, inter, eps) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.rms_norm_eps);
         let shape = self.cfg.attn_shape();
-        let inter = self.cfg.intermediate_size;
-        let eps = self.cfg.rms_norm_eps;
+        let seqs: Vec<SeqRows<'_>> =
+            inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
 
-        let mut x = self.embed.index_select(&Tensor::from_vec(ids, total, &self.device)?, 0)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut qkv = layer.qkv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let seqs: Vec<SeqRows<'_>> =
-                inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
-            let attn = attend(shape, &self.rope, &mut qkv, &mut kv.layers[li], &seqs);
-            let attn = Tensor::from_vec(attn, (total, shape.q_dim()), &self.device)?;
-            x = (x + layer.o.forward(&attn)?)?;
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
+            let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
+            let mut qkv = layer.qkv.forward_rows(&h, total)?;
+            let attn = attend(shape, &self.rope, &mut qkv, layer_kv, &seqs);
+            rowwise::add_assign(&mut x, &layer.o.forward_rows(&attn, total)?);
 
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate_up = layer.gate_up.forward(&h)?;
-            let act = (candle_nn::ops::silu(&gate_up.narrow(1, 0, inter)?)? * gate_up.narrow(1, inter, inter)?)?;
-            x = (x + layer.down.forward(&act)?)?;
+            let h = rowwise::rms_norm(&x, &layer.ffn_norm.host, eps);
+            let act = rowwise::silu_mul(&layer.gate_up.forward_rows(&h, total)?, inter);
+            rowwise::add_assign(&mut x, &layer.down.forward_rows(&act, total)?);
         }
 
-        let last = x.index_select(&last_rows(inputs, &self.device)?, 0)?;
-        let h = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(self.lm_head.forward(&h)?.to_vec2::<f32>()?)
+        let last: Vec<f32> = last_row_indices(inputs).flat_map(|r| &x[r * hidden..(r + 1) * hidden]).copied().collect();
+        let h = rowwise::rms_norm(&last, &self.norm.host, eps);
+        let logits = self.lm_head.forward_rows(&h, inputs.len())?;
+        Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
     }
 }
 
 /// The row of each input's last token in the step's flattened rows.
+fn last_row_indices<'a>(inputs: &'a [StepInput<'_>]) -> impl Iterator<Item = usize> + 'a {
+    inputs.iter().scan(0, |row, input| {
+        *row += input.tokens.len();
+        Some(*row - 1)
+    })
+}
+
+/// `last_row_indices` as an index tensor on `device` (the CUDA step).
+#[cfg(feature = "cuda")]
 fn last_rows(inputs: &[StepInput<'_>], device: &Device) -> Result<Tensor> {
-    let rows: Vec<u32> = inputs
-        .iter()
-        .scan(0u32, |row, input| {
-            *row += input.tokens.len() as u32;
-            Some(*row - 1)
-        })
-        .collect();
+    let rows: Vec<u32> = last_row_indices(inputs).map(|r| r as u32).collect();
     Ok(Tensor::from_vec(rows, inputs.len(), device)?)
 }
 

@@ -77,7 +77,7 @@ impl Llama {
 
         let mut x = self.embed.index_select(&index.ids, 0)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
-            let h = cuda::rms_norm(&x, &layer.attn_norm, eps)?;
+            let h = cuda::rms_norm(&x, &layer.attn_norm.weight, eps)?;
             // [rows, heads + 2 kv_heads, d]: q, k and v heads side by side in each row.
             let qkv = self.activations(layer.qkv.forward(&h)?)?.reshape((rows, heads + 2 * kv_heads, d))?;
             let q = qkv.narrow(1, 0, heads)?;
@@ -89,12 +89,12 @@ impl Llama {
             let attn = cuda::paged_attention(&q, k_cache, v_cache, &index.block_tables, &index.context_lens, scale)?;
             x = (x + self.activations(layer.o.forward(&attn.reshape((rows, heads * d))?)?)?)?;
 
-            let h = cuda::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let h = cuda::rms_norm(&x, &layer.ffn_norm.weight, eps)?;
             let act = cuda::silu_mul(&self.activations(layer.gate_up.forward(&h)?)?)?;
             x = (x + self.activations(layer.down.forward(&act)?)?)?;
         }
         let last = x.index_select(&last_rows(inputs, &self.device)?, 0)?;
-        let h = cuda::rms_norm(&last, &self.norm, eps)?;
+        let h = cuda::rms_norm(&last, &self.norm.weight, eps)?;
         Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 

@@ -8,6 +8,7 @@ pub mod paged_attention;
 pub mod q4_1;
 pub mod q8_0;
 pub mod quant;
+pub mod rowwise;
 pub mod vector;
 
 use std::ops::Range;
@@ -17,6 +18,20 @@ use std::ops::Range;
 /// each cost more than the work at one or two sequences (measured: BENCHMARKS.md).
 pub fn parallel_for(n: usize, f: impl Fn(Range<usize>) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, f)
+}
+
+/// Below this many floats of work a pass stays on the caller's thread: a parallel region (wake,
+/// split, barrier) costs a few microseconds, what a core needs for ~10k floats of a light op.
+pub const PARALLEL_ABOVE: usize = 16 * 1024;
+
+/// Runs `f` over the rows `0..rows` of `width` floats each: in one call on this thread when the
+/// work is small (a 1-stream decode step's norms and activations), in chunks on the pool when not.
+pub fn parallel_rows(rows: usize, width: usize, f: impl Fn(Range<usize>) + Sync) {
+    if rows < 2 || rows * width < PARALLEL_ABOVE {
+        f(0..rows)
+    } else {
+        parallel_for(rows, f)
+    }
 }
 
 /// One output buffer written by many workers, each to its own disjoint part.

@@ -15,7 +15,7 @@
 //! mid-way), so a token's result never depends on how its rows were grouped.
 
 use super::isa::Variant;
-use super::vector::{F32x16, Plain};
+use super::vector::{exp16, F32x16, Plain};
 use crate::kv::{BlockId, BLOCK_SIZE};
 
 /// Lanes of a score vector: the keys of one block.
@@ -221,7 +221,7 @@ fn softmax(s: &mut [f32], visible: usize) {
         for l in 0..L {
             x[l] = chunk[l] - max;
         }
-        let mut e = exp(x);
+        let mut e = exp16(x);
         for (l, e) in e.iter_mut().enumerate() {
             if b * L + l >= visible {
                 *e = 0.0;
@@ -236,33 +236,6 @@ fn softmax(s: &mut [f32], visible: usize) {
     for w in s.iter_mut() {
         *w /= sum;
     }
-}
-
-/// e^x for x <= 0, 16 at a time in plain arithmetic the compiler vectorises: x = n ln2 + r with
-/// |r| <= ln2/2, e^r by Cephes' degree-6 polynomial, times 2^n built in the exponent bits. Relative
-/// error about 2e-7. Inputs below -87 give ~1e-38 (not 0): a softmax weight that small changes nothing.
-/// No fused multiply-adds, so every variant computes the same value.
-#[inline(always)]
-fn exp(x: [f32; L]) -> [f32; L] {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // A loop over an array, not `array::from_fn`: that one is not always inlined, and then it runs
-    // scalar outside the variant's target features (measured: 13% of a long prefill).
-    let mut out = [0f32; L];
-    for l in 0..L {
-        let x = x[l].max(-87.0);
-        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-        let r = (x - n * LN2_HI) - n * LN2_LO;
-        let mut p = 1.987_569_1e-4;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let er = p * (r * r) + r + 1.0;
-        out[l] = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
-    }
-    out
 }
 
 /// The same body, compiled for each instruction set.
@@ -286,19 +259,6 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::arch::test_values;
-
-    #[test]
-    fn exp_is_within_a_few_ulp_of_the_library_exp() {
-        // Down to -85.7: below -87 the result is clamped (see `exp`).
-        let xs: Vec<f32> = (0..1904).map(|i| -(i as f32) * 0.045).collect();
-        for chunk in xs.chunks_exact(L) {
-            let x: [f32; L] = chunk.try_into().unwrap();
-            for (x, got) in chunk.iter().zip(exp(x)) {
-                let want = (*x as f64).exp();
-                assert!(((got as f64 - want) / want).abs() < 5e-7, "exp({x}) = {got}, want {want}");
-            }
-        }
-    }
 
     /// One head's cache of `positions` keys and values over shuffled blocks, in the transposed key
     /// layout, with the plain key and value vectors kept for the reference.

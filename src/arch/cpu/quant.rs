@@ -6,7 +6,7 @@
 //! runs every row through the same operations as a tile of one, so a greedy completion gives the
 //! same tokens alone or batched.
 
-use super::{parallel_for, SharedOut};
+use super::{parallel_for, parallel_rows, SharedOut};
 
 /// Weights per block, in every ggml type the kernels take (Q4_1, Q8_0).
 pub const BLOCK: usize = 32;
@@ -29,7 +29,8 @@ impl Activations {
         let blocks = x.len() / BLOCK;
         let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
         let (q, d, s) = (SharedOut::new(&mut a.q), SharedOut::new(&mut a.d), SharedOut::new(&mut a.s));
-        parallel_for(blocks, |range| {
+        // A 1-stream step's rows are a few dozen blocks: not worth a parallel region.
+        parallel_rows(blocks, BLOCK, |range| {
             // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
             let (qs, ds, ss) = unsafe {
                 (

@@ -1,0 +1,159 @@
+//! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU-and-multiply and the residual
+//! add, over plain row-major `[rows, width]` slices.
+//!
+//! Why not candle's ops: a 1-stream decode step runs about ten of them per layer, each on a few
+//! hundred floats, and a candle op's tensor allocation and dispatch cost more than its arithmetic;
+//! candle's SiLU is also a scalar `exp` per value. Here each op is one pass, on the caller's thread
+//! while it is small, over rows on the worker pool once it is big enough to pay for a parallel region
+//! (`parallel_rows`).
+//!
+//! Batch invariance: each row is computed alone by the same operations, whichever thread runs it and
+//! whatever other rows share the step.
+
+use super::isa::{self, Variant};
+use super::vector::{dot, exp16};
+use super::{parallel_rows, SharedOut};
+
+/// `x / rms(x) * weight` for each row of `x` (rows of `weight.len()` floats).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let width = weight.len();
+    assert!(width > 0 && x.len().is_multiple_of(width), "{} floats are not rows of {width}", x.len());
+    let mut out = vec![0f32; x.len()];
+    let shared = SharedOut::new(&mut out);
+    parallel_rows(x.len() / width, width, |rows| {
+        // SAFETY: row ranges are disjoint.
+        let out = unsafe { shared.part(rows.start * width, rows.len() * width) };
+        for (row, out) in x[rows.start * width..rows.end * width].chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let scale = 1.0 / (dot(row, row) / width as f32 + eps).sqrt();
+            for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
+                *o = v * scale * w;
+            }
+        }
+    });
+    out
+}
+
+/// Rows of `[gate | up]` (`2 * inter` floats each) into rows of `silu(gate) * up` (`inter` each).
+pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
+    assert!(
+        inter > 0 && gate_up.len().is_multiple_of(2 * inter),
+        "{} floats are not rows of 2 x {inter}",
+        gate_up.len()
+    );
+    let rows = gate_up.len() / (2 * inter);
+    let mut out = vec![0f32; rows * inter];
+    let shared = SharedOut::new(&mut out);
+    let variant = isa::variant();
+    parallel_rows(rows, 2 * inter, |range| {
+        // SAFETY: row ranges are disjoint.
+        let out = unsafe { shared.part(range.start * inter, range.len() * inter) };
+        for (r, out) in range.zip(out.chunks_exact_mut(inter)) {
+            let row = &gate_up[r * 2 * inter..(r + 1) * 2 * inter];
+            silu_mul_row(variant, &row[..inter], &row[inter..], out);
+        }
+    });
+    out
+}
+
+/// `x += y`, elementwise.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+fn silu_mul_row(variant: Variant, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    match variant {
+        // SAFETY: `variant` is one this CPU runs (`isa`).
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe { x86::silu_mul_avx512(gate, up, out) },
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => unsafe { x86::silu_mul_avx2(gate, up, out) },
+        _ => silu_mul_body(gate, up, out),
+    }
+}
+
+/// `out = gate / (1 + e^-gate) * up`, 16 at a time; the tail goes through the same `exp16`, so that
+/// a value's result does not depend on where it lies in the row.
+#[inline(always)]
+fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for start in (0..gate.len()).step_by(16) {
+        let n = (gate.len() - start).min(16);
+        let mut neg = [0f32; 16];
+        for l in 0..n {
+            neg[l] = -gate[start + l];
+        }
+        let e = exp16(neg);
+        for l in 0..n {
+            out[start + l] = gate[start + l] / (1.0 + e[l]) * up[start + l];
+        }
+    }
+}
+
+/// The same body, compiled for each instruction set.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_body(gate, up, out)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_body(gate, up, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        crate::arch::cpu::quant::testing::random(n, seed).into_iter().map(|v| 4.0 * v).collect()
+    }
+
+    #[test]
+    fn every_variant_gives_candles_silu_times_up() {
+        // 70 = four whole vectors and a tail; 40 rows of 2 x 1000 go through the pool.
+        for (rows, inter) in [(3, 70), (40, 1000)] {
+            let gate_up = values(rows * 2 * inter, 1);
+            let t = Tensor::from_vec(gate_up.clone(), (rows, 2 * inter), &Device::Cpu).unwrap();
+            let (g, u) = (t.narrow(1, 0, inter).unwrap(), t.narrow(1, inter, inter).unwrap());
+            let want: Vec<f32> =
+                (candle_nn::ops::silu(&g).unwrap() * u).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            for variant in Variant::all_here() {
+                let mut got = vec![0f32; rows * inter];
+                for (r, out) in got.chunks_exact_mut(inter).enumerate() {
+                    let row = &gate_up[r * 2 * inter..(r + 1) * 2 * inter];
+                    silu_mul_row(variant, &row[..inter], &row[inter..], out);
+                }
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{variant} [{i}]: {a} vs {b}");
+                }
+            }
+            // The pool's split (this process's variant) matches the row-at-a-time result.
+            let pooled = silu_mul(&gate_up, inter);
+            for (a, b) in pooled.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "pooled: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_gives_candles_and_a_row_alone_what_it_gives_in_a_batch() {
+        let (rows, width) = (64, 576);
+        let x = values(rows * width, 2);
+        let w = values(width, 3);
+        let got = rms_norm(&x, &w, 1e-5);
+        let xt = Tensor::from_vec(x.clone(), (rows, width), &Device::Cpu).unwrap();
+        let wt = Tensor::from_vec(w.clone(), width, &Device::Cpu).unwrap();
+        let want: Vec<f32> =
+            candle_nn::ops::rms_norm(&xt, &wt, 1e-5).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "[{i}]: {a} vs {b}");
+        }
+        for r in [0, 17, 63] {
+            assert_eq!(rms_norm(&x[r * width..(r + 1) * width], &w, 1e-5), &got[r * width..(r + 1) * width]);
+        }
+    }
+}
