@@ -8,8 +8,9 @@
 //!   (`repack_lanes`), so that `vpdpbusd` (unsigned times signed bytes) advances 16 columns by 4
 //!   weights per instruction; the `128 * sum(x)` it adds is taken off with the activations' block
 //!   sums, once per block for all 16 columns;
-//! - `avx2` (or a column count that is not a multiple of 16): ggml's own layout, with `maddubs` on
-//!   `|w|` and `x` carrying `w`'s sign, as llama.cpp does;
+//! - `avx2`: the same layout 8 columns wide with the weights as they are, `maddubs` on `|w|` and `x`
+//!   carrying `w`'s sign, as llama.cpp does (its pair sums, at most 2 x 128 x 127, fit 16 bits);
+//! - a column count that is not a multiple of the width: ggml's own layout with `maddubs`;
 //! - `portable`: the scalar reference.
 //!
 //! Every path is batch-invariant (see `quant`).
@@ -20,9 +21,20 @@ use super::quant::{by_column, by_lane_group, f16_at, Activations, Row, BLOCK};
 /// ggml's block_q8_0: an f16 scale `d`, then 32 weights `d * q`, q an i8.
 pub const BLOCK_BYTES: usize = 34;
 
-/// Bytes of one block of one 16-column group in the `Lanes` layout: 16 f16 scales, then 8 x 64 bytes
-/// of weights plus 128.
-const LANE_BLOCK_BYTES: usize = 32 + 512;
+/// Columns per group of the `Lanes` layout: one per 32-bit lane of the variant's vectors.
+fn lanes(variant: Variant) -> usize {
+    if variant == Variant::Avx512 {
+        16
+    } else {
+        8
+    }
+}
+
+/// Bytes of one block of one group of `w` columns in the `Lanes` layout: `w` f16 scales, then 8
+/// steps of `4w` weight bytes.
+const fn lane_block_bytes(w: usize) -> usize {
+    34 * w
+}
 
 /// A Q8_0 matrix `[n, k]` (n output features, k inputs).
 pub struct Q8_0Matrix {
@@ -34,8 +46,8 @@ pub struct Q8_0Matrix {
 enum Layout {
     /// ggml's blocks, as in the file, with the variant whose kernel reads them.
     Ggml(Vec<u8>, Variant),
-    /// Columns in groups of 16, one per vector lane (see `repack_lanes`), for `avx512`.
-    Lanes(Vec<u8>),
+    /// Columns in groups of `lanes(variant)`, one per vector lane (see `repack_lanes`).
+    Lanes(Vec<u8>, Variant),
 }
 
 impl Q8_0Matrix {
@@ -50,7 +62,9 @@ impl Q8_0Matrix {
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q8_0 data has {} bytes for {n}x{k}", data.len());
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
-            Variant::Avx512 if n.is_multiple_of(16) => Layout::Lanes(repack_lanes(&data, n, k)),
+            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lanes(variant)) => {
+                Layout::Lanes(repack_lanes(&data, n, k, variant), variant)
+            }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
             v => Layout::Ggml(data, v),
         };
@@ -60,7 +74,7 @@ impl Q8_0Matrix {
     /// Bytes of the packed weights.
     pub fn bytes(&self) -> usize {
         match &self.layout {
-            Layout::Ggml(b, _) | Layout::Lanes(b) => b.len(),
+            Layout::Ggml(b, _) | Layout::Lanes(b, _) => b.len(),
         }
     }
 
@@ -71,19 +85,28 @@ impl Q8_0Matrix {
         let row_bytes = self.k / BLOCK * BLOCK_BYTES;
         match &self.layout {
             #[cfg(target_arch = "x86_64")]
-            Layout::Lanes(data) => {
-                let group = self.k / BLOCK * LANE_BLOCK_BYTES;
+            Layout::Lanes(data, variant) => {
+                let group = self.k / BLOCK * lane_block_bytes(lanes(*variant));
                 let w = |g: usize| &data[g * group..(g + 1) * group];
-                // SAFETY (both): `Lanes` is only built for a CPU that runs the avx512 variant.
-                by_lane_group(
-                    self.n,
-                    &acts,
-                    |g, rows| unsafe { avx512::lanes(w(g), rows) },
-                    |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
-                )
+                // SAFETY (all four): `Lanes` is only built with a variant this CPU runs.
+                if *variant == Variant::Avx512 {
+                    by_lane_group(
+                        self.n,
+                        &acts,
+                        |g, rows| unsafe { avx512::lanes(w(g), rows) },
+                        |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
+                    )
+                } else {
+                    by_lane_group(
+                        self.n,
+                        &acts,
+                        |g, rows| unsafe { avx2::lanes(w(g), rows) },
+                        |g, row| unsafe { avx2::lanes(w(g), &[row]) }[0],
+                    )
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Layout::Lanes(_) => unreachable!("the lanes layout is x86-64 only"),
+            Layout::Lanes(..) => unreachable!("the lanes layout is x86-64 only"),
             Layout::Ggml(data, variant) => {
                 let w = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
                 match variant {
@@ -107,22 +130,25 @@ impl Q8_0Matrix {
     }
 }
 
-/// Repacks ggml blocks so that 16 columns sit side by side, one per 32-bit vector lane. Per group
-/// of 16 columns and per block: the 16 scales (f16), then for steps t = 0..8 a 64-byte vector whose
-/// byte 4c + j holds weight 4t + j of column c plus 128 (an i8 made unsigned).
-fn repack_lanes(data: &[u8], n: usize, k: usize) -> Vec<u8> {
+/// Repacks ggml blocks so that `w = lanes(variant)` columns sit side by side, one per 32-bit vector
+/// lane. Per group of `w` columns and per block: the `w` scales (f16), then for steps t = 0..8 a
+/// `4w`-byte vector whose byte 4c + j holds weight 4t + j of column c. For `avx512` the weights are
+/// stored plus 128 (an i8 made unsigned, for `vpdpbusd`); for `avx2` as they are (`maddubs` takes
+/// their magnitude and sign apart).
+fn repack_lanes(data: &[u8], n: usize, k: usize, variant: Variant) -> Vec<u8> {
+    let (w, shift) = (lanes(variant), if variant == Variant::Avx512 { 0x80 } else { 0 });
     let blocks = k / BLOCK;
     let row_bytes = blocks * BLOCK_BYTES;
-    let mut out = Vec::with_capacity(n / 16 * blocks * LANE_BLOCK_BYTES);
-    for g in 0..n / 16 {
+    let mut out = Vec::with_capacity(n / w * blocks * lane_block_bytes(w));
+    for g in 0..n / w {
         for b in 0..blocks {
-            let block = |c: usize| &data[(16 * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
-            for c in 0..16 {
+            let block = |c: usize| &data[(w * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
+            for c in 0..w {
                 out.extend_from_slice(&block(c)[0..2]);
             }
             for t in 0..8 {
-                for c in 0..16 {
-                    out.extend(block(c)[2 + 4 * t..][..4].iter().map(|&w| w ^ 0x80));
+                for c in 0..w {
+                    out.extend(block(c)[2 + 4 * t..][..4].iter().map(|&q| q ^ shift));
                 }
             }
         }
@@ -176,11 +202,55 @@ mod avx2 {
         }
         std::array::from_fn(|r| hsum256(acc[r]))
     }
+
+    /// `R` activation rows times one 8-column group (`Lanes` layout, 8 wide, weights unshifted): 8
+    /// results per row. Each row goes through the same operations whatever `R` is, so results do not
+    /// depend on the batch.
+    ///
+    /// # Safety
+    /// The CPU must run the avx2 variant.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
+        let block_bytes = super::lane_block_bytes(8);
+        let blocks = w.len() / block_bytes;
+        for (q, ad, _) in a {
+            assert!(q.len() == blocks * BLOCK && ad.len() == blocks);
+        }
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * block_bytes);
+            let scales = _mm256_cvtph_ps(_mm_loadu_si128(wb as *const __m128i));
+            let mut wv = [_mm256_setzero_si256(); 8];
+            let mut magnitude = [_mm256_setzero_si256(); 8];
+            for t in 0..8 {
+                wv[t] = _mm256_loadu_si256(wb.add(16 + 32 * t) as *const __m256i);
+                magnitude[t] = _mm256_sign_epi8(wv[t], wv[t]);
+            }
+            for r in 0..R {
+                let q = a[r].0.as_ptr().add(b * BLOCK);
+                let mut isum = _mm256_setzero_si256();
+                for t in 0..8 {
+                    let x = _mm256_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                    let products = _mm256_maddubs_epi16(magnitude[t], _mm256_sign_epi8(x, wv[t]));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(products, ones));
+                }
+                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(a[r].1[b]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+        out
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Row, BLOCK, LANE_BLOCK_BYTES};
+    use super::{lane_block_bytes, Row, BLOCK};
     use std::arch::x86_64::*;
 
     /// `R` activation rows times one 16-column group: 16 results per row. Each row goes through the
@@ -191,14 +261,15 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 16]; R] {
-        let blocks = w.len() / LANE_BLOCK_BYTES;
+        let block_bytes = lane_block_bytes(16);
+        let blocks = w.len() / block_bytes;
         for (q, ad, s) in a {
             assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
         }
         let mut acc = [_mm512_setzero_ps(); R];
         let mut offset = [_mm512_setzero_ps(); R];
         for b in 0..blocks {
-            let wb = w.as_ptr().add(b * LANE_BLOCK_BYTES);
+            let wb = w.as_ptr().add(b * block_bytes);
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(wb as *const __m256i));
             let mut u = [_mm512_setzero_si512(); 8];
             for (t, ut) in u.iter_mut().enumerate() {

@@ -185,7 +185,7 @@ pub mod testing {
     pub type Build = dyn Fn(Vec<u8>, usize, usize, Variant) -> Matmul;
 
     /// Every variant this CPU runs gives what dense f32 gives on the dequantized weights, up to the
-    /// activations' 8-bit quantization. Multiples of 16 (or, for Q4_1 under avx2, 8) columns take a
+    /// activations' 8-bit quantization. Multiples of 16 (8 under avx2) columns take a
     /// lanes layout, the others ggml's.
     pub fn every_variant_matches_dense(dtype: GgmlDType, build: &Build) {
         for variant in Variant::all_here() {
