@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 use wick::arch::linear::WeightFormat;
-use wick::arch::llama::StepInput;
+use wick::arch::model::StepInput;
 use wick::loader::ModelSource;
 
 fn main() -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! benches/gpu/ compares it against a PyTorch reference on the same weights.
 
 use crate::arch::linear::WeightFormat;
-use crate::arch::llama::StepInput;
+use crate::arch::model::StepInput;
 use crate::deploy::spec::DevicePlan;
 use crate::kv::{BlockId, BlockManager};
 use crate::loader::ModelSource;
@@ -41,8 +41,8 @@ pub fn run(args: ProbeArgs) -> Result<()> {
     let loaded = ModelSource::parse(&args.model)?.load(args.weights, &device)?;
     let model = &loaded.model;
     let positions = args.tokens.len() + args.steps + args.decode_steps;
-    if positions > model.cfg.context_length {
-        bail!("{positions} positions exceed the model's context of {}", model.cfg.context_length);
+    if positions > model.context_length() {
+        bail!("{positions} positions exceed the model's context of {}", model.context_length());
     }
     let (mut kv, pool) = model.new_kv(positions)?;
     let needed = BlockManager::blocks_for(positions);

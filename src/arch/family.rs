@@ -3,7 +3,11 @@
 //! that names what it would get wrong, never a llama-like approximation: an approximation answers,
 //! and answers wrongly, with no error anywhere.
 
+use super::linear::WeightFormat;
+use super::llama::Llama;
+use super::model::{RawWeights, TextConfig, TextModel};
 use anyhow::{bail, Result};
+use candle_core::Device;
 
 /// A family Wick implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,13 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
         ),
         None => bail!("architecture `{name}` is unknown (implemented: {})", implemented().join(", ")),
     }
+}
+
+/// The model of `cfg.family` over the weights a loader read, with its kernels for `format` on `device`.
+pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
+    Ok(match cfg.family {
+        Family::Llama => Box::new(Llama::new(cfg, raw, format, device)?),
+    })
 }
 
 /// The GGUF names of the families Wick implements.

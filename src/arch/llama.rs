@@ -3,68 +3,17 @@
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
-use super::attention::{attend, AttnShape, Rope, RopeStyle, SeqRows};
+use super::attention::{attend, Rope, SeqRows};
 use super::cpu::rowwise;
-use super::linear::{Linear, RawWeight, WeightFormat};
-use crate::kv::{pool_blocks, BlockId, CpuKv, KvStore, BLOCK_SIZE};
+use super::linear::{Linear, WeightFormat};
+use super::model::{RawWeights, StepInput, TextConfig, TextModel};
+use crate::kv::{pool_blocks, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 #[cfg(feature = "cuda")]
 #[path = "llama_gpu.rs"]
 mod gpu;
-
-#[derive(Debug, Clone)]
-pub struct LlamaConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab_size: usize,
-    pub rope_theta: f32,
-    pub rms_norm_eps: f32,
-    pub context_length: usize,
-    pub rope_style: RopeStyle,
-}
-
-impl LlamaConfig {
-    pub fn attn_shape(&self) -> AttnShape {
-        AttnShape { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            bail!("{} attention heads cannot share {} KV heads", self.num_heads, self.num_kv_heads);
-        }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("head size {} is odd: rotary embeddings need pairs", self.head_dim);
-        }
-        Ok(())
-    }
-}
-
-/// The weights of one layer as a loader found them, before the kernel choice.
-pub struct RawLayer {
-    pub attn_norm: Tensor,
-    pub q: RawWeight,
-    pub k: RawWeight,
-    pub v: RawWeight,
-    pub o: RawWeight,
-    pub ffn_norm: Tensor,
-    pub gate: RawWeight,
-    pub up: RawWeight,
-    pub down: RawWeight,
-}
-
-/// All weights of a model as a loader found them. `lm_head` is `None` when tied to the embedding.
-pub struct RawWeights {
-    pub embed: RawWeight,
-    pub layers: Vec<RawLayer>,
-    pub norm: Tensor,
-    pub lm_head: Option<RawWeight>,
-}
 
 struct Layer {
     attn_norm: Norm,
@@ -94,7 +43,7 @@ impl Norm {
 }
 
 pub struct Llama {
-    pub cfg: LlamaConfig,
+    pub cfg: TextConfig,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Norm,
@@ -109,16 +58,8 @@ pub struct Llama {
     gpu_rope: Option<(Tensor, Tensor)>,
 }
 
-/// One sequence's part of a step: the tokens to append (a prompt, or one sampled token) at
-/// positions `start..`, and its cache blocks (room for every position up to the last new one).
-pub struct StepInput<'a> {
-    pub blocks: &'a [BlockId],
-    pub start: usize,
-    pub tokens: &'a [u32],
-}
-
 impl Llama {
-    pub fn new(cfg: LlamaConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Self> {
+    pub fn new(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Self> {
         cfg.validate()?;
         if raw.layers.len() != cfg.num_layers {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
@@ -157,66 +98,6 @@ impl Llama {
             device: device.clone(),
             dtype,
         })
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Bytes of weights a decode step reads: every layer, the final norm and the output head (the
-    /// embedding contributes one row per token, nothing).
-    pub fn step_weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.attn_norm.bytes()
-                    + l.ffn_norm.bytes()
-                    + l.qkv.bytes()
-                    + l.o.bytes()
-                    + l.gate_up.bytes()
-                    + l.down.bytes()
-            })
-            .sum();
-        layers + self.norm.bytes() + self.lm_head.bytes()
-    }
-
-    /// The KV store for this model on its device and how many blocks it holds: `max_kv_tokens`
-    /// worth; on CPU growing with use, on CUDA allocated now and at most what fits in the free
-    /// memory. (A cap, not all free memory, so that other deployments can load on the same GPU.)
-    pub fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {
-        match &self.device {
-            #[cfg(feature = "cuda")]
-            Device::Cuda(_) => {
-                use crate::kv::gpu::{GpuKv, KV_SHARE_OF_FREE};
-                let c = &self.cfg;
-                let block_bytes = GpuKv::block_bytes(c.num_layers, c.attn_shape().kv_dim(), self.dtype);
-                let fit = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
-                let blocks = fit.min(pool_blocks(max_kv_tokens));
-                let kv = GpuKv::allocate(c.num_layers, c.num_kv_heads, c.head_dim, blocks, self.dtype, &self.device)?;
-                Ok((KvStore::Cuda(kv), blocks))
-            }
-            _ => Ok((KvStore::Cpu(self.new_cpu_kv()), pool_blocks(max_kv_tokens))),
-        }
-    }
-
-    /// An empty CPU KV store, for running the model without an engine (benchmarks).
-    pub fn new_cpu_kv(&self) -> CpuKv {
-        CpuKv::new(self.cfg.num_layers, self.cfg.attn_shape().kv_dim())
-    }
-
-    /// Runs one step. Writes every input's tokens into its blocks of `kv` and returns, per input, the
-    /// logits of its last token.
-    pub fn forward(&self, kv: &mut KvStore, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
-        if inputs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.check_step(inputs)?;
-        match kv {
-            KvStore::Cpu(kv) => self.forward_cpu(kv, inputs),
-            #[cfg(feature = "cuda")]
-            KvStore::Cuda(kv) => self.forward_cuda(kv, inputs),
-        }
     }
 
     /// What a step asks of its inputs, on every device.
@@ -269,6 +150,72 @@ impl Llama {
         let h = rowwise::rms_norm(&last, &self.norm.host, eps);
         let logits = self.lm_head.forward_rows(&h, inputs.len())?;
         Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl TextModel for Llama {
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of weights a decode step reads: every layer, the final norm and the output head (the
+    /// embedding contributes one row per token, nothing).
+    fn step_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attn_norm.bytes()
+                    + l.ffn_norm.bytes()
+                    + l.qkv.bytes()
+                    + l.o.bytes()
+                    + l.gate_up.bytes()
+                    + l.down.bytes()
+            })
+            .sum();
+        layers + self.norm.bytes() + self.lm_head.bytes()
+    }
+
+    /// The KV store for this model on its device and how many blocks it holds: `max_kv_tokens`
+    /// worth; on CPU growing with use, on CUDA allocated now and at most what fits in the free
+    /// memory. (A cap, not all free memory, so that other deployments can load on the same GPU.)
+    fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)> {
+        match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => {
+                use crate::kv::gpu::{GpuKv, KV_SHARE_OF_FREE};
+                let c = &self.cfg;
+                let block_bytes = GpuKv::block_bytes(c.num_layers, c.attn_shape().kv_dim(), self.dtype);
+                let fit = GpuKv::blocks_that_fit(&self.device, block_bytes, KV_SHARE_OF_FREE)?;
+                let blocks = fit.min(pool_blocks(max_kv_tokens));
+                let kv = GpuKv::allocate(c.num_layers, c.num_kv_heads, c.head_dim, blocks, self.dtype, &self.device)?;
+                Ok((KvStore::Cuda(kv), blocks))
+            }
+            _ => Ok((KvStore::Cpu(self.new_cpu_kv()), pool_blocks(max_kv_tokens))),
+        }
+    }
+
+    /// An empty CPU KV store, for running the model without an engine (benchmarks).
+    fn new_cpu_kv(&self) -> CpuKv {
+        CpuKv::new(self.cfg.num_layers, self.cfg.attn_shape().kv_dim())
+    }
+
+    /// Runs one step. Writes every input's tokens into its blocks of `kv` and returns, per input, the
+    /// logits of its last token.
+    fn forward(&self, kv: &mut KvStore, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_step(inputs)?;
+        match kv {
+            KvStore::Cpu(kv) => self.forward_cpu(kv, inputs),
+            #[cfg(feature = "cuda")]
+            KvStore::Cuda(kv) => self.forward_cuda(kv, inputs),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Model code. `family` names the model families (which architectures Wick implements, and why the
-//! others are refused); `llama` is the llama family (Llama, SmolLM, Mistral-style GQA without
+//! Model code. `model` is the seam the engine sees (`TextModel`); `family` names the model families
+//! (which architectures Wick implements, and why the others are refused) and builds one; `llama` is
+//! the llama family (Llama, SmolLM, Mistral-style GQA without
 //! biases), batched over sequences of different lengths; `vits` is the VITS voice Piper uses, batched
 //! over sentences of different lengths.
 
@@ -8,6 +9,7 @@ pub mod cpu;
 pub mod family;
 pub mod linear;
 pub mod llama;
+pub mod model;
 pub mod vits;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5), for tests of the model code.

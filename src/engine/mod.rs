@@ -9,7 +9,7 @@ pub mod sequence;
 pub mod speech;
 pub mod stop;
 
-use crate::arch::llama::{Llama, StepInput};
+use crate::arch::model::{StepInput, TextModel};
 use crate::kv::KvStore;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
@@ -94,7 +94,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let tokenizer = Arc::new(loaded.tokenizer);
         let stats = Arc::new(EngineStats::default());
-        let context_length = loaded.model.cfg.context_length;
+        let context_length = loaded.model.context_length();
         let (kv, blocks) = loaded.model.new_kv(limits.max_kv_tokens)?;
         stats.kv_blocks.store(blocks, Ordering::Relaxed);
         stats.kv_blocks_available.store(blocks, Ordering::Relaxed);
@@ -140,7 +140,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send), fallback: &str) 
 }
 
 struct Worker {
-    model: Llama,
+    model: Box<dyn TextModel>,
     /// The contents of the scheduler's KV blocks.
     kv: KvStore,
     tokenizer: Arc<TextTokenizer>,
@@ -208,7 +208,7 @@ impl Worker {
             Ok(mut logits) => {
                 self.scheduler.record_step();
                 for (seq, logits) in self.scheduler.running.iter_mut().zip(logits.iter_mut()) {
-                    seq.advance(logits, &self.tokenizer, model.cfg.context_length);
+                    seq.advance(logits, &self.tokenizer, model.context_length());
                 }
             }
             // A failed step leaves the caches of everyone in it half-written: end them all.

@@ -11,7 +11,7 @@ use super::LoadedModel;
 use crate::arch::attention::RopeStyle;
 use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::llama::{Llama, LlamaConfig, RawLayer, RawWeights};
+use crate::arch::model::{RawLayer, RawWeights, TextConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
@@ -55,7 +55,7 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
         lm_head,
     };
     super::refuse_unused(content.tensor_infos.keys().cloned(), &used, "file")?;
-    let model = Llama::new(cfg, raw, format, device)?;
+    let model = family::build(cfg, raw, format, device)?;
 
     let tokenizer = TextTokenizer::from_gguf(&content.metadata)?;
     let template_src = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
@@ -110,10 +110,11 @@ pub fn check(path: &Path) -> Result<()> {
     }
 }
 
-fn config(md: &HashMap<String, Value>) -> Result<LlamaConfig> {
+fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     let arch = md.get("general.architecture").context("GGUF has no general.architecture")?.to_string()?.clone();
+    let family = family::from_gguf(&arch)?;
     // One arm today; a new family makes the compiler point here.
-    match family::from_gguf(&arch)? {
+    match family {
         Family::Llama => {}
     }
     refuse_unimplemented_settings(md, &arch)?;
@@ -129,7 +130,8 @@ fn config(md: &HashMap<String, Value>) -> Result<LlamaConfig> {
         Some(v) => v.to_u32()? as usize,
         None => md.get("tokenizer.ggml.tokens").context("GGUF has no vocabulary")?.to_vec()?.len(),
     };
-    Ok(LlamaConfig {
+    Ok(TextConfig {
+        family,
         hidden_size: hidden,
         intermediate_size: u("feed_forward_length")?,
         num_layers: u("block_count")?,

@@ -9,7 +9,7 @@ pub mod tokenizer;
 pub mod voice;
 
 use crate::arch::linear::WeightFormat;
-use crate::arch::llama::Llama;
+use crate::arch::model::TextModel;
 use crate::catalog::{Catalog, CatalogEntry};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -36,7 +36,7 @@ fn refuse_unused(names: impl Iterator<Item = String>, used: &HashSet<String>, wh
 
 /// Everything a chat engine needs from a model.
 pub struct LoadedModel {
-    pub model: Llama,
+    pub model: Box<dyn TextModel>,
     pub tokenizer: tokenizer::TextTokenizer,
     pub template: chat_template::ChatTemplate,
 }

@@ -11,7 +11,7 @@ use super::LoadedModel;
 use crate::arch::attention::RopeStyle;
 use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::llama::{Llama, LlamaConfig, RawLayer, RawWeights};
+use crate::arch::model::{RawLayer, RawWeights, TextConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::Path;
 
-/// The fields of a Hugging Face `LlamaConfig` that the forward needs.
+/// The fields of a Hugging Face `TextConfig` that the forward needs.
 #[derive(Deserialize)]
 struct HfConfig {
     hidden_size: usize,
@@ -118,7 +118,8 @@ pub fn check(dir: &Path) -> Result<()> {
 
 pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
     let hf = supported_config(dir)?;
-    let cfg = LlamaConfig {
+    let cfg = TextConfig {
+        family: family::from_hf(&hf.model_type()?)?,
         hidden_size: hf.hidden_size,
         intermediate_size: hf.intermediate_size,
         num_layers: hf.num_hidden_layers,
@@ -173,7 +174,7 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
         .filter(|n| !(hf.tie_word_embeddings && n == "lm_head.weight"));
     super::refuse_unused(names, &used, "checkpoint")?;
-    let model = Llama::new(cfg, raw, format, device)?;
+    let model = family::build(cfg, raw, format, device)?;
 
     let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(serde_json::Value::Null);
     let extra_eos: Vec<u32> =

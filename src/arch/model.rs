@@ -1,0 +1,98 @@
+//! The seam between the engine and a model family: what the engine, `wick probe` and the benchmarks
+//! need of a text model, so that none of them names a family. A family (`arch::llama` today) is a
+//! type that implements `TextModel`; `family::build` makes one from what a loader read
+//! (`TextConfig`, `RawWeights`).
+
+use super::attention::{AttnShape, RopeStyle};
+use super::family::Family;
+use super::linear::RawWeight;
+use crate::kv::{BlockId, CpuKv, KvStore};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+
+/// The shape and settings of a text model, as a loader read them from a GGUF file's metadata or a
+/// Hugging Face config.
+#[derive(Debug, Clone)]
+pub struct TextConfig {
+    /// Which implementation runs it (`family::build`).
+    pub family: Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    pub context_length: usize,
+    pub rope_style: RopeStyle,
+}
+
+impl TextConfig {
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape { num_heads: self.num_heads, num_kv_heads: self.num_kv_heads, head_dim: self.head_dim }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            bail!("{} attention heads cannot share {} KV heads", self.num_heads, self.num_kv_heads);
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            bail!("head size {} is odd: rotary embeddings need pairs", self.head_dim);
+        }
+        Ok(())
+    }
+}
+
+/// The weights of one layer as a loader found them, before the kernel choice.
+pub struct RawLayer {
+    pub attn_norm: Tensor,
+    pub q: RawWeight,
+    pub k: RawWeight,
+    pub v: RawWeight,
+    pub o: RawWeight,
+    pub ffn_norm: Tensor,
+    pub gate: RawWeight,
+    pub up: RawWeight,
+    pub down: RawWeight,
+}
+
+/// All weights of a model as a loader found them. `lm_head` is `None` when tied to the embedding.
+pub struct RawWeights {
+    pub embed: RawWeight,
+    pub layers: Vec<RawLayer>,
+    pub norm: Tensor,
+    pub lm_head: Option<RawWeight>,
+}
+
+/// One sequence's part of a step: the tokens to append (a prompt, or one sampled token) at
+/// positions `start..`, and its cache blocks (room for every position up to the last new one).
+pub struct StepInput<'a> {
+    pub blocks: &'a [BlockId],
+    pub start: usize,
+    pub tokens: &'a [u32],
+}
+
+/// A text model, batched over sequences: one `forward` runs any mix of prefills and decodes.
+pub trait TextModel: Send {
+    /// The most positions a sequence may hold.
+    fn context_length(&self) -> usize;
+
+    /// The KV store for this model on its device and how many blocks it holds: `max_kv_tokens`
+    /// worth, or less where the device has less room.
+    fn new_kv(&self, max_kv_tokens: usize) -> Result<(KvStore, usize)>;
+
+    /// An empty CPU KV store, for running the model without an engine (benchmarks).
+    fn new_cpu_kv(&self) -> CpuKv;
+
+    /// Runs one step. Writes every input's tokens into its blocks of `kv` and returns, per input, the
+    /// logits of its last token.
+    fn forward(&self, kv: &mut KvStore, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>>;
+
+    /// The dtype activations are computed in.
+    fn dtype(&self) -> DType;
+
+    /// Bytes of weights a decode step reads (the floor of a memory-bound step).
+    fn step_weight_bytes(&self) -> usize;
+}
