@@ -3,6 +3,7 @@
 //! that names what it would get wrong, never a llama-like approximation: an approximation answers,
 //! and answers wrongly, with no error anywhere.
 
+use super::attention::RopeStyle;
 use super::linear::WeightFormat;
 use super::llama::Llama;
 use super::model::{RawWeights, TextConfig, TextModel};
@@ -14,6 +15,28 @@ use candle_core::Device;
 pub enum Family {
     /// Llama, SmolLM, and Mistral without a sliding window (`arch::llama`).
     Llama,
+    /// Qwen2 and Qwen2.5: llama with biases on q, k and v.
+    Qwen2,
+}
+
+/// How a family differs from llama, as the loaders and the shared decoder (`arch::llama`) read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Differences {
+    /// Biases on the q, k and v projections.
+    pub qkv_bias: bool,
+    /// Where a GGUF file's rotary pairs lie. llama.cpp's converter permutes llama's q and k rows so
+    /// that rotated pairs are adjacent, and leaves other families' as Hugging Face has them (the two
+    /// halves of a head; llama.cpp calls that rope type NEOX).
+    pub gguf_rope: RopeStyle,
+}
+
+impl Family {
+    pub fn differences(self) -> Differences {
+        match self {
+            Family::Llama => Differences { qkv_bias: false, gguf_rope: RopeStyle::Interleaved },
+            Family::Qwen2 => Differences { qkv_bias: true, gguf_rope: RopeStyle::Halves },
+        }
+    }
 }
 
 /// One entry of the registry: the names a family goes by in GGUF files and in Hugging Face configs,
@@ -33,7 +56,7 @@ const REGISTRY: &[Known] = &[
         hf: &["granite"],
         status: Err("its embedding, residual, attention and logit multipliers"),
     },
-    Known { gguf: &["qwen2"], hf: &["qwen2"], status: Err("its q/k/v biases") },
+    Known { gguf: &["qwen2"], hf: &["qwen2"], status: Ok(Family::Qwen2) },
     Known { gguf: &["qwen3"], hf: &["qwen3"], status: Err("its q/k norms") },
     Known {
         gguf: &["gemma", "gemma2", "gemma3"],
@@ -68,7 +91,8 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
 /// The model of `cfg.family` over the weights a loader read, with its kernels for `format` on `device`.
 pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
     Ok(match cfg.family {
-        Family::Llama => Box::new(Llama::new(cfg, raw, format, device)?),
+        // Both run the llama decoder; Qwen2's biases are in its weights (`Differences`).
+        Family::Llama | Family::Qwen2 => Box::new(Llama::new(cfg, raw, format, device)?),
     })
 }
 
@@ -87,8 +111,9 @@ mod tests {
         assert_eq!(from_hf("mistral").unwrap(), Family::Llama);
         let granite = from_gguf("granite").unwrap_err().to_string();
         assert!(granite.contains("not implemented") && granite.contains("multipliers"), "{granite}");
-        let qwen = from_hf("qwen2").unwrap_err().to_string();
-        assert!(qwen.contains("biases"), "{qwen}");
+        assert_eq!(from_hf("qwen2").unwrap(), Family::Qwen2);
+        let qwen3 = from_gguf("qwen3").unwrap_err().to_string();
+        assert!(qwen3.contains("q/k norms"), "{qwen3}");
         let unknown = from_gguf("rwkv7").unwrap_err().to_string();
         assert!(unknown.contains("unknown") && unknown.contains("llama"), "{unknown}");
     }

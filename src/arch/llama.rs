@@ -1,4 +1,6 @@
-//! The llama family, batched: one forward runs any mix of prefills and decodes of independent sequences.
+//! The llama decoder, batched: one forward runs any mix of prefills and decodes of independent
+//! sequences. It runs the llama family and those that differ from it only in what their weights
+//! carry (Qwen2's q/k/v biases; `family::Differences`).
 //!
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
@@ -16,22 +18,23 @@ use candle_core::{DType, Device, Tensor};
 mod gpu;
 
 struct Layer {
-    attn_norm: Norm,
+    attn_norm: PerFeature,
     qkv: Linear,
+    qkv_bias: Option<PerFeature>,
     o: Linear,
-    ffn_norm: Norm,
+    ffn_norm: PerFeature,
     gate_up: Linear,
     down: Linear,
 }
 
-/// An RMS norm's weight: on the model's device in its dtype (the CUDA step), and as host f32 (the
-/// CPU step, which works on plain slices).
-struct Norm {
+/// A vector over features (an RMS norm's weight, a bias): on the model's device in its dtype (the
+/// CUDA step), and as host f32 (the CPU step, which works on plain slices).
+struct PerFeature {
     weight: Tensor,
     host: Vec<f32>,
 }
 
-impl Norm {
+impl PerFeature {
     fn new(weight: Tensor, dtype: DType, device: &Device) -> Result<Self> {
         let host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         Ok(Self { weight: weight.to_dtype(dtype)?.to_device(device)?, host })
@@ -46,7 +49,7 @@ pub struct Llama {
     pub cfg: TextConfig,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Norm,
+    norm: PerFeature,
     lm_head: Linear,
     rope: Rope,
     device: Device,
@@ -65,7 +68,7 @@ impl Llama {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
         }
         let dtype = compute_dtype(&raw, format, device);
-        let norm = |t: Tensor| Norm::new(t, dtype, device);
+        let norm = |t: Tensor| PerFeature::new(t, dtype, device);
         let embed = raw.embed.dense(device, dtype)?;
         let lm_head = match raw.lm_head {
             Some(w) => Linear::fused(vec![w], format, dtype, device)?,
@@ -78,6 +81,7 @@ impl Llama {
                 Ok(Layer {
                     attn_norm: norm(l.attn_norm)?,
                     qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
+                    qkv_bias: l.qkv_bias.map(norm).transpose()?,
                     o: Linear::fused(vec![l.o], format, dtype, device)?,
                     ffn_norm: norm(l.ffn_norm)?,
                     gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
@@ -138,6 +142,9 @@ impl Llama {
         for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
             let mut qkv = layer.qkv.forward_rows(&h, total)?;
+            if let Some(bias) = &layer.qkv_bias {
+                rowwise::add_to_rows(&mut qkv, &bias.host);
+            }
             let attn = attend(shape, &self.rope, &mut qkv, layer_kv, &seqs);
             rowwise::add_assign(&mut x, &layer.o.forward_rows(&attn, total)?);
 

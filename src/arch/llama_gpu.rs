@@ -1,7 +1,7 @@
 //! The llama step on CUDA: the same flattened batch as the CPU step, with our kernels (src/cuda/) for
 //! everything between the matmuls, and attention over the paged KV pool on the GPU.
 //!
-//! Per layer: RMS norm, the fused qkv matmul, rotary on q and k where they lie in the qkv rows,
+//! Per layer: RMS norm, the fused qkv matmul (and its bias, where the family has one), rotary on q and k where they lie in the qkv rows,
 //! k and v written into their slots of the pool, paged attention (each new token is a query row over
 //! its own sequence's context: a prefill of n tokens is n rows with context lengths start+1..start+n),
 //! the o matmul, RMS norm, the fused gate|up matmul, SiLU-and-multiply, the down matmul. Only the index
@@ -79,7 +79,11 @@ impl Llama {
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
             let h = cuda::rms_norm(&x, &layer.attn_norm.weight, eps)?;
             // [rows, heads + 2 kv_heads, d]: q, k and v heads side by side in each row.
-            let qkv = self.activations(layer.qkv.forward(&h)?)?.reshape((rows, heads + 2 * kv_heads, d))?;
+            let mut qkv = self.activations(layer.qkv.forward(&h)?)?;
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = qkv.broadcast_add(&bias.weight)?;
+            }
+            let qkv = qkv.reshape((rows, heads + 2 * kv_heads, d))?;
             let q = qkv.narrow(1, 0, heads)?;
             let k = qkv.narrow(1, heads, kv_heads)?;
             let v = qkv.narrow(1, heads + kv_heads, kv_heads)?;

@@ -56,6 +56,15 @@ pub struct RawLayer {
     pub gate: RawWeight,
     pub up: RawWeight,
     pub down: RawWeight,
+    /// The q, k and v biases end to end (`[q_dim + 2 kv_dim]`), for a family that has them.
+    pub qkv_bias: Option<Tensor>,
+}
+
+/// The q, k and v biases end to end, as f32, from `part("q")`, `part("k")` and `part("v")`.
+pub fn qkv_bias(mut part: impl FnMut(&str) -> Result<Tensor>) -> Result<Tensor> {
+    let parts = ["q", "k", "v"].map(&mut part);
+    let parts: Vec<Tensor> = parts.into_iter().map(|t| Ok(t?.to_dtype(DType::F32)?)).collect::<Result<_>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// All weights of a model as a loader found them. `lm_head` is `None` when tied to the embedding.

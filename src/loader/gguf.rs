@@ -8,10 +8,9 @@
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
-use crate::arch::attention::RopeStyle;
-use crate::arch::family::{self, Family};
+use crate::arch::family;
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::model::{RawLayer, RawWeights, TextConfig};
+use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
@@ -44,6 +43,10 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
             gate: tensor(&format!("{p}.ffn_gate.weight"))?,
             up: tensor(&format!("{p}.ffn_up.weight"))?,
             down: tensor(&format!("{p}.ffn_down.weight"))?,
+            qkv_bias: match cfg.family.differences().qkv_bias {
+                true => Some(qkv_bias(|part| tensor(&format!("{p}.attn_{part}.bias"))?.dequantize(device))?),
+                false => None,
+            },
         });
     }
     let lm_head =
@@ -113,10 +116,6 @@ pub fn check(path: &Path) -> Result<()> {
 fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     let arch = md.get("general.architecture").context("GGUF has no general.architecture")?.to_string()?.clone();
     let family = family::from_gguf(&arch)?;
-    // One arm today; a new family makes the compiler point here.
-    match family {
-        Family::Llama => {}
-    }
     refuse_unimplemented_settings(md, &arch)?;
     let u = |k: &str| -> Result<usize> {
         Ok(md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF has no {arch}.{k}"))?.to_u32()? as usize)
@@ -142,7 +141,7 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         rope_theta: f("rope.freq_base", 10_000.0),
         rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
         context_length: u("context_length")?,
-        rope_style: RopeStyle::Interleaved,
+        rope_style: family.differences().gguf_rope,
     })
 }
 

@@ -9,9 +9,9 @@ use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
 use crate::arch::attention::RopeStyle;
-use crate::arch::family::{self, Family};
+use crate::arch::family;
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::model::{RawLayer, RawWeights, TextConfig};
+use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
@@ -101,10 +101,7 @@ fn supported_config(dir: &Path) -> Result<HfConfig> {
 }
 
 fn check_config(hf: &HfConfig) -> Result<()> {
-    // One arm today; a new family makes the compiler point here.
-    match family::from_hf(&hf.model_type()?)? {
-        Family::Llama => {}
-    }
+    family::from_hf(&hf.model_type()?)?;
     hf.refuse_unimplemented()
 }
 
@@ -161,6 +158,10 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
             gate: dense(&format!("{p}.mlp.gate_proj.weight"))?,
             up: dense(&format!("{p}.mlp.up_proj.weight"))?,
             down: dense(&format!("{p}.mlp.down_proj.weight"))?,
+            qkv_bias: match cfg.family.differences().qkv_bias {
+                true => Some(qkv_bias(|part| get(&format!("{p}.self_attn.{part}_proj.bias")))?),
+                false => None,
+            },
         });
     }
     let lm_head = if hf.tie_word_embeddings { None } else { Some(dense("lm_head.weight")?) };

@@ -14,6 +14,9 @@ use wick::deploy::{Defaults, DeploymentRequest, DeploymentSpec, Deployments, Ori
 use wick::engine::scheduler::Limits;
 
 pub const HIDDEN: usize = 64;
+pub const LAYERS: usize = 2;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
 pub const CONTEXT: usize = 256;
 /// Control tokens of the tiny vocabulary.
 pub const ENDOFTEXT: u32 = 0;
@@ -66,7 +69,7 @@ pub fn write_tiny_gguf_edited(
     edit: impl FnOnce(&mut GgufMetadata, &mut GgufTensors),
 ) {
     let dev = Device::Cpu;
-    let (inter, layers, heads, kv_heads) = (128usize, 2usize, 4u32, 2u32);
+    let (inter, layers, heads, kv_heads) = (128usize, LAYERS, HEADS as u32, KV_HEADS as u32);
     let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
     let mut types: Vec<i32> = vec![3, 3, 3];
     for c in byte_chars() {
@@ -133,6 +136,40 @@ pub fn write_tiny_gguf_edited(
     let ts: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md, &ts).unwrap();
+}
+
+/// The families `write_tiny_family_gguf` writes.
+pub const TINY_FAMILIES: [&str; 2] = ["llama", "qwen2"];
+
+/// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
+/// write it: its architecture's metadata keys, and for qwen2 its pre-tokenizer and random q, k and v
+/// biases (large enough to move the logits). The q/k rows stay as they are: random weights need no
+/// un-permuting, and each family reads them in its own rope layout.
+pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
+    assert!(TINY_FAMILIES.contains(&family), "no tiny {family} model");
+    write_tiny_gguf_edited(path, seed, CONTEXT, |md, ts| {
+        for (key, value) in md.iter_mut() {
+            if key == "general.architecture" {
+                *value = Value::String(family.into());
+            } else if key == "tokenizer.ggml.pre" && family == "qwen2" {
+                *value = Value::String("qwen2".into());
+            } else if let Some(rest) = key.strip_prefix("llama.") {
+                *key = format!("{family}.{rest}");
+            }
+        }
+        if family == "qwen2" {
+            let kv_dim = KV_HEADS * HIDDEN / HEADS;
+            for i in 0..LAYERS {
+                for (n, (part, len)) in [("q", HIDDEN), ("k", kv_dim), ("v", kv_dim)].into_iter().enumerate() {
+                    let bias = Tensor::from_vec(values(seed * 7919 + (3 * i + n) as u64, len, 0.5), len, &Device::Cpu);
+                    ts.push((
+                        format!("blk.{i}.attn_{part}.bias"),
+                        QTensor::quantize(&bias.unwrap(), GgmlDType::F32).unwrap(),
+                    ));
+                }
+            }
+        }
+    })
 }
 
 /// Writes a tiny model once per test process and returns its path.

@@ -1,5 +1,5 @@
-//! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU-and-multiply and the residual
-//! add, over plain row-major `[rows, width]` slices.
+//! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU-and-multiply, biases and the
+//! residual add, over plain row-major `[rows, width]` slices.
 //!
 //! Why not candle's ops: a 1-stream decode step runs about ten of them per layer, each on a few
 //! hundred floats, and a candle op's tensor allocation and dispatch cost more than its arithmetic;
@@ -53,6 +53,19 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
         }
     });
     out
+}
+
+/// `bias` added to every row of `x` (rows of `bias.len()` floats).
+pub fn add_to_rows(x: &mut [f32], bias: &[f32]) {
+    assert!(
+        !bias.is_empty() && x.len().is_multiple_of(bias.len()),
+        "{} floats are not rows of {}",
+        x.len(),
+        bias.len()
+    );
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_assign(row, bias);
+    }
 }
 
 /// `x += y`, elementwise.
