@@ -157,9 +157,11 @@ struct ReferenceStep {
 
 /// How far a log-probability may be from llama.cpp's. Both quantize a Q4_1 matmul's activations to 8
 /// bits per 32-value block, but round and sum differently, and llama.cpp keeps its KV cache in f16.
-/// Measured (2026-12-02): median 0.01, largest 0.063 (llama, the 44-token prompt; the test prints
-/// each family's largest). Broken on purpose, Qwen2 read with llama's rope layout is 2.2 off, and
-/// without its biases 10 of its 18 greedy tokens differ.
+/// Measured (2026-12-02): median about 0.01, largest 0.063 (llama, the 44-token prompt; the test
+/// prints each family's largest). The tiny models' distributions are flat, so a greedy step whose two
+/// best tokens are closer than this may go either way; the test follows llama.cpp's token after it.
+/// Broken on purpose: Qwen2 read with llama's rope layout is 2.2 off, Qwen2 without its biases picks
+/// another token at the first step, Qwen3 without its k norm is 0.18 off.
 const LOGPROB_TOLERANCE: f32 = 0.1;
 
 #[test]
@@ -174,7 +176,7 @@ fn each_family_matches_llama_cpp_on_the_same_random_weights() {
         let loaded =
             ModelSource::parse(path.to_str().unwrap()).unwrap().load(WeightFormat::Native, &Device::Cpu).unwrap();
         let model = loaded.model;
-        let mut worst = 0f32;
+        let (mut worst, mut ties) = (0f32, 0);
         for run in runs {
             let (mut kv, _) = model.new_kv(256).unwrap();
             let blocks: Vec<u32> = (0..16).collect(); // 256 positions
@@ -195,13 +197,23 @@ fn each_family_matches_llama_cpp_on_the_same_random_weights() {
                     );
                 }
                 let greedy = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap() as u32;
-                assert_eq!(greedy, step.token, "{family}, prompt of {} tokens, step {i}", run.prompt.len());
+                // A different greedy token is a near tie: one llama.cpp ranks within the tolerance of its own.
+                if greedy != step.token {
+                    let near = step.top.iter().find(|(id, _)| *id == greedy).map(|(_, lp)| step.top[0].1 - lp);
+                    assert!(
+                        near.is_some_and(|gap| gap < LOGPROB_TOLERANCE),
+                        "{family}, prompt of {} tokens, step {i}: greedy {greedy}, llama.cpp {} (gap {near:?})",
+                        run.prompt.len(),
+                        step.token
+                    );
+                    ties += 1;
+                }
                 start = tokens.len();
                 // llama.cpp's token, so that a first difference is reported where it is.
                 tokens.push(step.token);
             }
         }
-        println!("{family}: largest log-probability difference from llama.cpp {worst:.5}");
+        println!("{family}: largest log-probability difference from llama.cpp {worst:.5}, near ties taken the other way {ties}");
     }
 }
 

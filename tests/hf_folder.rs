@@ -127,11 +127,14 @@ fn load_error_with_config(edit: impl FnOnce(&mut serde_json::Value)) -> Option<S
 #[test]
 fn a_folder_of_an_unimplemented_family_or_setting_is_refused_by_name() {
     assert_eq!(load_error_with_config(|_| {}), None);
-    // Qwen2 is implemented with its q/k/v biases: a checkpoint without them is incomplete.
+    // Qwen2 and Qwen3 are implemented with their biases and q/k norms: a checkpoint without them is
+    // incomplete.
     let e = load_error_with_config(|c| c["model_type"] = json!("qwen2")).unwrap();
     assert!(e.contains("`model.layers.0.self_attn.q_proj.bias`"), "{e}");
     let e = load_error_with_config(|c| c["model_type"] = json!("qwen3")).unwrap();
-    assert!(e.contains("`qwen3` is not implemented") && e.contains("q/k norms"), "{e}");
+    assert!(e.contains("`model.layers.0.self_attn.q_norm.weight`"), "{e}");
+    let e = load_error_with_config(|c| c["model_type"] = json!("qwen3_moe")).unwrap();
+    assert!(e.contains("`qwen3_moe` is not implemented") && e.contains("mixture of experts"), "{e}");
     let e = load_error_with_config(|c| c["architectures"] = json!(["GraniteForCausalLM"])).unwrap();
     assert!(e.contains("`granite` is not implemented"), "{e}");
     let e = load_error_with_config(|c| c["rope_scaling"] = json!({"rope_type": "longrope", "factor": 4.0})).unwrap();

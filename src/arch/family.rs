@@ -17,6 +17,8 @@ pub enum Family {
     Llama,
     /// Qwen2 and Qwen2.5: llama with biases on q, k and v.
     Qwen2,
+    /// Qwen3 (dense): llama with an RMS norm on each head of q and k before the rotation.
+    Qwen3,
 }
 
 /// How a family differs from llama, as the loaders and the shared decoder (`arch::llama`) read it.
@@ -24,6 +26,9 @@ pub enum Family {
 pub struct Differences {
     /// Biases on the q, k and v projections.
     pub qkv_bias: bool,
+    /// An RMS norm over each head of q and of k (one weight of `head_dim` for all heads), before
+    /// the rotation.
+    pub qk_norm: bool,
     /// Where a GGUF file's rotary pairs lie. llama.cpp's converter permutes llama's q and k rows so
     /// that rotated pairs are adjacent, and leaves other families' as Hugging Face has them (the two
     /// halves of a head; llama.cpp calls that rope type NEOX).
@@ -33,8 +38,9 @@ pub struct Differences {
 impl Family {
     pub fn differences(self) -> Differences {
         match self {
-            Family::Llama => Differences { qkv_bias: false, gguf_rope: RopeStyle::Interleaved },
-            Family::Qwen2 => Differences { qkv_bias: true, gguf_rope: RopeStyle::Halves },
+            Family::Llama => Differences { qkv_bias: false, qk_norm: false, gguf_rope: RopeStyle::Interleaved },
+            Family::Qwen2 => Differences { qkv_bias: true, qk_norm: false, gguf_rope: RopeStyle::Halves },
+            Family::Qwen3 => Differences { qkv_bias: false, qk_norm: true, gguf_rope: RopeStyle::Halves },
         }
     }
 }
@@ -57,7 +63,8 @@ const REGISTRY: &[Known] = &[
         status: Err("its embedding, residual, attention and logit multipliers"),
     },
     Known { gguf: &["qwen2"], hf: &["qwen2"], status: Ok(Family::Qwen2) },
-    Known { gguf: &["qwen3"], hf: &["qwen3"], status: Err("its q/k norms") },
+    Known { gguf: &["qwen3"], hf: &["qwen3"], status: Ok(Family::Qwen3) },
+    Known { gguf: &["qwen3moe"], hf: &["qwen3_moe"], status: Err("its mixture of experts") },
     Known {
         gguf: &["gemma", "gemma2", "gemma3"],
         hf: &["gemma", "gemma2", "gemma3", "gemma3_text"],
@@ -91,8 +98,8 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
 /// The model of `cfg.family` over the weights a loader read, with its kernels for `format` on `device`.
 pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
     Ok(match cfg.family {
-        // Both run the llama decoder; Qwen2's biases are in its weights (`Differences`).
-        Family::Llama | Family::Qwen2 => Box::new(Llama::new(cfg, raw, format, device)?),
+        // All run the llama decoder; how they differ is in their weights (`Differences`).
+        Family::Llama | Family::Qwen2 | Family::Qwen3 => Box::new(Llama::new(cfg, raw, format, device)?),
     })
 }
 
@@ -112,8 +119,9 @@ mod tests {
         let granite = from_gguf("granite").unwrap_err().to_string();
         assert!(granite.contains("not implemented") && granite.contains("multipliers"), "{granite}");
         assert_eq!(from_hf("qwen2").unwrap(), Family::Qwen2);
-        let qwen3 = from_gguf("qwen3").unwrap_err().to_string();
-        assert!(qwen3.contains("q/k norms"), "{qwen3}");
+        assert_eq!(from_gguf("qwen3").unwrap(), Family::Qwen3);
+        let moe = from_gguf("qwen3moe").unwrap_err().to_string();
+        assert!(moe.contains("mixture of experts"), "{moe}");
         let unknown = from_gguf("rwkv7").unwrap_err().to_string();
         assert!(unknown.contains("unknown") && unknown.contains("llama"), "{unknown}");
     }

@@ -21,6 +21,8 @@ struct Layer {
     attn_norm: PerFeature,
     qkv: Linear,
     qkv_bias: Option<PerFeature>,
+    /// q's and k's per-head norms.
+    qk_norm: Option<(PerFeature, PerFeature)>,
     o: Linear,
     ffn_norm: PerFeature,
     gate_up: Linear,
@@ -64,6 +66,9 @@ pub struct Llama {
 impl Llama {
     pub fn new(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if device.is_cuda() && raw.layers.iter().any(|l| l.qk_norm.is_some()) {
+            bail!("per-head q/k norms ({:?}) are not implemented on CUDA yet: run this model on CPU", cfg.family);
+        }
         if raw.layers.len() != cfg.num_layers {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
         }
@@ -82,6 +87,7 @@ impl Llama {
                     attn_norm: norm(l.attn_norm)?,
                     qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
                     qkv_bias: l.qkv_bias.map(norm).transpose()?,
+                    qk_norm: l.qk_norm.map(|(q, k)| Ok::<_, anyhow::Error>((norm(q)?, norm(k)?))).transpose()?,
                     o: Linear::fused(vec![l.o], format, dtype, device)?,
                     ffn_norm: norm(l.ffn_norm)?,
                     gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
@@ -144,6 +150,13 @@ impl Llama {
             let mut qkv = layer.qkv.forward_rows(&h, total)?;
             if let Some(bias) = &layer.qkv_bias {
                 rowwise::add_to_rows(&mut qkv, &bias.host);
+            }
+            if let Some((q_norm, k_norm)) = &layer.qk_norm {
+                let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
+                for row in qkv.chunks_exact_mut(q_dim + 2 * kv_dim) {
+                    rowwise::rms_norm_in_place(&mut row[..q_dim], &q_norm.host, eps);
+                    rowwise::rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], &k_norm.host, eps);
+                }
             }
             let attn = attend(shape, &self.rope, &mut qkv, layer_kv, &seqs);
             rowwise::add_assign(&mut x, &layer.o.forward_rows(&attn, total)?);

@@ -58,6 +58,8 @@ pub struct RawLayer {
     pub down: RawWeight,
     /// The q, k and v biases end to end (`[q_dim + 2 kv_dim]`), for a family that has them.
     pub qkv_bias: Option<Tensor>,
+    /// The per-head RMS norm weights of q and of k (`[head_dim]` each), for a family that has them.
+    pub qk_norm: Option<(Tensor, Tensor)>,
 }
 
 /// The q, k and v biases end to end, as f32, from `part("q")`, `part("k")` and `part("v")`.

@@ -43,6 +43,13 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
             gate: tensor(&format!("{p}.ffn_gate.weight"))?,
             up: tensor(&format!("{p}.ffn_up.weight"))?,
             down: tensor(&format!("{p}.ffn_down.weight"))?,
+            qk_norm: match cfg.family.differences().qk_norm {
+                true => Some((
+                    tensor(&format!("{p}.attn_q_norm.weight"))?.dequantize(device)?,
+                    tensor(&format!("{p}.attn_k_norm.weight"))?.dequantize(device)?,
+                )),
+                false => None,
+            },
             qkv_bias: match cfg.family.differences().qkv_bias {
                 true => Some(qkv_bias(|part| tensor(&format!("{p}.attn_{part}.bias"))?.dequantize(device))?),
                 false => None,

@@ -158,6 +158,12 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
             gate: dense(&format!("{p}.mlp.gate_proj.weight"))?,
             up: dense(&format!("{p}.mlp.up_proj.weight"))?,
             down: dense(&format!("{p}.mlp.down_proj.weight"))?,
+            qk_norm: match cfg.family.differences().qk_norm {
+                true => {
+                    Some((get(&format!("{p}.self_attn.q_norm.weight"))?, get(&format!("{p}.self_attn.k_norm.weight"))?))
+                }
+                false => None,
+            },
             qkv_bias: match cfg.family.differences().qkv_bias {
                 true => Some(qkv_bias(|part| get(&format!("{p}.self_attn.{part}_proj.bias")))?),
                 false => None,

@@ -139,19 +139,21 @@ pub fn write_tiny_gguf_edited(
 }
 
 /// The families `write_tiny_family_gguf` writes.
-pub const TINY_FAMILIES: [&str; 2] = ["llama", "qwen2"];
+pub const TINY_FAMILIES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 /// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
-/// write it: its architecture's metadata keys, and for qwen2 its pre-tokenizer and random q, k and v
-/// biases (large enough to move the logits). The q/k rows stay as they are: random weights need no
-/// un-permuting, and each family reads them in its own rope layout.
+/// write it: its architecture's metadata keys and pre-tokenizer; for qwen2 random q, k and v biases
+/// (large enough to move the logits); for qwen3 random per-head q and k norms, and heads of 32 on
+/// the hidden size of 64 (a q of 128), as Qwen3 and Gemma 3 have heads wider than hidden/heads.
+/// The q/k rows stay as they are: random weights need no un-permuting, and each family reads them in
+/// its own rope layout.
 pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
     assert!(TINY_FAMILIES.contains(&family), "no tiny {family} model");
     write_tiny_gguf_edited(path, seed, CONTEXT, |md, ts| {
         for (key, value) in md.iter_mut() {
             if key == "general.architecture" {
                 *value = Value::String(family.into());
-            } else if key == "tokenizer.ggml.pre" && family == "qwen2" {
+            } else if key == "tokenizer.ggml.pre" && family != "llama" {
                 *value = Value::String("qwen2".into());
             } else if let Some(rest) = key.strip_prefix("llama.") {
                 *key = format!("{family}.{rest}");
@@ -167,6 +169,29 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                         QTensor::quantize(&bias.unwrap(), GgmlDType::F32).unwrap(),
                     ));
                 }
+            }
+        }
+        if family == "qwen3" {
+            let head_dim = 32;
+            md.push(("qwen3.attention.key_length".into(), Value::U32(head_dim as u32)));
+            md.push(("qwen3.attention.value_length".into(), Value::U32(head_dim as u32)));
+            let seeded = |n: u64, rows: usize, cols: usize, dtype: GgmlDType, offset: f32| {
+                let v: Vec<f32> =
+                    values(seed * 104_729 + n, rows * cols, 0.2).into_iter().map(|x| x + offset).collect();
+                let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+                QTensor::quantize(&if rows == 1 { t.flatten_all().unwrap() } else { t }, dtype).unwrap()
+            };
+            let (q_dim, kv_dim) = (HEADS * head_dim, KV_HEADS * head_dim);
+            ts.retain(|(name, _)| !["attn_q.", "attn_k.", "attn_v.", "attn_output."].iter().any(|p| name.contains(p)));
+            for i in 0..LAYERS {
+                let n = 10 * i as u64;
+                ts.push((format!("blk.{i}.attn_q.weight"), seeded(n, q_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+                ts.push((format!("blk.{i}.attn_k.weight"), seeded(n + 1, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+                ts.push((format!("blk.{i}.attn_v.weight"), seeded(n + 2, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+                ts.push((format!("blk.{i}.attn_output.weight"), seeded(n + 3, HIDDEN, q_dim, GgmlDType::Q4_1, 0.0)));
+                // Norm weights around 1, one of `head_dim` for all heads.
+                ts.push((format!("blk.{i}.attn_q_norm.weight"), seeded(n + 4, 1, head_dim, GgmlDType::F32, 1.0)));
+                ts.push((format!("blk.{i}.attn_k_norm.weight"), seeded(n + 5, 1, head_dim, GgmlDType::F32, 1.0)));
             }
         }
     })

@@ -24,13 +24,29 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
         // SAFETY: row ranges are disjoint.
         let out = unsafe { shared.part(rows.start * width, rows.len() * width) };
         for (row, out) in x[rows.start * width..rows.end * width].chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let scale = 1.0 / (dot(row, row) / width as f32 + eps).sqrt();
+            let scale = inverse_rms(row, eps);
             for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
                 *o = v * scale * w;
             }
         }
     });
     out
+}
+
+fn inverse_rms(row: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
+}
+
+/// `rms_norm` in place, for rows inside a larger row (each head of q or k).
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    assert!(width > 0 && x.len().is_multiple_of(width), "{} floats are not rows of {width}", x.len());
+    for row in x.chunks_exact_mut(width) {
+        let scale = inverse_rms(row, eps);
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
 }
 
 /// Rows of `[gate | up]` (`2 * inter` floats each) into rows of `silu(gate) * up` (`inter` each).
