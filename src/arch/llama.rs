@@ -1,6 +1,6 @@
 //! The llama decoder, batched: one forward runs any mix of prefills and decodes of independent
 //! sequences. It runs the llama family and those that differ from it only in what their weights
-//! carry (Qwen2's q/k/v biases; `family::Differences`).
+//! carry (Qwen2's q/k/v biases, Qwen3's per-head q/k norms; `family::Differences`).
 //!
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).

@@ -15,7 +15,7 @@
 //! Every path is batch-invariant (see `quant`).
 
 use super::isa::Variant;
-use super::quant::{by_column, by_lane_group, f16_at, Activations, Row, BLOCK};
+use super::quant::{by_column, by_lane_group, f16_at, lane_width, Activations, Row, BLOCK};
 
 /// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first), f16 d and m.
 pub const BLOCK_BYTES: usize = 20;
@@ -30,17 +30,8 @@ pub struct Q4_1Matrix {
 enum Layout {
     /// ggml's blocks, as in the file, with the variant whose kernel reads them.
     Ggml(Vec<u8>, Variant),
-    /// Columns in groups of `lanes(variant)`, one per vector lane (see `repack_lanes`).
+    /// Columns in groups of `lane_width(variant)`, one per vector lane (see `repack_lanes`).
     Lanes(Vec<u8>, Variant),
-}
-
-/// Columns per group of the `Lanes` layout: one per 32-bit lane of the variant's vectors.
-fn lanes(variant: Variant) -> usize {
-    if variant == Variant::Avx512 {
-        16
-    } else {
-        8
-    }
 }
 
 /// Bytes of one block of one group of `w` columns in the `Lanes` layout: `w` f16 scales, `w` f16
@@ -77,8 +68,8 @@ impl Q4_1Matrix {
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q4_1 data has {} bytes for {n}x{k}", data.len());
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
-            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lanes(variant)) => {
-                Layout::Lanes(repack_lanes(&data, n, k, lanes(variant)), variant)
+            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lane_width(variant)) => {
+                Layout::Lanes(repack_lanes(&data, n, k, lane_width(variant)), variant)
             }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
             v => Layout::Ggml(data, v),
@@ -93,7 +84,7 @@ impl Q4_1Matrix {
         match &self.layout {
             #[cfg(target_arch = "x86_64")]
             Layout::Lanes(data, variant) => {
-                let group = self.k / BLOCK * lane_block_bytes(lanes(*variant));
+                let group = self.k / BLOCK * lane_block_bytes(lane_width(*variant));
                 let w = |g: usize| &data[g * group..(g + 1) * group];
                 // SAFETY (all four): `Lanes` is only built with a variant this CPU runs.
                 if *variant == Variant::Avx512 {
@@ -152,7 +143,7 @@ impl Q4_1Matrix {
                 }
             }
             Layout::Lanes(data, variant) => {
-                let width = lanes(*variant);
+                let width = lane_width(*variant);
                 let (g, lane) = (j / width, j % width);
                 let group = blocks * lane_block_bytes(width);
                 let w = &data[g * group..(g + 1) * group];

@@ -16,19 +16,10 @@
 //! Every path is batch-invariant (see `quant`).
 
 use super::isa::Variant;
-use super::quant::{by_column, by_lane_group, f16_at, Activations, Row, BLOCK};
+use super::quant::{by_column, by_lane_group, f16_at, lane_width, Activations, Row, BLOCK};
 
 /// ggml's block_q8_0: an f16 scale `d`, then 32 weights `d * q`, q an i8.
 pub const BLOCK_BYTES: usize = 34;
-
-/// Columns per group of the `Lanes` layout: one per 32-bit lane of the variant's vectors.
-fn lanes(variant: Variant) -> usize {
-    if variant == Variant::Avx512 {
-        16
-    } else {
-        8
-    }
-}
 
 /// Bytes of one block of one group of `w` columns in the `Lanes` layout: `w` f16 scales, then 8
 /// steps of `4w` weight bytes.
@@ -46,7 +37,7 @@ pub struct Q8_0Matrix {
 enum Layout {
     /// ggml's blocks, as in the file, with the variant whose kernel reads them.
     Ggml(Vec<u8>, Variant),
-    /// Columns in groups of `lanes(variant)`, one per vector lane (see `repack_lanes`).
+    /// Columns in groups of `lane_width(variant)`, one per vector lane (see `repack_lanes`).
     Lanes(Vec<u8>, Variant),
 }
 
@@ -62,7 +53,7 @@ impl Q8_0Matrix {
         anyhow::ensure!(data.len() == n * k / BLOCK * BLOCK_BYTES, "Q8_0 data has {} bytes for {n}x{k}", data.len());
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
-            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lanes(variant)) => {
+            Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lane_width(variant)) => {
                 Layout::Lanes(repack_lanes(&data, n, k, variant), variant)
             }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
@@ -86,7 +77,7 @@ impl Q8_0Matrix {
         match &self.layout {
             #[cfg(target_arch = "x86_64")]
             Layout::Lanes(data, variant) => {
-                let group = self.k / BLOCK * lane_block_bytes(lanes(*variant));
+                let group = self.k / BLOCK * lane_block_bytes(lane_width(*variant));
                 let w = |g: usize| &data[g * group..(g + 1) * group];
                 // SAFETY (all four): `Lanes` is only built with a variant this CPU runs.
                 if *variant == Variant::Avx512 {
@@ -130,13 +121,13 @@ impl Q8_0Matrix {
     }
 }
 
-/// Repacks ggml blocks so that `w = lanes(variant)` columns sit side by side, one per 32-bit vector
+/// Repacks ggml blocks so that `w = lane_width(variant)` columns sit side by side, one per 32-bit vector
 /// lane. Per group of `w` columns and per block: the `w` scales (f16), then for steps t = 0..8 a
 /// `4w`-byte vector whose byte 4c + j holds weight 4t + j of column c. For `avx512` the weights are
 /// stored plus 128 (an i8 made unsigned, for `vpdpbusd`); for `avx2` as they are (`maddubs` takes
 /// their magnitude and sign apart).
 fn repack_lanes(data: &[u8], n: usize, k: usize, variant: Variant) -> Vec<u8> {
-    let (w, shift) = (lanes(variant), if variant == Variant::Avx512 { 0x80 } else { 0 });
+    let (w, shift) = (lane_width(variant), if variant == Variant::Avx512 { 0x80 } else { 0 });
     let blocks = k / BLOCK;
     let row_bytes = blocks * BLOCK_BYTES;
     let mut out = Vec::with_capacity(n / w * blocks * lane_block_bytes(w));

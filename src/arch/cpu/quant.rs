@@ -6,6 +6,7 @@
 //! runs every row through the same operations as a tile of one, so a greedy completion gives the
 //! same tokens alone or batched.
 
+use super::isa::Variant;
 use super::{parallel_for, parallel_rows, SharedOut};
 
 /// Weights per block, in every ggml type the kernels take (Q4_1, Q8_0).
@@ -100,6 +101,16 @@ pub fn by_column(
         }
     });
     y
+}
+
+/// Columns per group of a lanes layout (`by_lane_group`): one per 32-bit lane of the variant's
+/// vectors, 16 for AVX-512 and 8 for AVX2.
+pub fn lane_width(variant: Variant) -> usize {
+    if variant == Variant::Avx512 {
+        16
+    } else {
+        8
+    }
 }
 
 /// Up to this many activation rows share one pass over a column group's weights.
