@@ -109,12 +109,12 @@ impl Linear {
                 Kernel::Candle(QMatMul::Tensor(Tensor::cat(&dense, 0)?))
             }
             Some(GgmlDType::Q4_1) if device.is_cpu() => {
-                let q = stack_quantized(parts, GgmlDType::Q4_1, device)?;
-                Kernel::Q4_1(Q4_1Matrix::new(q.data()?.into_owned(), out_features, in_features)?)
+                let bytes = stacked_bytes(parts, GgmlDType::Q4_1, device)?;
+                Kernel::Q4_1(Q4_1Matrix::new(bytes, out_features, in_features)?)
             }
             Some(GgmlDType::Q8_0) if device.is_cpu() => {
-                let q = stack_quantized(parts, GgmlDType::Q8_0, device)?;
-                Kernel::Q8_0(Q8_0Matrix::new(q.data()?.into_owned(), out_features, in_features)?)
+                let bytes = stacked_bytes(parts, GgmlDType::Q8_0, device)?;
+                Kernel::Q8_0(Q8_0Matrix::new(bytes, out_features, in_features)?)
             }
             Some(dtype) => Kernel::Candle(QMatMul::from_qtensor(stack_quantized(parts, dtype, device)?)?),
         };
@@ -156,20 +156,26 @@ impl Linear {
 
 /// Quantized rows are whole blocks, so stacking matrices of one type along the output dimension is a
 /// concatenation of their bytes; only parts of another type are converted (dequantize, quantize).
-fn stack_quantized(parts: Vec<RawWeight>, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
-    let in_features = parts[0].dims2()?.1;
+/// Our kernels take the bytes as they are (one copy out of the loader's tensors: a cold start copies
+/// every weight, so each copy counts).
+fn stacked_bytes(parts: Vec<RawWeight>, dtype: GgmlDType, device: &Device) -> Result<Vec<u8>> {
     let mut bytes: Vec<u8> = Vec::new();
-    let mut rows = 0;
     for part in parts {
-        let (o, _) = part.dims2()?;
         let q = match part {
             RawWeight::Quantized(q) if q.dtype() == dtype => q,
             other => QTensor::quantize(&other.dequantize(device)?, dtype)?,
         };
         bytes.extend_from_slice(&q.data()?);
-        rows += o;
     }
-    let storage = candle_core::quantized::QStorage::from_data(Cow::Owned(bytes), device, dtype)?;
+    Ok(bytes)
+}
+
+/// The stacked parts as one quantized tensor, for candle's kernels.
+fn stack_quantized(parts: Vec<RawWeight>, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
+    let in_features = parts[0].dims2()?.1;
+    let rows = parts.iter().map(|p| p.dims2().map(|(o, _)| o)).sum::<Result<usize>>()?;
+    let storage =
+        candle_core::quantized::QStorage::from_data(Cow::Owned(stacked_bytes(parts, dtype, device)?), device, dtype)?;
     Ok(QTensor::new(storage, (rows, in_features))?)
 }
 

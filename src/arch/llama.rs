@@ -7,6 +7,7 @@
 
 use super::attention::{attend, Rope, SeqRows};
 use super::cpu::rowwise;
+use super::embedding::Embedding;
 use super::linear::{Linear, WeightFormat};
 use super::model::{RawWeights, StepInput, TextConfig, TextModel};
 use crate::kv::{pool_blocks, CpuKv, KvStore, BLOCK_SIZE};
@@ -49,7 +50,7 @@ impl PerFeature {
 
 pub struct Llama {
     pub cfg: TextConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: PerFeature,
     lm_head: Linear,
@@ -74,7 +75,7 @@ impl Llama {
         }
         let dtype = compute_dtype(&raw, format, device);
         let norm = |t: Tensor| PerFeature::new(t, dtype, device);
-        let embed = raw.embed.dense(device, dtype)?;
+        let embed = Embedding::new(&raw.embed, dtype, device)?;
         let lm_head = match raw.lm_head {
             Some(w) => Linear::fused(vec![w], format, dtype, device)?,
             None => Linear::fused(vec![raw.embed], format, dtype, device)?,
@@ -143,8 +144,7 @@ impl Llama {
         let seqs: Vec<SeqRows<'_>> =
             inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
 
-        let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = self.embed.rows(&ids)?;
         for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
             let mut qkv = layer.qkv.forward_rows(&h, total)?;

@@ -75,7 +75,8 @@ impl Llama {
         let interleaved = c.rope_style == RopeStyle::Interleaved;
         let scale = 1.0 / (d as f32).sqrt();
 
-        let mut x = self.embed.index_select(&index.ids, 0)?;
+        let table = self.embed.table().expect("a CUDA model keeps its embedding dense on the device");
+        let mut x = table.index_select(&index.ids, 0)?;
         for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&kv.layers) {
             let h = cuda::rms_norm(&x, &layer.attn_norm.weight, eps)?;
             // [rows, heads + 2 kv_heads, d]: q, k and v heads side by side in each row.

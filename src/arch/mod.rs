@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod embedding;
 pub mod family;
 pub mod linear;
 pub mod llama;

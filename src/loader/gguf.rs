@@ -10,7 +10,7 @@ use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
 use crate::arch::family;
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig};
+use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig, TextModel};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
@@ -25,10 +25,30 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
     let mut reader = Cursor::new(&mmap[..]);
     let content = Content::read(&mut reader).map_err(|e| unreadable(path, e))?;
     let cfg = config(&content.metadata)?;
+    // The tokenizer (a vocabulary and merges to index, ~70 ms for the default model) is built on a
+    // thread of its own while the weights load: a cold start waits for both.
+    std::thread::scope(|scope| {
+        let tokenizer = scope.spawn(|| TextTokenizer::from_gguf(&content.metadata));
+        let model = weights(&content, &mut reader, cfg, format, device)?;
+        let tokenizer = tokenizer.join().map_err(|_| anyhow!("building the tokenizer panicked"))??;
+        let template_src = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
+        Ok(LoadedModel { model, tokenizer, template })
+    })
+}
+
+/// The model's weights, read from the mapped file, built into its family's model.
+fn weights(
+    content: &Content,
+    reader: &mut Cursor<&[u8]>,
+    cfg: TextConfig,
+    format: WeightFormat,
+    device: &Device,
+) -> Result<Box<dyn TextModel>> {
     let mut used = HashSet::new();
     let mut tensor = |name: &str| -> Result<RawWeight> {
         used.insert(name.to_string());
-        Ok(RawWeight::Quantized(content.tensor(&mut reader, name, device).with_context(|| format!("tensor `{name}`"))?))
+        Ok(RawWeight::Quantized(content.tensor(reader, name, device).with_context(|| format!("tensor `{name}`"))?))
     };
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -65,12 +85,7 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
         lm_head,
     };
     super::refuse_unused(content.tensor_infos.keys().cloned(), &used, "file")?;
-    let model = family::build(cfg, raw, format, device)?;
-
-    let tokenizer = TextTokenizer::from_gguf(&content.metadata)?;
-    let template_src = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-    let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
-    Ok(LoadedModel { model, tokenizer, template })
+    family::build(cfg, raw, format, device)
 }
 
 /// Why the header of `path` could not be read: a tensor type candle does not know (named, where

@@ -15,7 +15,7 @@
 //! Every path is batch-invariant (see `quant`).
 
 use super::isa::Variant;
-use super::quant::{by_column, by_lane_group, f16_at, lane_width, Activations, Row, BLOCK};
+use super::quant::{by_column, by_lane_group, f16_at, interleave_lanes, lane_width, Activations, Row, BLOCK};
 
 /// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first), f16 d and m.
 pub const BLOCK_BYTES: usize = 20;
@@ -69,7 +69,7 @@ impl Q4_1Matrix {
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
             Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lane_width(variant)) => {
-                Layout::Lanes(repack_lanes(&data, n, k, lane_width(variant)), variant)
+                Layout::Lanes(repack_lanes(&data, n, lane_width(variant)), variant)
             }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
             v => Layout::Ggml(data, v),
@@ -168,29 +168,10 @@ impl Q4_1Matrix {
 /// `4w`-byte vector whose byte 4c + j holds weight 4t + j of column c in its low nibble and weight
 /// 16 + 4t + j in its high nibble. `vpdpbusd` (or `maddubs`) against 4 broadcast activation bytes
 /// then advances all `w` columns by 4 weights at once, and each block needs one scaling for them all.
-fn repack_lanes(data: &[u8], n: usize, k: usize, w: usize) -> Vec<u8> {
-    let blocks = k / BLOCK;
-    let row_bytes = blocks * BLOCK_BYTES;
-    let mut out = Vec::with_capacity(n / w * blocks * lane_block_bytes(w));
-    for g in 0..n / w {
-        for b in 0..blocks {
-            let block = |c: usize| &data[(w * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
-            for c in 0..w {
-                out.extend_from_slice(&block(c)[0..2]);
-            }
-            for c in 0..w {
-                out.extend_from_slice(&block(c)[2..4]);
-            }
-            for t in 0..4 {
-                for c in 0..w {
-                    for j in 0..4 {
-                        out.push(nibble(block(c), 4 * t + j) | (nibble(block(c), 16 + 4 * t + j) << 4));
-                    }
-                }
-            }
-        }
-    }
-    out
+fn repack_lanes(data: &[u8], n: usize, w: usize) -> Vec<u8> {
+    // Byte 4t + j of a block's nibbles holds weight 4t + j low and 16 + 4t + j high: the layout wants
+    // exactly those pairs, so the weights' bytes move as they are.
+    interleave_lanes(data, n, BLOCK_BYTES, 2, w, 0)
 }
 
 /// The reference: what every SIMD path computes, one value at a time. Also the `portable` variant,

@@ -16,7 +16,7 @@
 //! Every path is batch-invariant (see `quant`).
 
 use super::isa::Variant;
-use super::quant::{by_column, by_lane_group, f16_at, lane_width, Activations, Row, BLOCK};
+use super::quant::{by_column, by_lane_group, f16_at, interleave_lanes, lane_width, Activations, Row, BLOCK};
 
 /// ggml's block_q8_0: an f16 scale `d`, then 32 weights `d * q`, q an i8.
 pub const BLOCK_BYTES: usize = 34;
@@ -54,7 +54,7 @@ impl Q8_0Matrix {
         assert!(variant.runs_here(), "this CPU cannot run the {variant} kernels");
         let layout = match variant {
             Variant::Avx512 | Variant::Avx2 if n.is_multiple_of(lane_width(variant)) => {
-                Layout::Lanes(repack_lanes(&data, n, k, variant), variant)
+                Layout::Lanes(repack_lanes(&data, n, variant), variant)
             }
             Variant::Avx512 => Layout::Ggml(data, Variant::Avx2),
             v => Layout::Ggml(data, v),
@@ -126,25 +126,9 @@ impl Q8_0Matrix {
 /// `4w`-byte vector whose byte 4c + j holds weight 4t + j of column c. For `avx512` the weights are
 /// stored plus 128 (an i8 made unsigned, for `vpdpbusd`); for `avx2` as they are (`maddubs` takes
 /// their magnitude and sign apart).
-fn repack_lanes(data: &[u8], n: usize, k: usize, variant: Variant) -> Vec<u8> {
-    let (w, shift) = (lane_width(variant), if variant == Variant::Avx512 { 0x80 } else { 0 });
-    let blocks = k / BLOCK;
-    let row_bytes = blocks * BLOCK_BYTES;
-    let mut out = Vec::with_capacity(n / w * blocks * lane_block_bytes(w));
-    for g in 0..n / w {
-        for b in 0..blocks {
-            let block = |c: usize| &data[(w * g + c) * row_bytes + b * BLOCK_BYTES..][..BLOCK_BYTES];
-            for c in 0..w {
-                out.extend_from_slice(&block(c)[0..2]);
-            }
-            for t in 0..8 {
-                for c in 0..w {
-                    out.extend(block(c)[2 + 4 * t..][..4].iter().map(|&q| q ^ shift));
-                }
-            }
-        }
-    }
-    out
+fn repack_lanes(data: &[u8], n: usize, variant: Variant) -> Vec<u8> {
+    let flip = if variant == Variant::Avx512 { 0x80 } else { 0 };
+    interleave_lanes(data, n, BLOCK_BYTES, 1, lane_width(variant), flip)
 }
 
 /// The reference: what every SIMD path computes, one value at a time. Also the `portable` variant,

@@ -103,6 +103,41 @@ pub fn by_column(
     y
 }
 
+/// Repacks `n` rows of ggml blocks (`block_bytes` each: `header` f16 fields, then the weights'
+/// bytes) into a lanes layout of `w` columns side by side. Per group of `w` columns and per block:
+/// each header field of the `w` columns in turn, then for every 4 bytes of weights a `4w`-byte
+/// vector whose bytes 4c..4c + 4 are column c's, each XORed with `flip`. The size is unchanged.
+/// Every group is written by one worker, so a cold start repacks on all cores.
+pub fn interleave_lanes(data: &[u8], n: usize, block_bytes: usize, header: usize, w: usize, flip: u8) -> Vec<u8> {
+    assert!(n.is_multiple_of(w) && data.len().is_multiple_of(n));
+    let row_bytes = data.len() / n;
+    assert!(row_bytes.is_multiple_of(block_bytes));
+    let group_bytes = w * row_bytes;
+    let mut out = vec![0u8; data.len()];
+    let shared = SharedOut::new(&mut out);
+    parallel_for(n / w, |groups| {
+        for g in groups {
+            // SAFETY: each group writes only its own bytes of `out`, which outlives the call.
+            let group = unsafe { shared.part(g * group_bytes, group_bytes) };
+            for (b, dst) in group.chunks_exact_mut(w * block_bytes).enumerate() {
+                let (fields, weights) = dst.split_at_mut(2 * header * w);
+                for c in 0..w {
+                    let src = &data[(w * g + c) * row_bytes + b * block_bytes..][..block_bytes];
+                    for f in 0..header {
+                        fields[2 * (f * w + c)..][..2].copy_from_slice(&src[2 * f..][..2]);
+                    }
+                    for (t, step) in src[2 * header..].chunks_exact(4).enumerate() {
+                        for (d, &q) in weights[4 * (t * w + c)..][..4].iter_mut().zip(step) {
+                            *d = q ^ flip;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Columns per group of a lanes layout (`by_lane_group`): one per 32-bit lane of the variant's
 /// vectors, 16 for AVX-512 and 8 for AVX2.
 pub fn lane_width(variant: Variant) -> usize {
