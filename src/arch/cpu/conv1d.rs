@@ -16,8 +16,10 @@
 //! The micro tile has one variant per instruction set (`isa`):
 //! - `avx512`: intrinsics, sixteen 512-bit accumulators. The compiler's own vectors stop at 256 bits
 //!   on such CPUs (LLVM's tuning for them), which halves the peak, and onnxruntime's use the full width;
-//! - `avx2`: intrinsics, the tile in passes of at most 4 x 3 256-bit accumulators, so that with the
-//!   inputs and a broadcast weight they fit the 16 registers;
+//! - `avx2`: intrinsics, the tile in passes of 4 x 2 256-bit accumulators, which with the inputs and
+//!   a broadcast weight leave registers to spare. (4 x 3 needs all 16, and LLVM then spilled one
+//!   accumulator and shuffled four more through copies every iteration: 67 against 94 GFLOP/s on
+//!   Zen 3, BENCHMARKS.md);
 //! - `portable`: plain Rust over 8 time steps at a time (4 x 8 accumulators: eight SSE or NEON
 //!   registers), which the compiler vectorises for the baseline.
 
@@ -285,10 +287,10 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// 256-bit vectors of 8 floats; a pass holds at most this many per accumulator row.
-    const PASS: usize = 3;
+    const PASS: usize = 2;
 
-    /// The micro tile in AVX2 passes of up to `PASS` vectors per output channel (12 accumulators,
-    /// 3 inputs, 1 broadcast weight); only the vectors that cover `steps` are computed.
+    /// The micro tile in AVX2 passes of up to `PASS` vectors per output channel (8 accumulators,
+    /// 2 inputs, 1 broadcast weight); only the vectors that cover `steps` are computed.
     pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize) -> [[f32; MICRO]; OUT_BLOCK] {
         check_tile_bounds(a, w, t0);
         assert!(Variant::Avx2.runs_here());
@@ -300,7 +302,6 @@ mod avx2 {
             unsafe {
                 match vectors - v0 {
                     1 => pass::<1>(a, w, t0, v0, &mut out),
-                    2 => pass::<2>(a, w, t0, v0, &mut out),
                     _ => pass::<PASS>(a, w, t0, v0, &mut out),
                 }
             }
