@@ -60,13 +60,6 @@ impl Embedding {
             }
         }
     }
-
-    pub fn bytes(&self) -> usize {
-        match self {
-            Self::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Self::Quantized { data, .. } => data.len(),
-        }
-    }
 }
 
 #[cfg(test)]
