@@ -8,6 +8,7 @@
 use super::layers::{leaky_relu, per_sequence, Conv1d, ConvTranspose1d, CpuUpsample};
 use super::{ResBlockKind, VitsConfig};
 use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv};
+use crate::arch::cpu::rowwise::tanh_in_place;
 use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -163,12 +164,11 @@ impl Decoder {
     fn forward_cpu(stages: &[CpuStage], pre: &PackedConv, post: &PackedConv, z: &[f32], len: usize) -> Vec<f32> {
         // No activation before `conv_pre`: a leaky slope of 1.
         let (mut x, mut len) = (pre.apply(z, len), len);
-        for (i, (up, blocks)) in stages.iter().enumerate() {
-            x = up.forward(&x, len, len, SLOPE as f32);
-            len *= up.stride();
+        for (i, stage) in stages.iter().enumerate() {
             // The last stage's windows end with `conv_post` and tanh, while they are in cache.
             let last = (i + 1 == stages.len()).then_some(post);
-            x = resblocks_in_windows(blocks, &x, up.out_channels(), len, last);
+            x = stage_in_windows(stage, &x, len, last);
+            len *= stage.0.stride();
         }
         x
     }
@@ -198,36 +198,37 @@ impl Decoder {
 /// A stage's upsampling and resblocks, as our CPU kernels take them.
 type CpuStage<'a> = (&'a CpuUpsample, Vec<&'a CpuResBlock>);
 
-/// The mean of a stage's resblocks over one sequence (`x` `[channels][len]`), a window of time
-/// steps at a time on each thread: the chain of convolutions then works on a few hundred
-/// kilobytes that stay in the core's cache. Over the whole sequence at once, the last stage's
-/// intermediates (32 channels x 50,000 samples, 6 MB each) went through memory between every
-/// convolution, and the stage ran at a third of the kernel's speed (BENCHMARKS.md).
+/// One stage over one sequence (`x` `[in channels][len]`, all valid): the upsampling, then the
+/// mean of the resblocks, a window of time steps at a time on each thread. The chain of
+/// convolutions then works on a few hundred kilobytes that stay in the core's cache. Over the whole
+/// sequence at once, the last stage's intermediates (32 channels x 50,000 samples, 6 MB each) went
+/// through memory between every convolution, and the stage ran at a third of the kernel's speed
+/// (BENCHMARKS.md). The upsampled input, too, is made window by window, from `x`.
 ///
-/// A window reads `halo` more steps on each side, as far as any output reaches through its chain.
-/// Where that margin is cut by the window's edge (not the sequence's), the outputs near the edge
-/// are wrong, but they lie in the margin and are thrown away; every kept output is computed from
-/// the same values in the same order as over the whole sequence.
+/// Each resblock of a window reads as many more steps on each side as an output reaches through
+/// its own chain (`halo`: 3 steps for the 3-tap block, 45 for the 7-tap one of the default voice),
+/// and the ones `post` reaches for the mean. Where that margin is cut by the window's edge (not the
+/// sequence's), the outputs near the edge are wrong, but they lie in the margin and are thrown
+/// away; every kept output is computed from the same values in the same order as over the whole
+/// sequence. (One margin for all, the widest, cost 18% more work on 505-step windows; its own
+/// per block, 11%.)
 ///
-/// With `post`, each window's mean then goes through `conv_post` (its reach added to the margin)
-/// and tanh, and the answer is the audio, `[1][len]`.
-fn resblocks_in_windows(
-    blocks: &[&CpuResBlock],
-    x: &[f32],
-    channels: usize,
-    len: usize,
-    post: Option<&PackedConv>,
-) -> Vec<f32> {
+/// With `post`, each window's mean then goes through `conv_post` and tanh, and the answer is the
+/// audio, `[1][len * stride]`; without, `[channels][len * stride]`.
+fn stage_in_windows(stage: &CpuStage, x: &[f32], len: usize, post: Option<&PackedConv>) -> Vec<f32> {
+    let (up, blocks) = stage;
+    let (channels, len, in_len) = (up.out_channels(), len * up.stride(), len);
     if len == 0 {
         return vec![];
     }
-    let halo = blocks.iter().map(|b| b.halo()).max().unwrap_or(0) + post.map_or(0, PackedConv::reach);
     // Windows of at most 512 steps (the margins stay a small part of the work), as many as a
     // multiple of the threads: the pool hands them out as threads come free, and a third window
     // for two threads kept one waiting for the other (a third of the first stage of a short
     // sentence).
     let threads = candle_core::utils::get_num_threads().max(1);
     let window = len.div_ceil(len.div_ceil(512).next_multiple_of(threads)).max(64);
+    let post_reach = post.map_or(0, PackedConv::reach);
+    let widest = blocks.iter().map(|b| b.halo()).max().unwrap_or(0);
     let scale = 1.0 / blocks.len() as f32;
     let out_channels = if post.is_some() { 1 } else { channels };
     let mut out = vec![0f32; out_channels * len];
@@ -235,18 +236,29 @@ fn resblocks_in_windows(
     parallel_for(len.div_ceil(window), |range| {
         for w in range {
             let (t0, t1) = (w * window, ((w + 1) * window).min(len));
-            let (start, end) = (t0.saturating_sub(halo), (t1 + halo).min(len));
+            // The steps of the mean this window needs, and of the upsampled input its blocks read.
+            let (start, end) = (t0.saturating_sub(post_reach), (t1 + post_reach).min(len));
+            let (wide_start, wide_end) = (start.saturating_sub(widest), (end + widest).min(len));
+            let wide = up.forward_range(x, in_len, in_len, SLOPE as f32, wide_start..wide_end);
+            let wide_width = wide_end - wide_start;
             let width = end - start;
-            let input: Vec<f32> = (0..channels).flat_map(|c| &x[c * len + start..c * len + end]).copied().collect();
             let mut sum = vec![0f32; channels * width];
             for block in blocks {
-                let y = block.forward_here(&input, width);
-                sum.iter_mut().zip(&y).for_each(|(s, v)| *s += v);
+                let halo = block.halo();
+                let (from, to) = (start.saturating_sub(halo), (end + halo).min(len));
+                let input: Vec<f32> = (wide.chunks_exact(wide_width))
+                    .flat_map(|row| &row[from - wide_start..to - wide_start])
+                    .copied()
+                    .collect();
+                let y = block.forward_here(&input, to - from);
+                for (s, y) in sum.chunks_exact_mut(width).zip(y.chunks_exact(to - from)) {
+                    s.iter_mut().zip(&y[start - from..]).for_each(|(s, v)| *s += v);
+                }
             }
             sum.iter_mut().for_each(|v| *v *= scale);
             if let Some(post) = post {
                 sum = leaky_conv_here(&sum, width, 0..width, LAST_SLOPE as f32, post, None);
-                sum.iter_mut().for_each(|v| *v = v.tanh());
+                tanh_in_place(&mut sum);
             }
             for c in 0..out_channels {
                 // SAFETY: each window writes only its own time steps of each row.

@@ -5,6 +5,7 @@
 use super::layers::{per_sequence, Conv1d};
 use super::VitsConfig;
 use crate::arch::cpu::conv1d::PackedConv;
+use crate::arch::cpu::rowwise::tanh_gate_in_place;
 use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -180,9 +181,8 @@ fn gated_tanh(x: &[f32], n: usize) -> Vec<f32> {
             let end = (start + CHUNK).min(n);
             // SAFETY: each chunk writes only its own range.
             let dst = unsafe { shared.part(start, end - start) };
-            for ((d, &a), &b) in dst.iter_mut().zip(&a[start..end]).zip(&b[start..end]) {
-                *d = a.tanh() / (1.0 + (-b).exp());
-            }
+            dst.copy_from_slice(&a[start..end]);
+            tanh_gate_in_place(dst, &b[start..end]);
         }
     });
     out

@@ -1,10 +1,10 @@
 //! The building blocks VITS uses everywhere, on `[batch, channels, time]` tensors: 1-D convolutions
 //! with "same" padding, layer norm over channels, and masks for batches of different lengths.
 
-use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
-use crate::arch::cpu::{parallel_for, SharedOut};
+use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use std::ops::Range;
 
 /// A 1-D convolution (weight-norm already folded into the weight by the exporter).
 pub struct Conv1d {
@@ -194,30 +194,37 @@ impl CpuUpsample {
     }
 
     /// `x`: `[c_in][len]`, positions from `valid` on read as zero, activated by leaky ReLU with
-    /// `slope` first. Returns `[c_out][len * stride]`.
-    pub fn forward(&self, x: &[f32], len: usize, valid: usize, slope: f32) -> Vec<f32> {
+    /// `slope` first. Returns the output steps `range` (of `len * stride`), `[c_out][range.len()]`,
+    /// computed on the calling thread: the decoder asks for one window at a time, so that the
+    /// upsampled stage never exists whole (at the last stage, 6 MB per second of audio).
+    pub fn forward_range(&self, x: &[f32], len: usize, valid: usize, slope: f32, range: Range<usize>) -> Vec<f32> {
         let (s, p, c_out) = (self.stride, self.padding, self.c_out);
-        let out_len = len * s;
-        // Phase outputs for q = 0..q_len cover every t = q*s + r - p in 0..out_len.
-        let q_len = (out_len + p).div_ceil(s);
-        let z = leaky_conv(x, q_len, valid.min(len), slope, &self.phases, None);
-        let mut y = vec![0f32; c_out * out_len];
-        let shared = SharedOut::new(&mut y);
-        parallel_for(c_out, |channels| {
-            for o in channels {
-                // SAFETY: each channel writes only its own row.
-                let out = unsafe { shared.part(o * out_len, out_len) };
-                // Output t = q*s + r - p: walk q and r rather than divide.
-                let (mut q, mut r) = (p / s, p % s);
-                for v in out.iter_mut() {
-                    *v = z[(r * c_out + o) * q_len + q];
-                    r += 1;
-                    if r == s {
-                        (q, r) = (q + 1, 0);
-                    }
+        assert!(len > 0 && x.len().is_multiple_of(len), "x is not [c_in][len]");
+        assert!(range.end <= len * s, "steps {range:?} beyond {}", len * s);
+        if range.is_empty() {
+            return vec![];
+        }
+        // Output t = q*s + r - p is phase r's output q, which reads inputs q - (taps - 1) ..= q.
+        let (q0, q1) = ((range.start + p) / s, (range.end - 1 + p) / s + 1);
+        // From input `a` on: the first `q0 - a` phase outputs read before it and are not used.
+        let a = q0.saturating_sub(self.phases.reach());
+        let b = q1.min(len);
+        let c_in = x.len() / len;
+        let part: Vec<f32> = (0..c_in).flat_map(|c| &x[c * len + a..c * len + b]).copied().collect();
+        let q_len = q1 - a;
+        let z = leaky_conv_here(&part, q_len, 0..valid.clamp(a, b) - a, slope, &self.phases, None);
+        let mut y = Vec::with_capacity(c_out * range.len());
+        for o in 0..c_out {
+            // Walk q and r rather than divide.
+            let (mut q, mut r) = ((range.start + p) / s - a, (range.start + p) % s);
+            for _ in range.clone() {
+                y.push(z[(r * c_out + o) * q_len + q]);
+                r += 1;
+                if r == s {
+                    (q, r) = (q + 1, 0);
                 }
             }
-        });
+        }
         y
     }
 }
@@ -390,16 +397,21 @@ mod tests {
             let padding = (kernel - stride) / 2;
             let up = CpuUpsample::new(&w, &b, stride, padding).unwrap().expect("a CPU split");
             let x = values(3, c_in * len);
-            let got = up.forward(&x, len, valid, 0.1);
-
-            let xt = Tensor::from_vec(x, (1, c_in, len), &dev).unwrap();
+            let xt = Tensor::from_vec(x.clone(), (1, c_in, len), &dev).unwrap();
             let mask = sequence_mask(&[valid], len, &dev).unwrap();
             let act = leaky_relu(&xt, 0.1).unwrap().broadcast_mul(&mask).unwrap();
             let layer = ConvTranspose1d { weight: w, bias: b, stride, padding, cpu: None };
-            let want = layer.forward(&act).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(got.len(), want.len());
-            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-4, "{c_in}->{c_out} x{stride} k{kernel}: {diff}");
+            let want = layer.forward(&act).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            let out_len = len * stride;
+            assert_eq!(want[0].len(), out_len);
+            // The whole output, and windows that start and end inside a phase, at both edges.
+            for range in [0..out_len, 0..stride + 1, 3..out_len / 2 + 1, out_len - stride - 1..out_len, 5..6] {
+                let got = up.forward_range(&x, len, valid, 0.1, range.clone());
+                assert_eq!(got.len(), c_out * range.len());
+                let want: Vec<f32> = want.iter().flat_map(|row| &row[range.clone()]).copied().collect();
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{c_in}->{c_out} x{stride} k{kernel} {range:?}: {diff}");
+            }
         }
     }
 }
