@@ -164,11 +164,11 @@ impl Decoder {
     fn forward_cpu(stages: &[CpuStage], pre: &PackedConv, post: &PackedConv, z: &[f32], len: usize) -> Vec<f32> {
         // No activation before `conv_pre`: a leaky slope of 1.
         let (mut x, mut len) = (pre.apply(z, len), len);
-        for (i, stage) in stages.iter().enumerate() {
+        for (i, stage @ (up, _)) in stages.iter().enumerate() {
             // The last stage's windows end with `conv_post` and tanh, while they are in cache.
             let last = (i + 1 == stages.len()).then_some(post);
             x = stage_in_windows(stage, &x, len, last);
-            len *= stage.0.stride();
+            len *= up.stride();
         }
         x
     }

@@ -216,7 +216,7 @@ impl CpuUpsample {
         let mut y = Vec::with_capacity(c_out * range.len());
         for o in 0..c_out {
             // Walk q and r rather than divide.
-            let (mut q, mut r) = ((range.start + p) / s - a, (range.start + p) % s);
+            let (mut q, mut r) = (q0 - a, (range.start + p) % s);
             for _ in range.clone() {
                 y.push(z[(r * c_out + o) * q_len + q]);
                 r += 1;
