@@ -24,6 +24,17 @@ pub mod pull;
 
 use std::sync::Arc;
 
+/// The largest |a - b| over two equal-length runs of values, for tests; infinite where either side
+/// holds a NaN. A fold over `f32::max` skips NaNs, so output that was never written (or blew up)
+/// would pass every tolerance.
+#[cfg(test)]
+pub(crate) fn max_abs_diff<'a>(a: impl IntoIterator<Item = &'a f32>, b: impl IntoIterator<Item = &'a f32>) -> f32 {
+    a.into_iter()
+        .zip(b)
+        .map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f32::max)
+}
+
 /// Reported as `system_fingerprint`: which build answered.
 pub const SYSTEM_FINGERPRINT: &str = concat!("wick-", env!("CARGO_PKG_VERSION"));
 

@@ -42,7 +42,7 @@ mod tests {
         // In time with the input: the ideal 24 kHz tone, to within the resampler's error and one
         // step of 16-bit quantisation.
         let ideal = sine(24_000, RATE);
-        let err = decoded[240..23_760].iter().zip(&ideal[240..23_760]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = crate::max_abs_diff(&decoded[240..23_760], &ideal[240..23_760]);
         assert!(err < 3e-3, "max error {err}");
     }
 

@@ -126,7 +126,7 @@ mod tests {
         let ideal = sine(24_000, 24_000);
         // Away from the two ends (where the tone starts and stops abruptly and the filter rings),
         // the output is the ideal tone sampled at 24 kHz.
-        let err = out[240..23_760].iter().zip(&ideal[240..23_760]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err = crate::max_abs_diff(&out[240..23_760], &ideal[240..23_760]);
         assert!(err < 2e-3, "max error {err}");
         assert!((rms(&out) - SINE_RMS).abs() < 0.01 * SINE_RMS);
     }
@@ -140,7 +140,7 @@ mod tests {
         for chunks in [&[1usize][..], &[7, 1000, 3], &[1023, 1024, 1025], &[5000, 0, 1]] {
             let split = resample_in_chunks(&input, chunks, 24_000);
             assert_eq!(split.len(), whole.len(), "{chunks:?}");
-            let diff = split.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let diff = crate::max_abs_diff(&split, &whole);
             assert!(diff < 1e-6, "{chunks:?}: differs by {diff}");
         }
         // And no jump beyond what the tone itself does from one sample to the next (away from

@@ -409,7 +409,7 @@ mod tests {
                 let got = up.forward_range(&x, len, valid, 0.1, range.clone());
                 assert_eq!(got.len(), c_out * range.len());
                 let want: Vec<f32> = want.iter().flat_map(|row| &row[range.clone()]).copied().collect();
-                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let diff = crate::max_abs_diff(&got, &want);
                 assert!(diff < 1e-4, "{c_in}->{c_out} x{stride} k{kernel} {range:?}: {diff}");
             }
         }

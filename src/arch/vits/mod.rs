@@ -404,7 +404,7 @@ pub(crate) mod tests {
         let batch = model.synthesize(&[a, b], DETERMINISTIC).unwrap();
         for (alone, batched) in [(&alone_a, &batch[0]), (&alone_b, &batch[1])] {
             assert_eq!(alone.len(), batched.len());
-            let diff = alone.iter().zip(batched).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let diff = crate::max_abs_diff(alone, batched);
             assert!(diff < 1e-5, "batched differs by {diff}");
         }
     }
