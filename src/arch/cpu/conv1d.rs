@@ -112,41 +112,78 @@ pub fn leaky_conv(
     conv: &PackedConv,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
+    assert!(x.len().is_multiple_of(conv.channels), "x is not [channels][x_len]");
+    let x = Rows::whole(x, x.len() / conv.channels);
+    let residual = residual.map(|r| Rows::whole(r, len));
     conv_rows(x, len, 0..valid.min(len), slope, conv, residual, |n, f| parallel_for(n, f))
 }
 
 /// `leaky_conv` on the calling thread alone, for callers that already split their work over the
-/// pool, with positions outside `valid` (a window's part inside its sequence) read as zero.
+/// pool, with positions outside `valid` (a window's part inside its sequence) read as zero. The
+/// input and the residual are views, so a window of a wider buffer is read in place.
 pub fn leaky_conv_here(
-    x: &[f32],
+    x: Rows,
     len: usize,
     valid: Range<usize>,
     slope: f32,
     conv: &PackedConv,
-    residual: Option<&[f32]>,
+    residual: Option<Rows>,
 ) -> Vec<f32> {
     conv_rows(x, len, valid, slope, conv, residual, |n, f| f(0..n))
 }
 
+/// Rows of a `[channels][stride]` buffer seen from step `start`: step `t` of row `c` is
+/// `data[c * stride + start + t]`. A window of a sequence, or of a wider window, without a copy.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    start: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// `data` is `[rows][len]`, seen whole.
+    pub fn whole(data: &'a [f32], len: usize) -> Self {
+        Self::window(data, len, 0)
+    }
+
+    /// `data` is `[rows][stride]`, seen from step `start` on.
+    pub fn window(data: &'a [f32], stride: usize, start: usize) -> Self {
+        assert!(stride > 0 && data.len().is_multiple_of(stride), "data is not [rows][{stride}]");
+        assert!(start <= stride, "start {start} beyond a row of {stride}");
+        Self { data, stride, start }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.stride
+    }
+
+    /// Steps `steps` of row `c`.
+    pub fn row(&self, c: usize, steps: Range<usize>) -> &'a [f32] {
+        assert!(self.start + steps.end <= self.stride, "steps {steps:?} beyond the row");
+        &self.data[c * self.stride + self.start..][steps]
+    }
+}
+
 fn conv_rows(
-    x: &[f32],
+    x: Rows,
     len: usize,
     valid: Range<usize>,
     slope: f32,
     conv: &PackedConv,
-    residual: Option<&[f32]>,
+    residual: Option<Rows>,
     run: impl FnOnce(usize, &(dyn Fn(Range<usize>) + Sync)),
 ) -> Vec<f32> {
     let PackedConv { ref packed, ref bias, channels, kernel, dilation, left } = *conv;
-    assert_eq!(x.len() % channels, 0, "x is not [channels][x_len]");
-    let x_len = x.len() / channels;
-    assert!(valid.end <= x_len.min(len));
+    assert_eq!(x.rows(), channels, "x is not [channels][..]");
+    assert!(valid.end <= len);
     if len == 0 {
         return vec![];
     }
     let out_channels = bias.len();
     if let Some(r) = residual {
-        assert_eq!(r.len(), out_channels * len);
+        assert_eq!(r.rows(), out_channels, "the residual is not [out channels][..]");
+        r.row(0, 0..len); // every row holds `len` steps
     }
     let span = dilation * (kernel - 1);
     // `left` zeros before every row, and after it the rest of the span plus enough for a whole last
@@ -154,7 +191,7 @@ fn conv_rows(
     let width = row_stride(len.next_multiple_of(MICRO) + span);
     let mut act = vec![0f32; channels * width];
     for c in 0..channels {
-        let row = &x[c * x_len + valid.start..c * x_len + valid.end];
+        let row = x.row(c, valid.clone());
         let dst = &mut act[c * width + left + valid.start..][..row.len()];
         if slope == 1.0 {
             dst.copy_from_slice(row);
@@ -199,7 +236,7 @@ fn conv_rows(
                         let dst = unsafe { out.part(o * len + t0, n) };
                         match residual {
                             Some(r) => {
-                                for ((d, &a), &rv) in dst.iter_mut().zip(row).zip(&r[o * len + t0..]) {
+                                for ((d, &a), &rv) in dst.iter_mut().zip(row).zip(r.row(o, t0..t0 + n)) {
                                     *d = rv + bias[o] + a;
                                 }
                             }

@@ -7,7 +7,7 @@
 
 use super::layers::{leaky_relu, per_sequence, Conv1d, ConvTranspose1d, CpuUpsample};
 use super::{ResBlockKind, VitsConfig};
-use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv};
+use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv, Rows};
 use crate::arch::cpu::rowwise::tanh_in_place;
 use crate::arch::cpu::{parallel_for, SharedOut};
 use candle_core::{Module, Result, Tensor};
@@ -38,21 +38,21 @@ impl CpuResBlock {
     }
 
     /// `ResBlock::forward` for one window of one sequence, on the calling thread: `input` is
-    /// `[channels][len]`, all of it inside the sequence.
-    fn forward_here(&self, input: &[f32], len: usize) -> Vec<f32> {
-        let conv = |x: &[f32], c: &PackedConv, residual: Option<&[f32]>| {
+    /// `[channels][len]` steps, all of them inside the sequence. Returns `[channels][len]`.
+    fn forward_here(&self, input: Rows, len: usize) -> Vec<f32> {
+        let conv = |x: Rows, c: &PackedConv, residual: Option<Rows>| {
             leaky_conv_here(x, len, 0..len, SLOPE as f32, c, residual)
         };
         // The first step reads the stage's input in place; each later one reads the last output.
         let mut out: Option<Vec<f32>> = None;
         for (j, c) in self.dilated.iter().enumerate() {
-            let x = out.as_deref().unwrap_or(input);
+            let x = out.as_deref().map_or(input, |o| Rows::whole(o, len));
             out = Some(match self.plain.get(j) {
                 None => conv(x, c, Some(x)),
-                Some(p) => conv(&conv(x, c, None), p, Some(x)),
+                Some(p) => conv(Rows::whole(&conv(x, c, None), len), p, Some(x)),
             });
         }
-        out.unwrap_or_else(|| input.to_vec())
+        out.unwrap_or_else(|| (0..input.rows()).flat_map(|c| input.row(c, 0..len)).copied().collect())
     }
 }
 
@@ -246,18 +246,14 @@ fn stage_in_windows(stage: &CpuStage, x: &[f32], len: usize, post: Option<&Packe
             for block in blocks {
                 let halo = block.halo();
                 let (from, to) = (start.saturating_sub(halo), (end + halo).min(len));
-                let input: Vec<f32> = (wide.chunks_exact(wide_width))
-                    .flat_map(|row| &row[from - wide_start..to - wide_start])
-                    .copied()
-                    .collect();
-                let y = block.forward_here(&input, to - from);
+                let y = block.forward_here(Rows::window(&wide, wide_width, from - wide_start), to - from);
                 for (s, y) in sum.chunks_exact_mut(width).zip(y.chunks_exact(to - from)) {
                     s.iter_mut().zip(&y[start - from..]).for_each(|(s, v)| *s += v);
                 }
             }
             sum.iter_mut().for_each(|v| *v *= scale);
             if let Some(post) = post {
-                sum = leaky_conv_here(&sum, width, 0..width, LAST_SLOPE as f32, post, None);
+                sum = leaky_conv_here(Rows::whole(&sum, width), width, 0..width, LAST_SLOPE as f32, post, None);
                 tanh_in_place(&mut sum);
             }
             for c in 0..out_channels {

@@ -1,7 +1,7 @@
 //! The building blocks VITS uses everywhere, on `[batch, channels, time]` tensors: 1-D convolutions
 //! with "same" padding, layer norm over channels, and masks for batches of different lengths.
 
-use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv};
+use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv, Rows};
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use std::ops::Range;
@@ -209,10 +209,8 @@ impl CpuUpsample {
         // From input `a` on: the first `q0 - a` phase outputs read before it and are not used.
         let a = q0.saturating_sub(self.phases.reach());
         let b = q1.min(len);
-        let c_in = x.len() / len;
-        let part: Vec<f32> = (0..c_in).flat_map(|c| &x[c * len + a..c * len + b]).copied().collect();
         let q_len = q1 - a;
-        let z = leaky_conv_here(&part, q_len, 0..valid.clamp(a, b) - a, slope, &self.phases, None);
+        let z = leaky_conv_here(Rows::window(x, len, a), q_len, 0..valid.clamp(a, b) - a, slope, &self.phases, None);
         let mut y = Vec::with_capacity(c_out * range.len());
         for o in 0..c_out {
             // Walk q and r rather than divide.
