@@ -221,12 +221,13 @@ fn stage_in_windows(stage: &CpuStage, x: &[f32], len: usize, post: Option<&Packe
     if len == 0 {
         return vec![];
     }
-    // Windows of at most 512 steps (the margins stay a small part of the work), as many as a
-    // multiple of the threads: the pool hands them out as threads come free, and a third window
-    // for two threads kept one waiting for the other (a third of the first stage of a short
-    // sentence).
+    // Windows of at most 1,024 steps, as many as a multiple of the threads: the pool hands them
+    // out as threads come free, and a third window for two threads kept one waiting for the other
+    // (a third of the first stage of a short sentence). Each window recomputes its neighbours'
+    // margins (up to 45 steps a side), so longer windows waste less: 1,024 against 512 was 2%
+    // faster over the voice (AMD EPYC Zen 3, avx2; 1,536 and 2,048 gained nothing more).
     let threads = candle_core::utils::get_num_threads().max(1);
-    let window = len.div_ceil(len.div_ceil(512).next_multiple_of(threads)).max(64);
+    let window = len.div_ceil(len.div_ceil(1024).next_multiple_of(threads)).max(64);
     let post_reach = post.map_or(0, PackedConv::reach);
     let widest = blocks.iter().map(|b| b.halo()).max().unwrap_or(0);
     let scale = 1.0 / blocks.len() as f32;
@@ -282,8 +283,8 @@ mod tests {
     use candle_core::Device;
 
     /// The CPU path (phase-split upsampling, resblocks in windows, our kernel) against candle's ops
-    /// on a batch of two lengths, for both kinds of resblock. The sequences are long enough that
-    /// every stage is cut into several windows.
+    /// on a batch of two lengths, for both kinds of resblock. The longer sequence is long enough that
+    /// every stage is cut into several windows (of up to 1,024 steps), even on one thread.
     #[test]
     fn the_cpu_decoder_matches_candles() {
         for resblock in [ResBlockKind::One, ResBlockKind::Two] {
@@ -297,8 +298,8 @@ mod tests {
             };
             let decoder = Decoder::load(random_vb().pp("dec"), &cfg).unwrap();
             assert!(decoder.cpu_parts().is_some());
-            let (c, len) = (cfg.inter_channels, 150);
-            let mask = sequence_mask(&[len, 97], len, &Device::Cpu).unwrap();
+            let (c, len) = (cfg.inter_channels, 560);
+            let mask = sequence_mask(&[len, 397], len, &Device::Cpu).unwrap();
             let z = Tensor::from_vec(values(9, 2 * c * len), (2, c, len), &Device::Cpu).unwrap();
             let got = decoder.forward(&z, &mask).unwrap();
             let want = decoder.forward_candle(&z, &mask).unwrap();
