@@ -109,9 +109,11 @@ fn axpy_as(variant: Variant, w: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// A dot product in `LANES` independent lanes, so that the compiler can vectorise it.
+/// A dot product in `LANES` independent lanes, so that the compiler can vectorise it. `dot`'s
+/// body, public for kernels that inline it into their own `#[target_feature]` function rather than
+/// pay a dispatched call per short vector.
 #[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -123,8 +125,9 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `axpy`'s body, for the same use as `dot_lanes`.
 #[inline(always)]
-fn axpy_plain(w: f32, x: &[f32], y: &mut [f32]) {
+pub fn axpy_plain(w: f32, x: &[f32], y: &mut [f32]) {
     y.iter_mut().zip(x).for_each(|(y, &x)| *y += w * x);
 }
 

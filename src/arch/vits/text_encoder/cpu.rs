@@ -10,10 +10,12 @@
 
 use super::{Layer, RelativeAttention, TextEncoder};
 use crate::arch::cpu::conv1d::{leaky_conv, PackedConv};
-use crate::arch::cpu::vector::{axpy, dot};
+use crate::arch::cpu::isa::{self, Variant};
+use crate::arch::cpu::vector::{axpy_plain, dot_lanes, exp16};
 use crate::arch::cpu::{parallel_for, SharedOut};
 use crate::arch::vits::layers::{Conv1d, CpuNorm};
 use candle_core::Result;
+use std::ops::Range;
 
 /// Every layer's weights as our kernels take them.
 pub(super) struct CpuEncoder {
@@ -89,46 +91,92 @@ impl CpuLayer {
     /// Relative-position attention over `qkv` (`[3 * hidden][len]`, q then k then v) -> `[hidden][len]`.
     fn attend(&self, qkv: &[f32], len: usize) -> Vec<f32> {
         let hidden = qkv.len() / (3 * len);
-        let kc = hidden / self.heads;
-        let w = self.window;
-        // Rows by position, `[len][hidden]`, so that a head's vector at a position is contiguous.
-        let by_position = |part: usize, scale: f32| -> Vec<f32> {
-            let m = &qkv[part * hidden * len..][..hidden * len];
-            (0..len).flat_map(|i| (0..hidden).map(move |c| m[c * len + i] * scale)).collect()
-        };
-        let q = by_position(0, 1.0 / (kc as f32).sqrt());
-        let (k, v) = (by_position(1, 1.0), by_position(2, 1.0));
+        // v by position, `[len][hidden]`, so that a head's vector at a position is contiguous.
+        let v = &qkv[2 * hidden * len..];
+        let v: Vec<f32> = (0..len).flat_map(|i| (0..hidden).map(move |c| v[c * len + i])).collect();
         let mut out = vec![0f32; len * hidden]; // [len][hidden]
         let shared = SharedOut::new(&mut out);
-        parallel_for(len, |rows| {
-            let mut p = vec![0f32; len];
-            for i in rows {
-                // SAFETY: each query position writes only its own row.
-                let o = unsafe { shared.part(i * hidden, hidden) };
-                for hd in 0..self.heads {
-                    let qi = &q[i * hidden + hd * kc..][..kc];
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        *pj = dot(qi, &k[j * hidden + hd * kc..][..kc]);
-                    }
-                    // Offsets within the window: j = i + d - w.
-                    let band = i.saturating_sub(w)..(i + w + 1).min(len);
-                    for j in band.clone() {
-                        p[j] += dot(qi, &self.rel_k[(j + w - i) * kc..][..kc]);
-                    }
-                    softmax(&mut p);
-                    let oh = &mut o[hd * kc..][..kc];
-                    oh.fill(0.0);
-                    for (j, &pj) in p.iter().enumerate() {
-                        axpy(pj, &v[j * hidden + hd * kc..][..kc], oh);
-                    }
-                    for j in band {
-                        axpy(p[j], &self.rel_v[(j + w - i) * kc..][..kc], oh);
-                    }
-                }
-            }
+        let variant = isa::variant();
+        parallel_for(len, |rows| match variant {
+            // SAFETY: `variant` is one this CPU runs (`isa`).
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx512 => unsafe { x86::attend_rows_avx512(self, qkv, &v, len, rows, shared) },
+            #[cfg(target_arch = "x86_64")]
+            Variant::Avx2 => unsafe { x86::attend_rows_avx2(self, qkv, &v, len, rows, shared) },
+            _ => self.attend_rows(qkv, &v, len, rows, shared),
         });
         // Back to `[hidden][len]`.
         (0..hidden).flat_map(|c| (0..len).map(move |i| (c, i))).map(|(c, i)| out[i * hidden + c]).collect()
+    }
+
+    /// The query positions `rows` of `attend`, into their rows of `out` (`[len][hidden]`). Inlined
+    /// into one function per instruction set: the vectors are a head's 96 channels or a sentence's
+    /// ~100 positions, where a dispatched call per dot product cost more than its arithmetic.
+    /// The scores come as `axpy`s over k's rows, which are contiguous in `qkv` as they stand.
+    #[inline(always)]
+    fn attend_rows(&self, qkv: &[f32], v: &[f32], len: usize, rows: Range<usize>, out: SharedOut<f32>) {
+        let hidden = qkv.len() / (3 * len);
+        let kc = hidden / self.heads;
+        let w = self.window;
+        let scale = 1.0 / (kc as f32).sqrt();
+        let (q, k) = (&qkv[..hidden * len], &qkv[hidden * len..2 * hidden * len]);
+        let (mut p, mut qi) = (vec![0f32; len], vec![0f32; kc]);
+        for i in rows {
+            // SAFETY: each query position writes only its own row.
+            let o = unsafe { out.part(i * hidden, hidden) };
+            for hd in 0..self.heads {
+                for (cc, qc) in qi.iter_mut().enumerate() {
+                    *qc = q[(hd * kc + cc) * len + i] * scale;
+                }
+                p.fill(0.0);
+                for (cc, &qc) in qi.iter().enumerate() {
+                    axpy_plain(qc, &k[(hd * kc + cc) * len..][..len], &mut p);
+                }
+                // Offsets within the window: j = i + d - w.
+                let band = i.saturating_sub(w)..(i + w + 1).min(len);
+                for j in band.clone() {
+                    p[j] += dot_lanes(&qi, &self.rel_k[(j + w - i) * kc..][..kc]);
+                }
+                softmax(&mut p);
+                let oh = &mut o[hd * kc..][..kc];
+                oh.fill(0.0);
+                for (j, &pj) in p.iter().enumerate() {
+                    axpy_plain(pj, &v[j * hidden + hd * kc..][..kc], oh);
+                }
+                for j in band {
+                    axpy_plain(p[j], &self.rel_v[(j + w - i) * kc..][..kc], oh);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{CpuLayer, Range, SharedOut};
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_rows_avx2(
+        l: &CpuLayer,
+        qkv: &[f32],
+        v: &[f32],
+        len: usize,
+        rows: Range<usize>,
+        out: SharedOut<f32>,
+    ) {
+        l.attend_rows(qkv, v, len, rows, out)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn attend_rows_avx512(
+        l: &CpuLayer,
+        qkv: &[f32],
+        v: &[f32],
+        len: usize,
+        rows: Range<usize>,
+        out: SharedOut<f32>,
+    ) {
+        l.attend_rows(qkv, v, len, rows, out)
     }
 }
 
@@ -138,12 +186,22 @@ fn add_and_norm(x: &mut [f32], y: &[f32], norm: &CpuNorm, len: usize) {
     norm.apply(x, len);
 }
 
+/// Through `exp16` 16 at a time (the tail too), inline in the caller's instruction set.
+#[inline(always)]
 fn softmax(p: &mut [f32]) {
     let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
-    for v in p.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    for chunk in p.chunks_mut(16) {
+        let mut x = [0f32; 16];
+        for (x, &v) in x.iter_mut().zip(chunk.iter()) {
+            *x = v - max;
+        }
+        let e = exp16(x);
+        for (v, &e) in chunk.iter_mut().zip(&e) {
+            *v = e;
+            sum += e;
+        }
     }
-    p.iter_mut().for_each(|v| *v /= sum);
+    let inv = 1.0 / sum;
+    p.iter_mut().for_each(|v| *v *= inv);
 }
