@@ -159,6 +159,14 @@ impl<'a> Rows<'a> {
         self.data.len() / self.stride
     }
 
+    /// A pointer to step `steps.start` of row `c0`, from which rows `c0..c0 + rows` each hold
+    /// `steps` (checked), `stride` apart.
+    fn block_ptr(&self, c0: usize, rows: usize, steps: Range<usize>) -> *const f32 {
+        assert!(rows > 0 && c0 + rows <= self.rows());
+        self.row(c0 + rows - 1, steps.clone());
+        self.data[c0 * self.stride + self.start + steps.start..].as_ptr()
+    }
+
     /// Steps `steps` of row `c`.
     pub fn row(&self, c: usize, steps: Range<usize>) -> &'a [f32] {
         assert!(self.start + steps.end <= self.stride, "steps {steps:?} beyond the row");
@@ -239,10 +247,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Between the micro tiles, each output row gets its bias and residual added. That loop is
-    /// plain Rust the compiler vectorises for the build's baseline, 128-bit SSE on x86-64, where
-    /// it was 5.5% of the voice's time (`perf`, Zen 3); on AVX2 and AVX-512 CPUs it is compiled
-    /// again with AVX2. Adds give the same bits at either width.
+    /// Where a strip is cut short, the bias and residual are added after the tile in plain Rust,
+    /// which the compiler vectorises for the build's baseline, 128-bit SSE on x86-64; on AVX2 and
+    /// AVX-512 CPUs it is compiled again with AVX2. Adds give the same bits at either width.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn items_avx2(&self, items: Range<usize>) {
@@ -268,7 +275,24 @@ impl Job<'_> {
                 let n = strip.min(len - t0);
                 for block in group * per_group..((group + 1) * per_group).min(blocks) {
                     let w = &packed[block * block_len..][..block_len];
-                    micro_tile(&input, w, t0, n, &mut acc);
+                    let o0 = block * OUT_BLOCK;
+                    if n == strip && o0 + OUT_BLOCK <= out_channels {
+                        // A whole strip of whole rows: the tile adds the bias and the residual
+                        // and stores to the output itself, from its registers.
+                        let finish = Finish {
+                            dst: out.ptr_at(o0 * len + t0, (OUT_BLOCK - 1) * len + n),
+                            stride: len,
+                            bias: bias[o0..o0 + OUT_BLOCK].try_into().expect("a block of biases"),
+                            residual: residual.map(|r| (r.block_ptr(o0, OUT_BLOCK, t0..t0 + n), r.stride)),
+                        };
+                        // SAFETY: rows o0.. of the output and the residual hold `n` steps from
+                        // `t0` (`ptr_at`, `block_ptr`), and only this item writes them.
+                        unsafe { micro_tile(&input, w, t0, n, finish) };
+                        continue;
+                    }
+                    // The end of a row or of the channels: into `acc`, then the valid part out.
+                    // SAFETY: `acc` holds `MICRO` >= strip steps per row.
+                    unsafe { micro_tile(&input, w, t0, n, Finish::into(&mut acc)) };
                     for (i, row) in acc.iter().enumerate() {
                         let o = block * OUT_BLOCK + i;
                         if o == out_channels {
@@ -355,11 +379,46 @@ struct Activations<'a> {
 }
 
 /// Computes one block of `OUT_BLOCK` output channels over the time steps `t0..t0 + steps`, with
-/// the block's packed weights, into the first `steps` values of each row of the last argument.
-/// `steps` is at most the variant's strip (`micro_tile_for`). Each row of the activations must
-/// hold the strip plus `dilation * (kernel - 1)` values from `t0` on: a tile may compute more
-/// steps than it was asked for, up to its whole strip.
-type MicroTile = fn(&Activations, &[f32], usize, usize, &mut [[f32; MICRO]; OUT_BLOCK]);
+/// the block's packed weights, and stores them as `Finish` says. `steps` is at most the variant's
+/// strip (`micro_tile_for`). Each row of the activations must hold the strip plus
+/// `dilation * (kernel - 1)` values from `t0` on.
+///
+/// # Safety
+/// A tile may compute and store more steps than it was asked for, up to its whole strip: every
+/// row `Finish` names must hold a whole strip.
+type MicroTile = unsafe fn(&Activations, &[f32], usize, usize, Finish);
+
+/// Where a micro tile stores its `OUT_BLOCK` rows of sums: row `i` to `dst + i * stride`, as
+/// `(residual + bias[i]) + sum`, the order the buffered path adds in, so both give the same bits.
+/// Raw pointers, because the rows are strided parts of an output the other threads write too.
+#[derive(Clone, Copy)]
+struct Finish {
+    dst: *mut f32,
+    stride: usize,
+    bias: [f32; OUT_BLOCK],
+    /// Row `i` at `pointer + i * stride`.
+    residual: Option<(*const f32, usize)>,
+}
+
+impl Finish {
+    /// Plain sums into `acc`, for the caller to finish.
+    fn into(acc: &mut [[f32; MICRO]; OUT_BLOCK]) -> Self {
+        Self { dst: acc.as_mut_ptr().cast(), stride: MICRO, bias: [0.0; OUT_BLOCK], residual: None }
+    }
+
+    /// The value row `o` step `t` gets for the sum `s`.
+    ///
+    /// # Safety
+    /// The residual's row `o` holds step `t`.
+    #[inline(always)]
+    unsafe fn value(&self, o: usize, t: usize, s: f32) -> f32 {
+        let base = match self.residual {
+            Some((r, stride)) => *r.add(o * stride + t) + self.bias[o],
+            None => self.bias[o],
+        };
+        base + s
+    }
+}
 
 /// The variant's micro tile and its strip: the most time steps one call computes.
 fn micro_tile_for(variant: Variant) -> (MicroTile, usize) {
@@ -377,11 +436,13 @@ const PORTABLE_STEPS: usize = 8;
 
 /// The micro tile in plain Rust that the compiler vectorises for the target, over
 /// `PORTABLE_STEPS` time steps.
-fn micro_tile_portable(a: &Activations, w: &[f32], t0: usize, steps: usize, out: &mut [[f32; MICRO]; OUT_BLOCK]) {
+unsafe fn micro_tile_portable(a: &Activations, w: &[f32], t0: usize, steps: usize, f: Finish) {
     debug_assert!(steps <= PORTABLE_STEPS);
     let acc = portable_pass(a, w, t0);
-    for (o, acc) in out.iter_mut().zip(&acc) {
-        o[..PORTABLE_STEPS].copy_from_slice(acc);
+    for (o, acc) in acc.iter().enumerate() {
+        for (t, &s) in acc.iter().enumerate() {
+            *f.dst.add(o * f.stride + t) = f.value(o, t, s);
+        }
     }
 }
 
@@ -418,7 +479,7 @@ fn check_tile_bounds(a: &Activations, w: &[f32], t0: usize, steps: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{check_tile_bounds, Activations, MICRO, OUT_BLOCK};
+    use super::{check_tile_bounds, Activations, Finish, OUT_BLOCK};
     use crate::arch::cpu::isa::Variant;
     use std::arch::x86_64::*;
 
@@ -428,21 +489,22 @@ mod avx2 {
 
     /// The micro tile in AVX2: up to `VECS` vectors per output channel (8 accumulators, 2 inputs,
     /// 1 broadcast weight); only the vectors that cover `steps` are computed.
-    pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, out: &mut [[f32; MICRO]; OUT_BLOCK]) {
+    pub unsafe fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, f: Finish) {
         check_tile_bounds(a, w, t0, STRIP);
         assert!(Variant::Avx2.runs_here() && steps <= STRIP);
-        // SAFETY: AVX2 and FMA are present and every read is in bounds (both checked above).
+        // SAFETY: AVX2 and FMA are present and every read is in bounds (both checked above); the
+        // stores are the caller's contract.
         unsafe {
             match steps.div_ceil(8) {
-                1 => tile::<1>(a, w, t0, out),
-                _ => tile::<VECS>(a, w, t0, out),
+                1 => tile::<1>(a, w, t0, f),
+                _ => tile::<VECS>(a, w, t0, f),
             }
         }
     }
 
     /// `V` vectors of 8 time steps per accumulator row.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const V: usize>(a: &Activations, w: &[f32], t0: usize, out: &mut [[f32; MICRO]; OUT_BLOCK]) {
+    unsafe fn tile<const V: usize>(a: &Activations, w: &[f32], t0: usize, f: Finish) {
         let Activations { act, width, channels, kernel, dilation } = *a;
         let mut acc = [[_mm256_setzero_ps(); V]; OUT_BLOCK];
         for c in 0..channels {
@@ -462,9 +524,14 @@ mod avx2 {
                 }
             }
         }
-        for (o, acc_o) in out.iter_mut().zip(&acc) {
-            for (v, &a) in acc_o.iter().enumerate() {
-                _mm256_storeu_ps(o.as_mut_ptr().add(8 * v), a);
+        for (o, acc_o) in acc.iter().enumerate() {
+            let bias = _mm256_set1_ps(f.bias[o]);
+            for (v, &sum) in acc_o.iter().enumerate() {
+                let base = match f.residual {
+                    Some((r, stride)) => _mm256_add_ps(_mm256_loadu_ps(r.add(o * stride + 8 * v)), bias),
+                    None => bias,
+                };
+                _mm256_storeu_ps(f.dst.add(o * f.stride + 8 * v), _mm256_add_ps(base, sum));
             }
         }
     }
@@ -472,7 +539,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{check_tile_bounds, Activations, MICRO, OUT_BLOCK};
+    use super::{check_tile_bounds, Activations, Finish, MICRO, OUT_BLOCK};
     use crate::arch::cpu::isa::Variant;
     use std::arch::x86_64::*;
 
@@ -483,23 +550,24 @@ mod avx512 {
     /// The micro tile in AVX-512: 16 accumulators; per input channel and tap, `VECS` loads of the
     /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds. A tile at the end of a
     /// short input (the encoder's phonemes, the flow's frames) computes only the vectors it needs.
-    pub fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, out: &mut [[f32; MICRO]; OUT_BLOCK]) {
+    pub unsafe fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, f: Finish) {
         check_tile_bounds(a, w, t0, STRIP);
         assert!(Variant::Avx512.runs_here() && steps <= STRIP);
-        // SAFETY: AVX-512F is present and every read is in bounds (both checked above).
+        // SAFETY: AVX-512F is present and every read is in bounds (both checked above); the
+        // stores are the caller's contract.
         unsafe {
             match steps.div_ceil(16) {
-                1 => tile::<1>(a, w, t0, out),
-                2 => tile::<2>(a, w, t0, out),
-                3 => tile::<3>(a, w, t0, out),
-                _ => tile::<VECS>(a, w, t0, out),
+                1 => tile::<1>(a, w, t0, f),
+                2 => tile::<2>(a, w, t0, f),
+                3 => tile::<3>(a, w, t0, f),
+                _ => tile::<VECS>(a, w, t0, f),
             }
         }
     }
 
     /// `V` vectors of 16 time steps per accumulator row.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const V: usize>(a: &Activations, w: &[f32], t0: usize, out: &mut [[f32; MICRO]; OUT_BLOCK]) {
+    unsafe fn tile<const V: usize>(a: &Activations, w: &[f32], t0: usize, f: Finish) {
         let Activations { act, width, channels, kernel, dilation } = *a;
         let mut acc = [[_mm512_setzero_ps(); V]; OUT_BLOCK];
         for c in 0..channels {
@@ -519,9 +587,14 @@ mod avx512 {
                 }
             }
         }
-        for (o, acc_o) in out.iter_mut().zip(&acc) {
-            for (v, &a) in acc_o.iter().enumerate() {
-                _mm512_storeu_ps(o.as_mut_ptr().add(16 * v), a);
+        for (o, acc_o) in acc.iter().enumerate() {
+            let bias = _mm512_set1_ps(f.bias[o]);
+            for (v, &sum) in acc_o.iter().enumerate() {
+                let base = match f.residual {
+                    Some((r, stride)) => _mm512_add_ps(_mm512_loadu_ps(r.add(o * stride + 16 * v)), bias),
+                    None => bias,
+                };
+                _mm512_storeu_ps(f.dst.add(o * f.stride + 16 * v), _mm512_add_ps(base, sum));
             }
         }
     }
@@ -535,7 +608,8 @@ mod tests {
 
     /// Every variant's tile this CPU runs agrees with a plain sum over channels and taps, at every
     /// width its strip may be cut to at the end of an input, so the test against candle below
-    /// covers them all.
+    /// covers them all; and a whole strip stored with its bias and residual into strided rows, as
+    /// the output gets it, gives the same bits as the sums finished afterwards.
     #[test]
     fn every_variants_tile_matches_a_plain_sum() {
         let (channels, kernel, dilation, t0) = (5, 3, 2, 7);
@@ -547,16 +621,41 @@ mod tests {
             let taps = (0..channels).flat_map(|c| (0..kernel).map(move |j| (c, j)));
             taps.map(|(c, j)| w[(c * kernel + j) * OUT_BLOCK + o] * act[c * width + t0 + t + j * dilation]).sum()
         };
+        let bias: [f32; OUT_BLOCK] = values(6, OUT_BLOCK).try_into().unwrap();
+        let (r_stride, d_stride) = (MICRO + 3, MICRO + 5);
+        let residual = values(7, OUT_BLOCK * r_stride);
         for variant in Variant::all_here() {
             let (tile, strip) = micro_tile_for(variant);
             for steps in [MICRO, 49, 48, 24, 20, 16, 9, 8, 1].into_iter().filter(|&n| n <= strip) {
                 let mut got = [[f32::NAN; MICRO]; OUT_BLOCK];
-                tile(&input, &w, t0, steps, &mut got);
+                // SAFETY: `got` holds a whole strip per row.
+                unsafe { tile(&input, &w, t0, steps, Finish::into(&mut got)) };
                 // Every wanted step must be written (the NaNs gone) and right; `f32::max` would
                 // skip a NaN, so each value is checked on its own.
                 for (o, t) in (0..OUT_BLOCK).flat_map(|o| (0..steps).map(move |t| (o, t))) {
                     let (got, want) = (got[o][t], want(o, t));
                     assert!((got - want).abs() < 1e-5, "{variant}, {steps} steps, [{o}][{t}]: {got} vs {want}");
+                }
+                if steps != strip {
+                    continue;
+                }
+                let mut dst = vec![f32::NAN; OUT_BLOCK * d_stride];
+                let finish = Finish {
+                    dst: dst.as_mut_ptr(),
+                    stride: d_stride,
+                    bias,
+                    residual: Some((residual.as_ptr(), r_stride)),
+                };
+                // SAFETY: both buffers hold a whole strip per row.
+                unsafe { tile(&input, &w, t0, steps, finish) };
+                for (o, t) in (0..OUT_BLOCK).flat_map(|o| (0..d_stride).map(move |t| (o, t))) {
+                    let d = dst[o * d_stride + t];
+                    if t < steps {
+                        let want = residual[o * r_stride + t] + bias[o] + got[o][t];
+                        assert_eq!(d.to_bits(), want.to_bits(), "{variant} finished [{o}][{t}]: {d} vs {want}");
+                    } else {
+                        assert!(d.is_nan(), "{variant} wrote [{o}][{t}], past its strip");
+                    }
                 }
             }
         }

@@ -56,6 +56,15 @@ impl<T> SharedOut<T> {
         Self { ptr: buf.as_mut_ptr(), len: buf.len() }
     }
 
+    /// A raw pointer to element `start`, with `len` elements from it inside the buffer, for a
+    /// kernel that writes a strided part of it (rows of a block whose other steps are another
+    /// worker's). What it writes through the pointer is under `part`'s contract.
+    pub fn ptr_at(&self, start: usize, len: usize) -> *mut T {
+        assert!(start + len <= self.len, "part {start}+{len} outside {}", self.len);
+        // SAFETY: in bounds, checked above.
+        unsafe { self.ptr.add(start) }
+    }
+
     /// # Safety
     /// No two live parts may overlap, and the buffer must outlive them.
     #[allow(clippy::mut_from_ref)]
