@@ -211,15 +211,23 @@ impl CpuUpsample {
         let b = q1.min(len);
         let q_len = q1 - a;
         let z = leaky_conv_here(Rows::window(x, len, a), q_len, 0..valid.clamp(a, b) - a, slope, &self.phases, None);
-        let mut y = Vec::with_capacity(c_out * range.len());
-        for o in 0..c_out {
-            // Walk q and r rather than divide.
-            let (mut q, mut r) = (q0 - a, (range.start + p) % s);
-            for _ in range.clone() {
-                y.push(z[(r * c_out + o) * q_len + q]);
-                r += 1;
-                if r == s {
-                    (q, r) = (q + 1, 0);
+        // Phase by phase: a contiguous run of phase r's outputs lands every `s` steps of the row.
+        // (Step by step instead, walking q and r, was 2.3% of the voice's time.)
+        let n = range.len();
+        let mut y = vec![0f32; c_out * n];
+        for r in 0..s {
+            // The first step of the range that is phase r's, and its q.
+            let first = (r + s - (range.start + p) % s) % s;
+            if first >= n {
+                continue;
+            }
+            let q = (range.start + first + p) / s - a;
+            let count = (n - first).div_ceil(s);
+            for o in 0..c_out {
+                let src = &z[(r * c_out + o) * q_len + q..][..count];
+                let dst = &mut y[o * n + first..];
+                for (d, &v) in dst.iter_mut().step_by(s).zip(src) {
+                    *d = v;
                 }
             }
         }
