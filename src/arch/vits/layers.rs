@@ -281,17 +281,31 @@ pub struct CpuNorm {
 
 impl CpuNorm {
     /// Layer norm over the channels of each position (eps 1e-5), in place.
+    ///
+    /// Row by row (a channel's positions are contiguous), so the sums vectorise across positions;
+    /// a column at a time read floats `len` apart. Each position's sums still add the channels
+    /// in order.
     pub fn apply(&self, x: &mut [f32], len: usize) {
         let channels = self.gamma.len();
         assert_eq!(x.len(), channels * len);
-        for i in 0..len {
-            let column = (0..channels).map(|c| x[c * len + i]);
-            let mean = column.clone().sum::<f32>() / channels as f32;
-            let var = column.map(|v| (v - mean) * (v - mean)).sum::<f32>() / channels as f32;
-            let inv = 1.0 / (var + 1e-5).sqrt();
-            for c in 0..channels {
-                let v = &mut x[c * len + i];
-                *v = (*v - mean) * inv * self.gamma[c] + self.beta[c];
+        if len == 0 {
+            return;
+        }
+        let mut mean = vec![0f32; len];
+        for row in x.chunks_exact(len) {
+            mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= channels as f32);
+        let mut inv = vec![0f32; len];
+        for row in x.chunks_exact(len) {
+            for ((s, &v), &m) in inv.iter_mut().zip(row).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        inv.iter_mut().for_each(|s| *s = 1.0 / (*s / channels as f32 + 1e-5).sqrt());
+        for ((row, &g), &b) in x.chunks_exact_mut(len).zip(&self.gamma).zip(&self.beta) {
+            for ((v, &m), &i) in row.iter_mut().zip(&mean).zip(&inv) {
+                *v = (*v - m) * i * g + b;
             }
         }
     }
@@ -329,11 +343,6 @@ impl CpuDepthwise {
         }
         y
     }
-}
-
-/// GELU with the exact error function, as PyTorch's default.
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {

@@ -6,7 +6,8 @@
 
 use super::{ConvFlow, DdsConv, DurationPredictor, Flow};
 use crate::arch::cpu::conv1d::PackedConv;
-use crate::arch::vits::layers::{gelu, ChannelNorm, Conv1d, CpuDepthwise, CpuNorm};
+use crate::arch::cpu::rowwise::gelu_in_place;
+use crate::arch::vits::layers::{ChannelNorm, Conv1d, CpuDepthwise, CpuNorm};
 use candle_core::Result;
 
 pub(super) struct CpuDurations {
@@ -56,10 +57,11 @@ impl CpuDds {
         for i in 0..self.sep.len() {
             let mut y = self.sep[i].forward(x, len);
             self.norms_1[i].apply(&mut y, len);
-            y.iter_mut().for_each(|v| *v = gelu(*v));
+            gelu_in_place(&mut y);
             let mut y = self.pointwise[i].apply(&y, len);
             self.norms_2[i].apply(&mut y, len);
-            x.iter_mut().zip(&y).for_each(|(x, y)| *x += gelu(*y));
+            gelu_in_place(&mut y);
+            x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
         }
     }
 }
