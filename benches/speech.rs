@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
 /// samples, kernel, dilation), median of 5.
 fn conv_kernel_speed() {
     use wick::arch::cpu::conv1d::{leaky_conv, PackedConv};
-    println!("\nresblock conv1d kernel (src/arch/cpu/conv1d.rs), median of 5");
+    println!("\nresblock conv1d kernel (src/arch/cpu/conv1d/), median of 5");
     println!("| channels x samples | kernel, dilation | ms | GFLOP/s |");
     println!("|---|---|---|---|");
     for (ch, len, kernel, dilation) in [(128, 1600, 3, 1), (64, 12800, 7, 3), (32, 51200, 11, 5)] {
