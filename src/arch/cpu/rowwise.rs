@@ -1,5 +1,6 @@
 //! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU-and-multiply, biases and the
-//! residual add, over plain row-major `[rows, width]` slices; and the voice's tanh and WaveNet gate.
+//! residual add, over plain row-major `[rows, width]` slices; and the voice's tanh, WaveNet gate,
+//! GELU and the zero-padded leaky ReLU its convolutions read.
 //!
 //! Why not candle's ops: a 1-stream decode step runs about ten of them per layer, each on a few
 //! hundred floats, and a candle op's tensor allocation and dispatch cost more than its arithmetic;
