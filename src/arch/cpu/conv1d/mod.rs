@@ -281,7 +281,7 @@ impl Job<'_> {
                     }
                     // The end of a row or of the channels: into `acc`, then the valid part out.
                     // SAFETY: `acc` holds `MICRO` >= strip steps per row.
-                    unsafe { micro_tile(&input, w, t0, n, Finish::into(&mut acc)) };
+                    unsafe { micro_tile(&input, w, t0, n, Finish::sums_into(&mut acc)) };
                     for (i, row) in acc.iter().enumerate() {
                         let o = block * OUT_BLOCK + i;
                         if o == out_channels {

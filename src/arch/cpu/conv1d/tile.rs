@@ -55,7 +55,7 @@ pub(super) struct Finish {
 
 impl Finish {
     /// Plain sums into `acc`, for the caller to finish.
-    pub fn into(acc: &mut [[f32; MICRO]; OUT_BLOCK]) -> Self {
+    pub fn sums_into(acc: &mut [[f32; MICRO]; OUT_BLOCK]) -> Self {
         Self { dst: acc.as_mut_ptr().cast(), stride: MICRO, bias: [0.0; OUT_BLOCK], residual: None }
     }
 
@@ -280,7 +280,7 @@ mod tests {
             for steps in [MICRO, 49, 48, 24, 20, 16, 9, 8, 1].into_iter().filter(|&n| n <= strip) {
                 let mut got = [[f32::NAN; MICRO]; OUT_BLOCK];
                 // SAFETY: `got` holds a whole strip per row.
-                unsafe { tile(&input, &w, t0, steps, Finish::into(&mut got)) };
+                unsafe { tile(&input, &w, t0, steps, Finish::sums_into(&mut got)) };
                 // Every wanted step must be written (the NaNs gone) and right; `f32::max` would
                 // skip a NaN, so each value is checked on its own.
                 for (o, t) in (0..OUT_BLOCK).flat_map(|o| (0..steps).map(move |t| (o, t))) {
