@@ -10,12 +10,14 @@
 //! The arithmetic is in micro tiles, one variant per instruction set (`tile`).
 
 mod tile;
+mod winograd;
 
 use super::isa::{self, Variant};
 use super::rowwise::padded_leaky_relu;
 use super::{parallel_for, SharedOut};
 use std::ops::Range;
 use tile::{micro_tile_for, Activations, Finish, MicroTile};
+use winograd::Winograd;
 
 /// Time steps per work item handed to a thread.
 const TILE: usize = 256;
@@ -40,6 +42,16 @@ pub struct PackedConv {
     /// Zeros before the input: output `t` reads inputs `t - left + j * dilation`. The output is as
     /// long as the input.
     left: usize,
+    /// The same filters in Winograd's form, for the shapes where it pays (`winograd_pays`).
+    winograd: Option<Winograd>,
+}
+
+/// Whether Winograd's form is faster than the direct one for a convolution. Its transforms cost a
+/// few passes over each input and output row, and what they save grows with the channels summed:
+/// at the voice's shapes (AVX2, BENCHMARKS.md), 128 channels take 0.72-0.88x the direct time with
+/// 3, 5 and 7 taps, 64 channels about the same as direct, and 32 channels 1.5-2x.
+fn winograd_pays(channels: usize, kernel: usize) -> bool {
+    (3..=7).contains(&kernel) && channels >= 128
 }
 
 impl PackedConv {
@@ -62,7 +74,8 @@ impl PackedConv {
                 }
             }
         }
-        Self { packed, bias: bias.to_vec(), channels, kernel, dilation, left }
+        let winograd = winograd_pays(channels, kernel).then(|| Winograd::new(weight, out_channels, channels, kernel));
+        Self { packed, bias: bias.to_vec(), channels, kernel, dilation, left, winograd }
     }
 
     /// "Same" padding for an odd kernel: output `t` is centred on input `t`.
@@ -105,7 +118,7 @@ pub fn leaky_conv(
     assert!(x.len().is_multiple_of(conv.channels), "x is not [channels][x_len]");
     let x = Rows::whole(x, x.len() / conv.channels);
     let residual = residual.map(|r| Rows::whole(r, len));
-    conv_rows(x, len, 0..valid.min(len), slope, conv, residual, |n, f| parallel_for(n, f))
+    conv_rows(x, len, 0..valid.min(len), slope, conv, residual, Threads::Pool)
 }
 
 /// `leaky_conv` on the calling thread alone, for callers that already split their work over the
@@ -119,7 +132,7 @@ pub fn leaky_conv_here(
     conv: &PackedConv,
     residual: Option<Rows>,
 ) -> Vec<f32> {
-    conv_rows(x, len, valid, slope, conv, residual, |n, f| f(0..n))
+    conv_rows(x, len, valid, slope, conv, residual, Threads::Here)
 }
 
 /// Rows of a `[channels][stride]` buffer seen from step `start`: step `t` of row `c` is
@@ -163,6 +176,13 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// Where a call runs: on every thread of the pool, or on the calling one alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Threads {
+    Pool,
+    Here,
+}
+
 fn conv_rows(
     x: Rows,
     len: usize,
@@ -170,9 +190,9 @@ fn conv_rows(
     slope: f32,
     conv: &PackedConv,
     residual: Option<Rows>,
-    run: impl FnOnce(usize, &(dyn Fn(Range<usize>) + Sync)),
+    threads: Threads,
 ) -> Vec<f32> {
-    let PackedConv { ref packed, ref bias, channels, kernel, dilation, left } = *conv;
+    let PackedConv { ref packed, ref bias, channels, kernel, dilation, left, ref winograd } = *conv;
     assert_eq!(x.rows(), channels, "x is not [channels][..]");
     assert!(valid.end <= len);
     if len == 0 {
@@ -183,11 +203,20 @@ fn conv_rows(
         assert_eq!(r.rows(), out_channels, "the residual is not [out channels][..]");
         r.row(0, 0..len); // every row holds `len` steps
     }
+    let variant = isa::variant();
+    let (micro_tile, strip) = micro_tile_for(variant);
+    // Winograd's form only on one thread (the decoder's windows). Cut for the pool's threads, the
+    // short inputs that come here (the flow's and the text encoder's few hundred steps) leave
+    // partly empty vectors of tiles in each part, and the direct form was as fast (BENCHMARKS.md).
+    if let Some(w) = winograd.as_ref().filter(|_| threads == Threads::Here) {
+        let call = winograd::Call { x, len, valid, slope, bias, dilation, left, residual, micro_tile, strip };
+        return winograd::conv(w, &call, out_channels);
+    }
     let span = dilation * (kernel - 1);
     // `left` zeros before every row, and after it the rest of the span plus enough for a whole last
     // strip of any variant.
     let width = row_stride(len.next_multiple_of(MICRO) + span);
-    let mut act = ActBuffer::take(channels * width);
+    let mut act = Scratch::take(channels * width);
     for (c, dst) in act.chunks_exact_mut(width).enumerate() {
         padded_leaky_relu(dst, left + valid.start, x.row(c, valid.clone()), slope);
     }
@@ -198,8 +227,6 @@ fn conv_rows(
     let tiles = len.div_ceil(TILE);
     let groups = (MIN_ITEMS.div_ceil(tiles)).clamp(1, blocks);
     let per_group = blocks.div_ceil(groups);
-    let variant = isa::variant();
-    let (micro_tile, strip) = micro_tile_for(variant);
     let job = Job {
         input: Activations { act: &act, width, channels, kernel, dilation },
         packed,
@@ -212,12 +239,16 @@ fn conv_rows(
         micro_tile,
         strip,
     };
-    run(tiles * groups, &|items: Range<usize>| match variant {
+    let items = |items: Range<usize>| match variant {
         // SAFETY: the chosen variant's instruction sets are present (`isa`).
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 | Variant::Avx2 => unsafe { job.items_avx2(items) },
         _ => job.items(items),
-    });
+    };
+    match threads {
+        Threads::Pool => parallel_for(tiles * groups, items),
+        Threads::Here => items(0..tiles * groups),
+    }
     y
 }
 
@@ -304,45 +335,59 @@ impl Job<'_> {
     }
 }
 
-/// The activated input of a call, from a buffer the thread keeps between calls: the decoder makes
-/// six per window, and a fresh one each time was zeroed first (`memset`, 2% of the voice's time)
-/// and then written again. Every value is written by the caller (`padded_leaky_relu`).
-struct ActBuffer(Vec<f32>);
-
-thread_local! {
-    static ACT_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+/// A buffer of floats the thread keeps between calls: the decoder makes six convolutions per
+/// window, and a fresh activation buffer each time was zeroed first (`memset`, 2% of the voice's
+/// time) and then written again. Its values are stale: every one is written before it is read.
+/// Each thread keeps a few (Winograd's form takes three at once).
+pub(super) struct Scratch {
+    buffer: Vec<f32>,
+    len: usize,
 }
 
-/// A kept buffer beyond this many floats (4 MiB) is freed after the call instead.
-const ACT_KEPT: usize = 1 << 20;
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
-impl ActBuffer {
-    /// `len` floats of unspecified (stale) values; taken, so a nested call would get its own.
-    fn take(len: usize) -> Self {
-        let mut v = ACT_BUFFER.take();
-        v.resize(len, 0.0);
-        Self(v)
+/// A buffer beyond this many floats (4 MiB) is freed after the call instead of kept.
+const SCRATCH_KEPT: usize = 1 << 20;
+/// Buffers a thread keeps at most.
+const SCRATCH_COUNT: usize = 4;
+
+impl Scratch {
+    /// `len` floats of unspecified (stale) values: the smallest kept buffer that holds them, else
+    /// the largest, grown. A buffer is never shortened, so it is zeroed only where it first grows.
+    pub(super) fn take(len: usize) -> Self {
+        let mut buffer = SCRATCH.with_borrow_mut(|kept| {
+            let fits = (0..kept.len()).filter(|&i| kept[i].len() >= len).min_by_key(|&i| kept[i].len());
+            let pick = fits.or_else(|| (0..kept.len()).max_by_key(|&i| kept[i].len()));
+            pick.map(|i| kept.swap_remove(i)).unwrap_or_default()
+        });
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        Self { buffer, len }
     }
 }
 
-impl Drop for ActBuffer {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.capacity() <= ACT_KEPT {
-            ACT_BUFFER.set(std::mem::take(&mut self.0));
+        if self.buffer.len() <= SCRATCH_KEPT {
+            let v = std::mem::take(&mut self.buffer);
+            SCRATCH.with_borrow_mut(|kept| (kept.len() < SCRATCH_COUNT).then(|| kept.push(v)));
         }
     }
 }
 
-impl std::ops::Deref for ActBuffer {
+impl std::ops::Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.buffer[..self.len]
     }
 }
 
-impl std::ops::DerefMut for ActBuffer {
+impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.buffer[..self.len]
     }
 }
 
@@ -390,6 +435,37 @@ mod tests {
                 (xt + conv.broadcast_add(&bt).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let diff = crate::max_abs_diff(&got, &want);
             assert!(diff < 1e-4, "{channels}x{len} k{kernel} d{dilation}: {diff}");
+        }
+    }
+
+    /// Winograd's form against the direct one on the same filters: every tap count it takes, with
+    /// dilations up to the voice's 12, left-only padding (the upsampling's phases), a window whose
+    /// valid steps start after 0, a residual, and lengths that leave ragged last tiles.
+    #[test]
+    fn winograd_matches_the_direct_convolution() {
+        for (channels, out_channels, len, valid, kernel, dilation, left) in [
+            (8, 12, 300, 0..300, 3, 1, 1),
+            (5, 4, 97, 3..90, 5, 3, 6),
+            (6, 8, 211, 10..211, 7, 12, 36),
+            (16, 7, 64, 0..64, 5, 1, 4),
+            (4, 4, 9, 0..9, 3, 2, 0),
+        ] {
+            let x = values(1, channels * len);
+            let w = values(2, out_channels * channels * kernel);
+            let b = values(3, out_channels);
+            let residual = values(4, out_channels * len);
+            let mut direct = PackedConv::new(&w, &b, kernel, dilation, left);
+            direct.winograd = None;
+            let mut winograd = PackedConv::new(&w, &b, kernel, dilation, left);
+            winograd.winograd = Some(Winograd::new(&w, out_channels, channels, kernel));
+            let run = |conv: &PackedConv| {
+                let (x, r) = (Rows::whole(&x, len), Some(Rows::whole(&residual, len)));
+                leaky_conv_here(x, len, valid.clone(), 0.2, conv, r)
+            };
+            let (got, want) = (run(&winograd), run(&direct));
+            let diff = crate::max_abs_diff(&got, &want);
+            assert!(diff < 1e-5, "{channels}->{out_channels} x{len} k{kernel} d{dilation}: {diff}");
+            assert!(want.iter().any(|v| v.abs() > 0.1), "zeros prove nothing");
         }
     }
 }
