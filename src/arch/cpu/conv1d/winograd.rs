@@ -203,7 +203,7 @@ fn conv_window(w: &Winograd, call: &Call, out_channels: usize, steps: Range<usiz
     // 1. Per input channel, each tile's points.
     let mut points = Scratch::take(w.points * channels * layout.width);
     let point_rows = SharedOut::new(&mut points);
-    with_variant!(variant, prepare(w, call, &layout, point_rows));
+    with_variant!(variant, w.points, prepare(w, call, &layout, point_rows));
 
     // 2. Per point, the products: `[out channels][tiles]` = filters x points, a 1x1 convolution.
     let mut products = Scratch::take(w.points * blocks * OUT_BLOCK * layout.width);
@@ -237,18 +237,22 @@ fn conv_window(w: &Winograd, call: &Call, out_channels: usize, steps: Range<usiz
 
     // 3. Per output channel: each tile's outputs from its products, plus the residual and bias.
     let products = Products { data: &products, rows: blocks * OUT_BLOCK, width: layout.width };
-    with_variant!(variant, finish(w, call, &layout, out_channels, products, out));
+    with_variant!(variant, w.points, finish(w, call, &layout, out_channels, products, out));
 }
 
-/// Runs `f(args)` compiled for the variant's instruction set: AVX2 and FMA for AVX-512 too (the
-/// transforms work on eight tiles at a time), the build's baseline otherwise.
+/// Runs `f::<FMA, P>(args)` for the variant's instruction set and the filter's points: compiled
+/// with AVX2 and FMA for AVX-512 too (the transforms work on eight tiles at a time), with the
+/// build's baseline otherwise.
 macro_rules! with_variant {
-    ($variant:expr, $f:ident($($arg:expr),*)) => {
-        match $variant {
+    ($variant:expr, $points:expr, $f:ident($($arg:expr),*)) => {
+        match ($variant, $points) {
             // SAFETY: the variant's instruction sets are present (`isa`).
             #[cfg(target_arch = "x86_64")]
-            Variant::Avx512 | Variant::Avx2 => unsafe { x86::$f($($arg),*) },
-            _ => $f::<false>($($arg),*),
+            (Variant::Avx512 | Variant::Avx2, 8) => unsafe { x86::$f::<8>($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            (Variant::Avx512 | Variant::Avx2, _) => unsafe { x86::$f::<10>($($arg),*) },
+            (_, 8) => $f::<false, 8>($($arg),*),
+            _ => $f::<false, 10>($($arg),*),
         }
     };
 }
@@ -260,19 +264,13 @@ use with_variant;
 mod x86 {
     use super::*;
 
-    pub(super) unsafe fn prepare(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
-        match w.points {
-            8 => prepare_with::<8>(w, call, layout, out),
-            _ => prepare_with::<10>(w, call, layout, out),
-        }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn prepare<const P: usize>(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
+        super::prepare::<true, P>(w, call, layout, out)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn prepare_with<const P: usize>(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
-        super::prepare_with::<true, P>(w, call, layout, out)
-    }
-
-    pub(super) unsafe fn finish(
+    pub(super) unsafe fn finish<const P: usize>(
         w: &Winograd,
         call: &Call,
         layout: &Layout,
@@ -280,22 +278,7 @@ mod x86 {
         products: Products,
         out: SharedOut<f32>,
     ) {
-        match w.points {
-            8 => finish_with::<8>(w, call, layout, out_channels, products, out),
-            _ => finish_with::<10>(w, call, layout, out_channels, products, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn finish_with<const P: usize>(
-        w: &Winograd,
-        call: &Call,
-        layout: &Layout,
-        out_channels: usize,
-        products: Products,
-        out: SharedOut<f32>,
-    ) {
-        super::finish_with::<true, P>(w, call, layout, out_channels, products, out)
+        super::finish::<true, P>(w, call, layout, out_channels, products, out)
     }
 }
 
@@ -325,20 +308,12 @@ fn combine<const FMA: bool, const P: usize>(
     v
 }
 
-/// Channels `channels` of the input into their points (`out`: `[point][channel][tile]`). Each
+/// Every input channel into its points (`out`: `[point][channel][tile]`), `P` per tile. Each
 /// channel is activated into its phase rows, and tile `(r, q)`'s input `s`, padded step
 /// `r + dilation * (m * q + s)`, is read from phase row `r + dilation * (s mod m)`, float
 /// `q + s / m`.
 #[inline(always)]
-fn prepare<const FMA: bool>(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
-    match w.points {
-        8 => prepare_with::<FMA, 8>(w, call, layout, out),
-        _ => prepare_with::<FMA, 10>(w, call, layout, out),
-    }
-}
-
-#[inline(always)]
-fn prepare_with<const FMA: bool, const P: usize>(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
+fn prepare<const FMA: bool, const P: usize>(w: &Winograd, call: &Call, layout: &Layout, out: SharedOut<f32>) {
     let Layout { m, classes, class_tiles, tiles, phases, phase_len, width, .. } = *layout;
     let point_stride = call.x.rows() * width;
     let mut rows = Scratch::take(phases * phase_len);
@@ -395,26 +370,12 @@ struct Products<'a> {
     width: usize,
 }
 
-/// Output channels `outputs` from their products (`out`: `[out channel][len]`). Tile `(r, q)`'s
-/// output `i` is step `r + dilation * (m * q + i)`: each channel's outputs go to phase rows first,
-/// in vectors, and then into place with the residual and bias, as `(residual + bias) + sum`.
+/// The window's steps of every output channel from its products (`out`: `[out channel][len]`).
+/// Tile `(r, q)`'s output `i` is step `r + dilation * (m * q + i)`: each channel's outputs go to
+/// phase rows first, in vectors, and then into place with the residual and bias, as
+/// `(residual + bias) + sum`.
 #[inline(always)]
-fn finish<const FMA: bool>(
-    w: &Winograd,
-    call: &Call,
-    layout: &Layout,
-    out_channels: usize,
-    products: Products,
-    out: SharedOut<f32>,
-) {
-    match w.points {
-        8 => finish_with::<FMA, 8>(w, call, layout, out_channels, products, out),
-        _ => finish_with::<FMA, 10>(w, call, layout, out_channels, products, out),
-    }
-}
-
-#[inline(always)]
-fn finish_with<const FMA: bool, const P: usize>(
+fn finish<const FMA: bool, const P: usize>(
     w: &Winograd,
     call: &Call,
     layout: &Layout,
