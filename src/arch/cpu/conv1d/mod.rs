@@ -16,6 +16,7 @@ use super::isa::{self, Variant};
 use super::rowwise::padded_leaky_relu;
 use super::{parallel_for, SharedOut};
 use std::ops::Range;
+use std::sync::OnceLock;
 use tile::{micro_tile_for, Activations, Finish, MicroTile};
 use winograd::Winograd;
 
@@ -42,8 +43,10 @@ pub struct PackedConv {
     /// Zeros before the input: output `t` reads inputs `t - left + j * dilation`. The output is as
     /// long as the input.
     left: usize,
-    /// The same filters in Winograd's form, for the shapes where it pays (`winograd_pays`).
-    winograd: Option<Winograd>,
+    /// The same filters in Winograd's form, for the shapes where it pays (`winograd_pays`). Built
+    /// on the first call that can use it (one thread): many convolutions of these shapes run only
+    /// on the pool (the flow's, the text encoder's), and the form holds 1.6-3.3x their weights.
+    winograd: Option<OnceLock<Winograd>>,
 }
 
 /// Whether Winograd's form is faster than the direct one for a convolution. Its transforms cost a
@@ -74,13 +77,34 @@ impl PackedConv {
                 }
             }
         }
-        let winograd = winograd_pays(channels, kernel).then(|| Winograd::new(weight, out_channels, channels, kernel));
+        let winograd = winograd_pays(channels, kernel).then(OnceLock::new);
         Self { packed, bias: bias.to_vec(), channels, kernel, dilation, left, winograd }
     }
 
     /// "Same" padding for an odd kernel: output `t` is centred on input `t`.
     pub fn same(weight: &[f32], bias: &[f32], kernel: usize, dilation: usize) -> Self {
         Self::new(weight, bias, kernel, dilation, dilation * (kernel - 1) / 2)
+    }
+
+    /// The filters in PyTorch's layout again, `[out channels][channels][kernel]`, from `packed`.
+    fn weight(&self) -> Vec<f32> {
+        let (channels, kernel) = (self.channels, self.kernel);
+        let mut weight = vec![0f32; self.out_channels() * channels * kernel];
+        for (o, filters) in weight.chunks_exact_mut(channels * kernel).enumerate() {
+            let (block, lane) = (o / OUT_BLOCK, o % OUT_BLOCK);
+            for (c, taps) in filters.chunks_exact_mut(kernel).enumerate() {
+                for (j, w) in taps.iter_mut().enumerate() {
+                    *w = self.packed[((block * channels + c) * kernel + j) * OUT_BLOCK + lane];
+                }
+            }
+        }
+        weight
+    }
+
+    /// Winograd's form of the filters, if it pays for this shape, built on first use.
+    fn winograd(&self) -> Option<&Winograd> {
+        let cell = self.winograd.as_ref()?;
+        Some(cell.get_or_init(|| Winograd::new(&self.weight(), self.out_channels(), self.channels, self.kernel)))
     }
 
     pub fn out_channels(&self) -> usize {
@@ -192,7 +216,7 @@ fn conv_rows(
     residual: Option<Rows>,
     threads: Threads,
 ) -> Vec<f32> {
-    let PackedConv { ref packed, ref bias, channels, kernel, dilation, left, ref winograd } = *conv;
+    let PackedConv { ref packed, ref bias, channels, kernel, dilation, left, .. } = *conv;
     assert_eq!(x.rows(), channels, "x is not [channels][..]");
     assert!(valid.end <= len);
     if len == 0 {
@@ -208,7 +232,7 @@ fn conv_rows(
     // Winograd's form only on one thread (the decoder's windows). Cut for the pool's threads, the
     // short inputs that come here (the flow's and the text encoder's few hundred steps) leave
     // partly empty vectors of tiles in each part, and the direct form was as fast (BENCHMARKS.md).
-    if let Some(w) = winograd.as_ref().filter(|_| threads == Threads::Here) {
+    if let Some(w) = (threads == Threads::Here).then(|| conv.winograd()).flatten() {
         let call = winograd::Call { x, len, valid, slope, bias, dilation, left, residual, micro_tile, strip };
         return winograd::conv(w, &call, out_channels);
     }
@@ -457,12 +481,13 @@ mod tests {
             let mut direct = PackedConv::new(&w, &b, kernel, dilation, left);
             direct.winograd = None;
             let mut winograd = PackedConv::new(&w, &b, kernel, dilation, left);
-            winograd.winograd = Some(Winograd::new(&w, out_channels, channels, kernel));
+            winograd.winograd = Some(OnceLock::new());
             let run = |conv: &PackedConv| {
                 let (x, r) = (Rows::whole(&x, len), Some(Rows::whole(&residual, len)));
                 leaky_conv_here(x, len, valid.clone(), 0.2, conv, r)
             };
             let (got, want) = (run(&winograd), run(&direct));
+            assert!(winograd.winograd.as_ref().unwrap().get().is_some(), "the one-thread call built the form");
             let diff = crate::max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "{channels}->{out_channels} x{len} k{kernel} d{dilation}: {diff}");
             assert!(want.iter().any(|v| v.abs() > 0.1), "zeros prove nothing");
