@@ -51,10 +51,10 @@ pub struct PackedConv {
 
 /// Whether Winograd's form is faster than the direct one for a convolution. Its transforms cost a
 /// few passes over each input and output row, and what they save grows with the channels summed:
-/// at the voice's shapes (AVX2, BENCHMARKS.md), 128 channels take 0.72-0.88x the direct time with
-/// 3, 5 and 7 taps, 64 channels about the same as direct, and 32 channels 1.5-2x.
+/// at the voice's shapes (one thread, AVX2 on Zen 1, BENCHMARKS.md), 128 channels take 0.55-0.71x
+/// the direct time with 3, 5 and 7 taps, 64 channels 0.64-0.89x, and 32 channels 1.0-1.2x.
 fn winograd_pays(channels: usize, kernel: usize) -> bool {
-    (3..=7).contains(&kernel) && channels >= 128
+    (3..=7).contains(&kernel) && channels >= 64
 }
 
 impl PackedConv {

@@ -112,9 +112,14 @@ impl Winograd {
         assert!((2..points).contains(&kernel), "{kernel} taps: a tile would have no output");
         let m = points + 1 - kernel;
         let inv = inverse(vandermonde(points, points));
-        let input = (0..points).map(|p| (0..points).map(|s| [inv[s][p] as f32; LANES]).collect()).collect();
+        let input: Vec<Vec<f64>> = (0..points).map(|p| (0..points).map(|s| inv[s][p]).collect()).collect();
         let eval_m = vandermonde(points, m);
-        let output = (0..m).map(|i| (0..points).map(|p| [eval_m[p][i] as f32; LANES]).collect()).collect();
+        let output: Vec<Vec<f64>> = (0..m).map(|i| (0..points).map(|p| eval_m[p][i]).collect()).collect();
+        check_symmetry(&input, &output);
+        let repeat = |rows: Vec<Vec<f64>>| {
+            rows.into_iter().map(|r| r.into_iter().map(|c| [c as f32; LANES]).collect()).collect()
+        };
+        let (input, output) = (repeat(input), repeat(output));
         let eval_k = vandermonde(points, kernel);
         let blocks = out_channels.div_ceil(OUT_BLOCK);
         let mut packed = vec![0f32; points * blocks * channels * OUT_BLOCK];
@@ -129,6 +134,37 @@ impl Winograd {
             }
         }
         Self { m, points, packed, input, output }
+    }
+}
+
+/// The structure `transform_input` and `transform_output` rely on, which follows from the points
+/// (0, pairs ±x, infinity) and is checked here rather than trusted: in the input transform, point
+/// -x's row is point x's with the odd inputs negated, a pair's rows read neither the first nor the
+/// last input, point 0 reads only even inputs and infinity only odd ones; in the output transform,
+/// point -x's coefficient for output `i` is (-1)^i times point x's, and point 0 and infinity add 1
+/// to the first and the last output alone.
+fn check_symmetry(input: &[Vec<f64>], output: &[Vec<f64>]) {
+    let points = input.len();
+    let zero = |v: f64| v.abs() < 1e-9;
+    let sign = |j: usize| if j.is_multiple_of(2) { 1.0 } else { -1.0 };
+    assert!(FINITE[1..points - 1].chunks(2).all(|pair| pair[0] == -pair[1]), "the points come in pairs ±x");
+    for (s, (&at_zero, &at_infinity)) in input[0].iter().zip(&input[points - 1]).enumerate() {
+        assert!(s.is_multiple_of(2) || zero(at_zero), "point 0 reads input {s}");
+        assert!(!s.is_multiple_of(2) || zero(at_infinity), "infinity reads input {s}");
+    }
+    for a in (1..points - 1).step_by(2) {
+        for (s, (&x, &minus_x)) in input[a].iter().zip(&input[a + 1]).enumerate() {
+            assert!(zero(minus_x - sign(s) * x), "points {a} and {} are not a pair", a + 1);
+            assert!((1..points - 1).contains(&s) || zero(x), "point {a} reads input {s}");
+        }
+    }
+    let last = output.len() - 1;
+    for (i, row) in output.iter().enumerate() {
+        assert!(zero(row[0] - f64::from(u8::from(i == 0))), "point 0 in output {i}");
+        assert!(zero(row[points - 1] - f64::from(u8::from(i == last))), "infinity in output {i}");
+        for a in (1..points - 1).step_by(2) {
+            assert!(zero(row[a + 1] - sign(i) * row[a]), "points {a} and {} in output {i}", a + 1);
+        }
     }
 }
 
@@ -292,20 +328,81 @@ fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
     }
 }
 
-/// `sum over j of coefficients[j] * vectors[j]`, lane by lane.
+/// A vector of tiles' values, one per lane.
+type Vector = [f32; LANES];
+
+/// `acc + c * x`, lane by lane.
 #[inline(always)]
-fn combine<const FMA: bool, const P: usize>(
-    coefficients: &[[f32; LANES]],
-    vectors: &[[f32; LANES]; P],
-) -> [f32; LANES] {
-    let coefficients: &[[f32; LANES]; P] = coefficients.try_into().expect("a row of the transform");
-    let mut v = [0f32; LANES];
-    for (vector, c) in vectors.iter().zip(coefficients) {
-        for ((v, &x), &c) in v.iter_mut().zip(vector).zip(c) {
-            *v = madd::<FMA>(*v, c, x);
-        }
+fn madd_lanes<const FMA: bool>(acc: Vector, c: &Vector, x: &Vector) -> Vector {
+    std::array::from_fn(|l| madd::<FMA>(acc[l], c[l], x[l]))
+}
+
+#[inline(always)]
+fn add_lanes(a: &Vector, b: &Vector) -> Vector {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+#[inline(always)]
+fn sub_lanes(a: &Vector, b: &Vector) -> Vector {
+    std::array::from_fn(|l| a[l] - b[l])
+}
+
+/// `sum over s in inputs of row[s] * v[s]`: one half (even or odd `s`) of a row of the input
+/// transform.
+#[inline(always)]
+fn half_row<const FMA: bool, const P: usize>(row: &[Vector], v: &[Vector; P], inputs: Range<usize>) -> Vector {
+    let mut acc = [0f32; LANES];
+    for s in inputs.step_by(2) {
+        acc = madd_lanes::<FMA>(acc, &row[s], &v[s]);
     }
-    v
+    acc
+}
+
+/// The input transform of a vector of tiles (`v`: each tile's `P` inputs) into their `P` points,
+/// by the points' symmetry (`Winograd::new` checks it): point -x's row is point x's with the odd
+/// inputs' signs flipped, so the even and odd halves of one row give both, and neither reads the
+/// first or last input; point 0 reads only the even inputs and infinity only the odd ones. That
+/// is 4P multiply-adds and adds for P = 8 where the whole matrix takes P * P, in chains of
+/// P / 2, not P.
+#[inline(always)]
+fn transform_input<const FMA: bool, const P: usize>(rows: &[Coefficients], v: &[Vector; P]) -> [Vector; P] {
+    let mut points = [[0f32; LANES]; P];
+    points[0] = half_row::<FMA, P>(&rows[0], v, 0..P);
+    points[P - 1] = half_row::<FMA, P>(&rows[P - 1], v, 1..P);
+    for a in (1..P - 1).step_by(2) {
+        let even = half_row::<FMA, P>(&rows[a], v, 2..P - 1);
+        let odd = half_row::<FMA, P>(&rows[a], v, 1..P - 1);
+        points[a] = add_lanes(&even, &odd);
+        points[a + 1] = sub_lanes(&even, &odd);
+    }
+    points
+}
+
+/// The output transform of a vector of tiles' `P` products into their outputs (`outputs`, one per
+/// row of `rows`), by the same symmetry: output `i` takes x^i of point x and (-x)^i of point -x,
+/// so each pair enters as its sum (even `i`) or difference (odd `i`) times x^i. Point 0 adds only
+/// to the first output and infinity only to the last, each with a coefficient of 1.
+#[inline(always)]
+fn transform_output<const FMA: bool, const P: usize>(rows: &[Coefficients], pr: &[Vector; P], outputs: &mut [Vector]) {
+    let mut sums = [[0f32; LANES]; P];
+    let mut differences = [[0f32; LANES]; P];
+    for a in (1..P - 1).step_by(2) {
+        sums[a] = add_lanes(&pr[a], &pr[a + 1]);
+        differences[a] = sub_lanes(&pr[a], &pr[a + 1]);
+    }
+    let last = rows.len() - 1;
+    for (i, (row, out)) in rows.iter().zip(outputs).enumerate() {
+        let pairs = if i % 2 == 0 { &sums } else { &differences };
+        let mut acc = match i {
+            0 => pr[0],
+            _ if i == last => pr[P - 1],
+            _ => [0f32; LANES],
+        };
+        for a in (1..P - 1).step_by(2) {
+            acc = madd_lanes::<FMA>(acc, &row[a], &pairs[a]);
+        }
+        *out = acc;
+    }
 }
 
 /// Every input channel into its points (`out`: `[point][channel][tile]`), `P` per tile. Each
@@ -318,17 +415,21 @@ fn prepare<const FMA: bool, const P: usize>(w: &Winograd, call: &Call, layout: &
     let point_stride = call.x.rows() * width;
     let mut rows = Scratch::take(phases * phase_len);
     let mut padded = Scratch::take(phases * phase_len);
+    // Input `s` of the vector of tiles from float `q0` of phase row `r` is at `q0 + r * phase_len
+    // + offsets[s]` (a division each, worked out once, not per vector).
+    let offsets: [usize; P] = std::array::from_fn(|s| classes * (s % m) * phase_len + s / m);
     for c in 0..call.x.rows() {
         split_into_phases(&mut rows, &mut padded, call, c, layout);
         for r in 0..classes {
             for q0 in (0..tiles).step_by(LANES) {
-                let inputs: [[f32; LANES]; P] = std::array::from_fn(|s| {
-                    let row = r + classes * (s % m);
-                    rows[row * phase_len + q0 + s / m..][..LANES].try_into().expect("a vector")
-                });
+                let from = r * phase_len + q0;
+                let mut inputs = [[0f32; LANES]; P];
+                for (v, &offset) in inputs.iter_mut().zip(&offsets) {
+                    v.copy_from_slice(&rows[from + offset..][..LANES]);
+                }
+                let points = transform_input::<FMA, P>(&w.input, &inputs);
                 let dst = out.ptr_at(c * width + r * class_tiles + q0, (P - 1) * point_stride + LANES);
-                for (p, coefficients) in w.input.iter().enumerate() {
-                    let v = combine::<FMA, P>(coefficients, &inputs);
+                for (p, v) in points.iter().enumerate() {
                     // SAFETY: `ptr_at` checked the span; point `p` of channel `c` is this item's.
                     unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst.add(p * point_stride), LANES) };
                 }
@@ -383,7 +484,7 @@ fn finish<const FMA: bool, const P: usize>(
     products: Products,
     out: SharedOut<f32>,
 ) {
-    let Layout { classes, class_tiles, tiles, phases, .. } = *layout;
+    let Layout { m, classes, class_tiles, tiles, phases, .. } = *layout;
     let steps = layout.steps.clone();
     let mut rows = Scratch::take(phases * tiles);
     let point_stride = products.rows * products.width;
@@ -392,11 +493,14 @@ fn finish<const FMA: bool, const P: usize>(
         for r in 0..classes {
             for q0 in (0..tiles).step_by(LANES) {
                 let at = r * class_tiles + q0;
-                let vectors: [[f32; LANES]; P] =
-                    std::array::from_fn(|p| row[p * point_stride + at..][..LANES].try_into().expect("a vector"));
-                for (i, coefficients) in w.output.iter().enumerate() {
-                    let v = combine::<FMA, P>(coefficients, &vectors);
-                    rows[(r + classes * i) * tiles + q0..][..LANES].copy_from_slice(&v);
+                let mut products = [[0f32; LANES]; P];
+                for (p, v) in products.iter_mut().enumerate() {
+                    v.copy_from_slice(&row[p * point_stride + at..][..LANES]);
+                }
+                let mut outputs = [[0f32; LANES]; P];
+                transform_output::<FMA, P>(&w.output, &products, &mut outputs);
+                for (i, v) in outputs[..m].iter().enumerate() {
+                    rows[(r + classes * i) * tiles + q0..][..LANES].copy_from_slice(v);
                 }
             }
         }
