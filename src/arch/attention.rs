@@ -1,5 +1,5 @@
-//! Rotary embedding and causal attention over the paged KV cache (crate::kv), written over plain `f32`
-//! slices.
+//! Causal attention over the paged KV cache (crate::kv), with the rotary embedding (`arch::rope`)
+//! applied on the way in, written over plain `f32` slices.
 //!
 //! Why not candle ops: a decode step attends each sequence over its own history, and sequences in a
 //! batch have different lengths. Done with tensor ops that is a dozen small ops per sequence per layer,
@@ -10,71 +10,8 @@
 
 use super::cpu::paged_attention::{attend_tile, HeadCache, Query};
 use super::cpu::{isa, parallel_for, SharedOut};
+use super::rope::Rope;
 use crate::kv::{slot, BlockId, LayerKv, BLOCK_SIZE};
-
-/// How a GGUF and a Hugging Face checkpoint lay out the rotary pairs: llama.cpp permutes q and k at
-/// conversion so that rotated pairs are adjacent; Hugging Face rotates the two halves of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    Interleaved,
-    Halves,
-}
-
-/// cos/sin tables for every position up to the context length.
-pub struct Rope {
-    style: RopeStyle,
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl Rope {
-    pub fn new(head_dim: usize, theta: f32, max_positions: usize, style: RopeStyle) -> Self {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            for i in 0..half {
-                let inv_freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
-                let angle = pos as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        Self { style, half, cos, sin }
-    }
-
-    /// The cos and sin tables, `[position][half]` each, and `half` (for the GPU's copy).
-    pub fn tables(&self) -> (&[f32], &[f32], usize) {
-        (&self.cos, &self.sin, self.half)
-    }
-
-    pub fn max_positions(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
-    /// Rotates one head vector (length head_dim) in place for position `pos`.
-    pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let cos = &self.cos[pos * self.half..(pos + 1) * self.half];
-        let sin = &self.sin[pos * self.half..(pos + 1) * self.half];
-        match self.style {
-            RopeStyle::Interleaved => {
-                for i in 0..self.half {
-                    let (a, b) = (x[2 * i], x[2 * i + 1]);
-                    x[2 * i] = a * cos[i] - b * sin[i];
-                    x[2 * i + 1] = a * sin[i] + b * cos[i];
-                }
-            }
-            RopeStyle::Halves => {
-                for i in 0..self.half {
-                    let (a, b) = (x[i], x[i + self.half]);
-                    x[i] = a * cos[i] - b * sin[i];
-                    x[i + self.half] = a * sin[i] + b * cos[i];
-                }
-            }
-        }
-    }
-}
 
 /// Shape of the attention of one layer.
 #[derive(Debug, Clone, Copy)]
@@ -192,6 +129,7 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::rope::RopeStyle;
 
     /// Attention computed the obvious way, one query at a time over the full key list.
     fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f32> {
@@ -209,7 +147,7 @@ mod tests {
     #[test]
     fn paged_prefill_and_decode_match_naive_attention() {
         let shape = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
-        let rope = Rope::new(8, 10000.0, 64, RopeStyle::Halves);
+        let rope = Rope::new(8, 10000.0, 64, RopeStyle::Halves, None);
         let row_len = shape.q_dim() + 2 * shape.kv_dim();
         let mut rng = 1u64;
         let mut rand = || {
@@ -257,15 +195,5 @@ mod tests {
         assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-5), "{want:?} vs {got:?}");
         // A causal prefill's first row sees only itself: the output is its own value vector.
         assert_eq!(&out[..d], value(&original, 0));
-    }
-
-    #[test]
-    fn rope_styles_rotate_different_pairs() {
-        let mut a = vec![1.0, 0.0, 0.0, 0.0];
-        let mut b = a.clone();
-        Rope::new(4, 1.0, 4, RopeStyle::Interleaved).apply(&mut a, 1);
-        Rope::new(4, 1.0, 4, RopeStyle::Halves).apply(&mut b, 1);
-        assert!((a[1] - 1f32.sin()).abs() < 1e-6, "interleaved rotates (0,1): {a:?}");
-        assert!((b[2] - 1f32.sin()).abs() < 1e-6, "halves rotates (0,2): {b:?}");
     }
 }

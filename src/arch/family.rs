@@ -3,10 +3,10 @@
 //! that names what it would get wrong, never a llama-like approximation: an approximation answers,
 //! and answers wrongly, with no error anywhere.
 
-use super::attention::RopeStyle;
 use super::linear::WeightFormat;
 use super::llama::Llama;
 use super::model::{RawWeights, TextConfig, TextModel};
+use super::rope::RopeStyle;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
@@ -33,14 +33,27 @@ pub struct Differences {
     /// that rotated pairs are adjacent, and leaves other families' as Hugging Face has them (the two
     /// halves of a head; llama.cpp calls that rope type NEOX).
     pub gguf_rope: RopeStyle,
+    /// Whether a GGUF file's `rope_freqs.weight` (per-pair frequency factors; Llama 3.1's scaling)
+    /// is read. llama.cpp reads it for llama only, so in another family's file it is an unused
+    /// tensor, and refused as one.
+    pub gguf_rope_freqs: bool,
 }
 
 impl Family {
     pub fn differences(self) -> Differences {
         match self {
-            Family::Llama => Differences { qkv_bias: false, qk_norm: false, gguf_rope: RopeStyle::Interleaved },
-            Family::Qwen2 => Differences { qkv_bias: true, qk_norm: false, gguf_rope: RopeStyle::Halves },
-            Family::Qwen3 => Differences { qkv_bias: false, qk_norm: true, gguf_rope: RopeStyle::Halves },
+            Family::Llama => Differences {
+                qkv_bias: false,
+                qk_norm: false,
+                gguf_rope: RopeStyle::Interleaved,
+                gguf_rope_freqs: true,
+            },
+            Family::Qwen2 => {
+                Differences { qkv_bias: true, qk_norm: false, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false }
+            }
+            Family::Qwen3 => {
+                Differences { qkv_bias: false, qk_norm: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false }
+            }
         }
     }
 }

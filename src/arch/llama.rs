@@ -5,11 +5,12 @@
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
-use super::attention::{attend, Rope, SeqRows};
+use super::attention::{attend, SeqRows};
 use super::cpu::rowwise;
 use super::embedding::Embedding;
 use super::linear::{Linear, WeightFormat};
 use super::model::{RawWeights, StepInput, TextConfig, TextModel};
+use super::rope::Rope;
 use crate::kv::{pool_blocks, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -96,7 +97,13 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let rope = Rope::new(cfg.head_dim, cfg.rope_theta, cfg.context_length, cfg.rope_style);
+        let rope = Rope::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.context_length,
+            cfg.rope_style,
+            cfg.rope_freq_factors.as_deref(),
+        );
         Ok(Self {
             embed,
             layers,

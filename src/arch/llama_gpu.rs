@@ -8,7 +8,7 @@
 //! tensors go up and only the last rows' logits come back per step.
 
 use super::{last_rows, Llama, StepInput};
-use crate::arch::attention::{Rope, RopeStyle};
+use crate::arch::rope::{Rope, RopeStyle};
 use crate::cuda;
 use crate::kv::gpu::GpuKv;
 use crate::kv::slot;

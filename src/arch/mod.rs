@@ -1,8 +1,8 @@
 //! Model code. `model` is the seam the engine sees (`TextModel`); `family` names the model families
 //! (which architectures Wick implements, and why the others are refused) and builds one; `llama` is
 //! the llama family (Llama, SmolLM, Mistral-style GQA without
-//! biases), batched over sequences of different lengths; `vits` is the VITS voice Piper uses, batched
-//! over sentences of different lengths.
+//! biases), batched over sequences of different lengths; `rope` is the rotary embedding and its
+//! scalings; `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
 
 pub mod attention;
 pub mod cpu;
@@ -11,6 +11,7 @@ pub mod family;
 pub mod linear;
 pub mod llama;
 pub mod model;
+pub mod rope;
 pub mod vits;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5), for tests of the model code.

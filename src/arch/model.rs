@@ -3,9 +3,10 @@
 //! type that implements `TextModel`; `family::build` makes one from what a loader read
 //! (`TextConfig`, `RawWeights`).
 
-use super::attention::{AttnShape, RopeStyle};
+use super::attention::AttnShape;
 use super::family::Family;
 use super::linear::RawWeight;
+use super::rope::RopeStyle;
 use crate::kv::{BlockId, CpuKv, KvStore};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -27,6 +28,9 @@ pub struct TextConfig {
     pub rms_norm_eps: f32,
     pub context_length: usize,
     pub rope_style: RopeStyle,
+    /// A scaled rope: each rotary pair's frequency divided by its factor (`head_dim / 2` of them;
+    /// `arch::rope`). None where the model is not scaled.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl TextConfig {

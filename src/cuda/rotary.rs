@@ -1,5 +1,5 @@
 //! Rotary position embeddings in place (kernels/rotary.cu), the GPU twin of
-//! `crate::arch::attention::Rope::apply`.
+//! `crate::arch::rope::Rope::apply`.
 //!
 //! In place because q and k are rotated right after the projection and never needed unrotated; and
 //! row-strided so that one call can rotate the q and k heads of the fused qkv rows where they lie.

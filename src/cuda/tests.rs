@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{paged_attention, reshape_and_cache, rms_norm, rotary_inplace, silu_mul, BLOCK_SIZE};
-use crate::arch::attention::{Rope, RopeStyle};
+use crate::arch::rope::{Rope, RopeStyle};
 use crate::arch::test_values;
 
 /// The dtypes every kernel is tested in, with their tolerance.
@@ -140,7 +140,7 @@ fn rotary_matches_rope_apply() {
         let positions: Vec<u32> = vec![0, 7, 49, 3, 3, max_positions as u32];
         let pos_t = upload_u32(&positions, &dev);
         for (style, interleaved) in [(RopeStyle::Interleaved, true), (RopeStyle::Halves, false)] {
-            let rope = Rope::new(head_dim, theta, max_positions, style);
+            let rope = Rope::new(head_dim, theta, max_positions, style, None);
             for (dtype, tol) in DTYPES {
                 // x is the first `heads` heads of wider rows, as q and k are of the fused qkv rows.
                 let width = heads + extra_heads;

@@ -2,8 +2,10 @@
 //! tokenizer and chat template, all from the one file.
 //!
 //! What the family does not implement is a load error, not an approximation (`arch::family`): an
-//! architecture it does not know, a rope scaling or sliding window in the metadata, and any tensor
-//! of the file that the forward would not use (a bias, Llama 3.1's `rope_freqs.weight`).
+//! architecture it does not know, a rope scaling other than linear or a sliding window in the
+//! metadata, and any tensor of the file that the forward would not use (a bias the family has not).
+//! Rope scalings are read as llama.cpp reads them: `rope.scaling.factor` stretches every frequency
+//! unless the type says `none`, and a llama file's `rope_freqs.weight` divides each pair's.
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
@@ -41,7 +43,7 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
 fn weights(
     content: &Content,
     reader: &mut Cursor<&[u8]>,
-    cfg: TextConfig,
+    mut cfg: TextConfig,
     format: WeightFormat,
     device: &Device,
 ) -> Result<Box<dyn TextModel>> {
@@ -84,8 +86,27 @@ fn weights(
         layers,
         lm_head,
     };
+    if cfg.family.differences().gguf_rope_freqs && content.tensor_infos.contains_key(ROPE_FREQS) {
+        let factors = tensor(ROPE_FREQS)?.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?;
+        cfg.rope_freq_factors = Some(combined_freq_factors(cfg.rope_freq_factors.take(), factors, cfg.head_dim)?);
+    }
     super::refuse_unused(content.tensor_infos.keys().cloned(), &used, "file")?;
     family::build(cfg, raw, format, device)
+}
+
+/// Llama 3.1's per-pair rope frequency factors, as llama.cpp's converter writes them.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// A file's `rope_freqs.weight` over any linear scaling: llama.cpp divides each pair's frequency by
+/// both.
+fn combined_freq_factors(linear: Option<Vec<f32>>, file: Vec<f32>, head_dim: usize) -> Result<Vec<f32>> {
+    if file.len() != head_dim / 2 {
+        bail!("`{ROPE_FREQS}` holds {} factors; heads of {head_dim} have {} rotary pairs", file.len(), head_dim / 2);
+    }
+    Ok(match linear {
+        Some(linear) => linear.iter().zip(&file).map(|(a, b)| a * b).collect(),
+        None => file,
+    })
 }
 
 /// Why the header of `path` could not be read: a tensor type candle does not know (named, where
@@ -147,6 +168,7 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     };
     let hidden = u("embedding_length")?;
     let heads = u("attention.head_count")?;
+    let head_dim = u("attention.key_length").unwrap_or(hidden / heads);
     let vocab = match md.get(&format!("{arch}.vocab_size")) {
         Some(v) => v.to_u32()? as usize,
         None => md.get("tokenizer.ggml.tokens").context("GGUF has no vocabulary")?.to_vec()?.len(),
@@ -158,27 +180,36 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         num_layers: u("block_count")?,
         num_heads: heads,
         num_kv_heads: u("attention.head_count_kv").unwrap_or(heads),
-        head_dim: u("attention.key_length").unwrap_or(hidden / heads),
+        head_dim,
         vocab_size: vocab,
         rope_theta: f("rope.freq_base", 10_000.0),
         rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
         context_length: u("context_length")?,
         rope_style: family.differences().gguf_rope,
+        rope_freq_factors: linear_rope_scaling(md, &arch)?.map(|factor| vec![factor; head_dim / 2]),
     })
+}
+
+/// The factor of a linear rope scaling, read as llama.cpp reads it: a scaling type left out means
+/// linear, `none` means no scaling whatever the factor, and a factor of 0 or 1 is none.
+fn linear_rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option<f32>> {
+    let text = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_string().ok()).cloned();
+    let number = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
+    match text("rope.scaling.type").as_deref() {
+        None | Some("linear") => {}
+        Some("none") => return Ok(None),
+        Some(kind) => bail!("rope scaling `{kind}` ({arch}.rope.scaling.type) is not implemented yet"),
+    }
+    if let Some(factor) = number("rope.scaling.attn_factor").filter(|&f| f != 1.0) {
+        bail!("a rope attention factor of {factor} ({arch}.rope.scaling.attn_factor) is not implemented yet");
+    }
+    // The factor's old key, which llama.cpp still reads where the new one is absent.
+    let factor = number("rope.scaling.factor").or_else(|| number("rope.scale_linear"));
+    Ok(factor.filter(|&f| f != 0.0 && f != 1.0))
 }
 
 /// Metadata that changes the llama forward in ways Wick does not implement.
 fn refuse_unimplemented_settings(md: &HashMap<String, Value>, arch: &str) -> Result<()> {
-    let text = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_string().ok()).cloned();
-    let number = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
-    if let Some(kind) = text("rope.scaling.type").filter(|t| t != "none") {
-        bail!("rope scaling `{kind}` ({arch}.rope.scaling.type) is not implemented yet");
-    }
-    for key in ["rope.scaling.factor", "rope.scale_linear"] {
-        if let Some(factor) = number(key).filter(|&f| f != 0.0 && f != 1.0) {
-            bail!("rope scaling by {factor} ({arch}.{key}) is not implemented yet");
-        }
-    }
     if let Some(window) = md.get(&format!("{arch}.attention.sliding_window")) {
         let window = window.to_u32().map(|w| w.to_string()).unwrap_or_else(|_| "set".into());
         bail!("a sliding attention window ({arch}.attention.sliding_window = {window}) is not implemented yet");

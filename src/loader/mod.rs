@@ -24,7 +24,10 @@ fn refuse_unused(names: impl Iterator<Item = String>, used: &HashSet<String>, wh
     match unused.first() {
         None => Ok(()),
         Some(name) if name == "rope_freqs.weight" => {
-            bail!("the {what} scales its rope frequencies (`rope_freqs.weight`, Llama 3.1-style); not implemented yet")
+            bail!(
+                "the {what} scales its rope frequencies (`rope_freqs.weight`, Llama 3.1-style), which llama.cpp \
+                 reads for llama files only: its family's are not scaled that way"
+            )
         }
         Some(name) => bail!(
             "tensor `{name}` (and {} more unused) is not part of the llama layout that Wick implements: \

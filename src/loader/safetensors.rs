@@ -2,16 +2,16 @@
 //! tokenizer_config.json, generation_config.json and *.safetensors (memory-mapped).
 //!
 //! As for GGUF files, what the family does not implement is a load error (`arch::family`): another
-//! `model_type`, rope scaling, a sliding window, biases, another activation, or a tensor of the
-//! checkpoint that the forward would not use.
+//! `model_type`, a rope scaling other than linear and Llama 3's, a sliding window, biases, another
+//! activation, or a tensor of the checkpoint that the forward would not use.
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
-use crate::arch::attention::RopeStyle;
 use crate::arch::family;
 use crate::arch::linear::{RawWeight, WeightFormat};
 use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig};
+use crate::arch::rope::{Llama3Scaling, RopeStyle};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Deserialize;
@@ -29,8 +29,7 @@ struct HfConfig {
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
     vocab_size: usize,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
+    rope_theta: Option<f32>,
     #[serde(default = "default_eps")]
     rms_norm_eps: f32,
     max_position_embeddings: usize,
@@ -44,6 +43,9 @@ struct HfConfig {
     #[serde(default)]
     architectures: Vec<String>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's form of `rope_theta` and `rope_scaling` together.
+    rope_parameters: Option<serde_json::Value>,
+    partial_rotary_factor: Option<f64>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     hidden_act: Option<String>,
@@ -60,12 +62,54 @@ impl HfConfig {
         Ok(arch.strip_suffix("ForCausalLM").unwrap_or(arch).to_lowercase())
     }
 
+    fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The rope's base and its frequency factors (`arch::rope`), from `rope_parameters` where
+    /// transformers 5 wrote the config, else from `rope_theta` and `rope_scaling`. A scaling other
+    /// than linear or Llama 3's is refused by name.
+    fn rope(&self) -> Result<(f32, Option<Vec<f32>>)> {
+        let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        let theta = params.and_then(|p| p.get("rope_theta")?.as_f64()).map(|t| t as f32);
+        let theta = theta.or(self.rope_theta).unwrap_or(10_000.0);
+        let partial = params.and_then(|p| p.get("partial_rotary_factor")?.as_f64()).or(self.partial_rotary_factor);
+        if let Some(part) = partial.filter(|&p| p != 1.0) {
+            bail!("a rotary embedding on part of each head (config.json partial_rotary_factor = {part}) is not implemented yet");
+        }
+        let Some(scaling) = params.or(self.rope_scaling.as_ref()).filter(|v| !v.is_null()) else {
+            return Ok((theta, None));
+        };
+        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|t| t.as_str());
+        let number = |key: &str| {
+            let value = scaling.get(key).and_then(|v| v.as_f64());
+            value.with_context(|| format!("config.json's rope scaling `{}` has no number `{key}`", kind.unwrap_or("")))
+        };
+        let half = self.head_dim() / 2;
+        let factors = match kind {
+            Some("default") => None,
+            // transformers 5's `rope_parameters` may hold only the base.
+            None if scaling.get("factor").is_none() => None,
+            Some("linear") => Some(vec![number("factor")? as f32; half]),
+            Some("llama3") => Some(
+                Llama3Scaling {
+                    factor: number("factor")?,
+                    low_freq_factor: number("low_freq_factor")?,
+                    high_freq_factor: number("high_freq_factor")?,
+                    original_context: number("original_max_position_embeddings")?,
+                }
+                .freq_factors(self.head_dim(), theta),
+            ),
+            other => {
+                bail!("rope scaling `{}` (config.json rope_scaling) is not implemented yet", other.unwrap_or("unnamed"))
+            }
+        };
+        Ok((theta, factors))
+    }
+
     /// Settings that change the llama forward in ways Wick does not implement.
     fn refuse_unimplemented(&self) -> Result<()> {
-        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|t| t.as_str());
-            bail!("rope scaling `{}` (config.json rope_scaling) is not implemented yet", kind.unwrap_or("unnamed"));
-        }
+        self.rope()?;
         if let Some(window) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
             if self.use_sliding_window != Some(false) {
                 bail!("a sliding attention window of {window} (config.json sliding_window) is not implemented yet");
@@ -81,9 +125,6 @@ impl HfConfig {
     }
 }
 
-fn default_theta() -> f32 {
-    10_000.0
-}
 fn default_eps() -> f32 {
     1e-6
 }
@@ -115,6 +156,7 @@ pub fn check(dir: &Path) -> Result<()> {
 
 pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
     let hf = supported_config(dir)?;
+    let (rope_theta, rope_freq_factors) = hf.rope()?;
     let cfg = TextConfig {
         family: family::from_hf(&hf.model_type()?)?,
         hidden_size: hf.hidden_size,
@@ -122,12 +164,13 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         num_layers: hf.num_hidden_layers,
         num_heads: hf.num_attention_heads,
         num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+        head_dim: hf.head_dim(),
         vocab_size: hf.vocab_size,
-        rope_theta: hf.rope_theta,
+        rope_theta,
         rms_norm_eps: hf.rms_norm_eps,
         context_length: hf.max_position_embeddings,
         rope_style: RopeStyle::Halves,
+        rope_freq_factors,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -174,7 +217,7 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
     let raw =
         RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
     // Every tensor goes into the forward, except copies of what it already has: a tied head saved
-    // anyway, and older checkpoints' rotary buffers (plain frequencies; scaling was refused above).
+    // anyway, and older checkpoints' rotary buffers (frequencies that config.json's rope settings give too).
     let used = used.into_inner();
     let names = st.tensors().into_iter().map(|(name, _)| name);
     let names = names

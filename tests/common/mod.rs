@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod decode;
+pub mod hf;
 pub mod process;
+pub mod reference;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -24,7 +26,7 @@ pub const IM_START: u32 = 1;
 pub const IM_END: u32 = 2;
 
 /// Deterministic pseudo-random numbers in [-scale, scale).
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+pub fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -139,24 +141,36 @@ pub fn write_tiny_gguf_edited(
 }
 
 /// The families `write_tiny_family_gguf` writes.
-pub const TINY_FAMILIES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub const TINY_FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear"];
 
 /// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
 /// write it: its architecture's metadata keys and pre-tokenizer; for qwen2 random q, k and v biases
 /// (large enough to move the logits); for qwen3 random per-head q and k norms, and heads of 32 on
 /// the hidden size of 64 (a q of 128), as Qwen3 and Gemma 3 have heads wider than hidden/heads.
+/// `llama3` and `llama-linear` are llama files with a scaled rope: per-pair factors in
+/// `rope_freqs.weight` (chosen by hand to span 1 to 8, as Llama 3.1's do), and a linear factor of 4
+/// in the metadata.
 /// The q/k rows stay as they are: random weights need no un-permuting, and each family reads them in
 /// its own rope layout.
 pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
     assert!(TINY_FAMILIES.contains(&family), "no tiny {family} model");
+    let architecture = if family.starts_with("llama") { "llama" } else { family };
     write_tiny_gguf_edited(path, seed, CONTEXT, |md, ts| {
+        if family == "llama3" {
+            let factors = Tensor::new(&[1.0f32, 1.0, 1.3, 2.0, 3.5, 8.0, 8.0, 8.0], &Device::Cpu).unwrap();
+            ts.push(("rope_freqs.weight".into(), QTensor::quantize(&factors, GgmlDType::F32).unwrap()));
+        }
+        if family == "llama-linear" {
+            md.push(("llama.rope.scaling.type".into(), Value::String("linear".into())));
+            md.push(("llama.rope.scaling.factor".into(), Value::F32(4.0)));
+        }
         for (key, value) in md.iter_mut() {
             if key == "general.architecture" {
-                *value = Value::String(family.into());
-            } else if key == "tokenizer.ggml.pre" && family != "llama" {
+                *value = Value::String(architecture.into());
+            } else if key == "tokenizer.ggml.pre" && architecture != "llama" {
                 *value = Value::String("qwen2".into());
             } else if let Some(rest) = key.strip_prefix("llama.") {
-                *key = format!("{family}.{rest}");
+                *key = format!("{architecture}.{rest}");
             }
         }
         if family == "qwen2" {
