@@ -7,6 +7,7 @@ pub mod isa;
 pub mod paged_attention;
 pub mod q4_1;
 pub mod q8_0;
+pub mod qblocks;
 pub mod quant;
 pub mod rowwise;
 pub mod vector;

@@ -1,0 +1,78 @@
+//! The quantized matmuls alone: our kernel (`Linear`, the variant `isa` chose) against candle's own
+//! `QMatMul` as this build compiles it, per ggml type, at a decoder's shapes. Weight bytes read per
+//! second tell how close a 1-row call is to the memory's speed.
+//!
+//!     cargo bench --bench qmatmul                 (WICK_CPU_VARIANT=avx2 or portable forces a variant)
+//!
+//! Shapes: Gemma 3 270M's gate|up (2 x 2048 x 640) and down (640 x 2048), SmolLM2's gate|up
+//! (2 x 1536 x 576); a type is timed only where its block fits the shape (the K-quants need inputs in
+//! whole 256-weight super-blocks, which is why llama.cpp stores 640-wide matrices as Q5_0).
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::time::Instant;
+use wick::arch::linear::{Linear, RawWeight, WeightFormat};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over enough runs to fill ~0.3 s, after a warm-up.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let once = t.elapsed().as_secs_f64().max(1e-6);
+    let runs = ((0.3 / once) as usize).clamp(5, 2000);
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    println!("{}", wick::arch::cpu::isa::describe());
+    println!("| type | n x k | rows | wick us | GB/s | candle us | candle / wick |");
+    println!("|---|---|---|---|---|---|---|");
+    let types = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+    for (n, k) in [(4096, 640), (640, 2048), (3072, 576)] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        for dtype in types {
+            if !k.is_multiple_of(dtype.block_size()) {
+                continue;
+            }
+            let q = QTensor::quantize(&w, dtype)?;
+            let ours = Linear::fused(vec![RawWeight::Quantized(q)], WeightFormat::Native, DType::F32, &dev)?;
+            let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+            for rows in [1, 4, 16] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, k), &dev)?.flatten_all()?.to_vec1()?;
+                let xt = Tensor::from_slice(&x, (rows, k), &dev)?;
+                let wick = time(|| drop(ours.forward_rows(&x, rows).unwrap()));
+                let theirs = time(|| drop(candle.forward(&xt).unwrap()));
+                println!(
+                    "| {dtype:?} | {n} x {k} | {rows} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                    wick * 1e6,
+                    ours.bytes() as f64 / wick / 1e9,
+                    theirs * 1e6,
+                    theirs / wick
+                );
+            }
+        }
+    }
+    Ok(())
+}
