@@ -1,5 +1,6 @@
-//! The quantized matmuls alone: our kernel (`Linear`, the variant `isa` chose) against candle's own
-//! `QMatMul` as this build compiles it, per ggml type, at a decoder's shapes. Weight bytes read per
+//! The quantized matmuls alone: our kernel for each ggml type (`cpu::q4_1`, `cpu::q8_0`,
+//! `cpu::qblocks`, the variant `isa` chose) against candle's own `QMatMul` as this build compiles it,
+//! at a decoder's shapes. `arch::linear` picks between them from these figures. Weight bytes read per
 //! second tell how close a 1-row call is to the memory's speed.
 //!
 //!     cargo bench --bench qmatmul                 (WICK_CPU_VARIANT=avx2 or portable forces a variant)
@@ -9,9 +10,35 @@
 //! whole 256-weight super-blocks, which is why llama.cpp stores 640-wide matrices as Q5_0).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use std::time::Instant;
-use wick::arch::linear::{Linear, RawWeight, WeightFormat};
+use wick::arch::cpu::q4_1::Q4_1Matrix;
+use wick::arch::cpu::q8_0::Q8_0Matrix;
+use wick::arch::cpu::qblocks::{BlockMatrix, Format};
+
+/// A matmul: `[rows, k]` in, `[rows, n]` out.
+type Matmul = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
+
+/// Our kernel for `q`, and its bytes.
+fn ours(q: &QTensor) -> anyhow::Result<(Matmul, usize)> {
+    let (n, k) = q.shape().dims2()?;
+    let data = q.data()?.into_owned();
+    let bytes = data.len();
+    Ok(match q.dtype() {
+        GgmlDType::Q4_1 => {
+            let m = Q4_1Matrix::new(data, n, k)?;
+            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
+        }
+        GgmlDType::Q8_0 => {
+            let m = Q8_0Matrix::new(data, n, k)?;
+            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
+        }
+        t => {
+            let m = BlockMatrix::new(data, Format::of(t).expect("a type qblocks reads"), n, k)?;
+            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
+        }
+    })
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -57,17 +84,17 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             let q = QTensor::quantize(&w, dtype)?;
-            let ours = Linear::fused(vec![RawWeight::Quantized(q)], WeightFormat::Native, DType::F32, &dev)?;
-            let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
+            let (ours, bytes) = ours(&q)?;
+            let candle = QMatMul::from_qtensor(q)?;
             for rows in [1, 4, 16] {
                 let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, k), &dev)?.flatten_all()?.to_vec1()?;
                 let xt = Tensor::from_slice(&x, (rows, k), &dev)?;
-                let wick = time(|| drop(ours.forward_rows(&x, rows).unwrap()));
+                let wick = time(|| drop(ours(&x, rows)));
                 let theirs = time(|| drop(candle.forward(&xt).unwrap()));
                 println!(
                     "| {dtype:?} | {n} x {k} | {rows} | {:.1} | {:.1} | {:.1} | {:.2} |",
                     wick * 1e6,
-                    ours.bytes() as f64 / wick / 1e9,
+                    bytes as f64 / wick / 1e9,
                     theirs * 1e6,
                     theirs / wick
                 );

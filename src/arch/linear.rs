@@ -192,7 +192,10 @@ impl Piece {
             Some(GgmlDType::Q8_0) if device.is_cpu() => {
                 Kernel::Q8_0(Q8_0Matrix::new(stacked_bytes(parts, GgmlDType::Q8_0, device)?, n, k)?)
             }
-            Some(t) if device.is_cpu() && Format::of(t).is_some() => {
+            // Q4_K stays on candle's kernel, which candle 0.11 repacks for AVX2 at load: 2.0-2.7x
+            // faster than ours here (BENCHMARKS.md, "Q4_0, Q5_0 and the K-quants"), and batch-invariant
+            // (checked below, as every type this chooses is).
+            Some(t) if device.is_cpu() && Format::of(t).is_some() && t != GgmlDType::Q4K => {
                 let format = Format::of(t).expect("checked");
                 Kernel::Blocks(BlockMatrix::new(stacked_bytes(parts, t, device)?, format, n, k)?)
             }
@@ -274,6 +277,38 @@ mod tests {
                 for (got, want) in y[r * 96..(r + 1) * 96].iter().zip(want) {
                     assert!((got - want).abs() < 1e-4, "{format:?} row {r}: {got} vs {want}");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whatever kernel a stored type gets (ours or candle's), a row's result is the same alone or in
+    /// a batch, so a greedy completion is the same alone or batched. candle's Q6_K broke this (its
+    /// batched rows take a repacked path, a lone row another), which is one reason Q6_K is ours.
+    #[test]
+    fn every_stored_type_gives_a_row_the_same_result_alone_or_batched() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k, m) = (96, 512, 17);
+        let w = Tensor::from_vec(crate::arch::test_values(1, n * k), (n, k), &dev)?;
+        let x = crate::arch::test_values(2, m * k);
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
+            let raw = RawWeight::Quantized(QTensor::quantize(&w, dtype)?);
+            let linear = Linear::fused(vec![raw], WeightFormat::Native, DType::F32, &dev)?;
+            let batched = linear.forward_rows(&x, m)?;
+            for r in 0..m {
+                let alone = linear.forward_rows(&x[r * k..(r + 1) * k], 1)?;
+                assert_eq!(&batched[r * n..(r + 1) * n], &alone[..], "{dtype:?} row {r}");
             }
         }
         Ok(())

@@ -2,8 +2,12 @@
 //! Q5_K and Q6_K, which a Q4_K_M file mixes (Q5_0 where a row is not a whole 256-weight super-block,
 //! as in Gemma 3 270M's 640-wide matrices).
 //!
-//! Why ours: candle's dot products for these are chosen by compile-time target features, so in a
-//! binary built for the x86-64 baseline they are scalar (DESIGN.md: 1.6 tok/s against 46.5).
+//! Why ours: candle 0.11's kernels for these are SIMD on some types and scalar on others in a
+//! baseline build (its Q5_0 ran 3-9x slower than this one, `cargo bench --bench qmatmul`), and its
+//! Q6_K gives a row another result batched than alone (its batched rows take a repacked path), which
+//! would make a greedy completion depend on its batch. Its Q4_K is repacked for AVX2 and beat this
+//! kernel 2-2.7x here, so `arch::linear` keeps Q4_K on candle's; this kernel's Q4_K is tested and
+//! measured, and takes over once it has a lanes layout like `q4_1`'s.
 //!
 //! One kernel for five types. Every type's block is read as sub-blocks of 32 weights that are small
 //! signed integers times a scale per half (16 weights) plus an offset per sub-block:
@@ -94,9 +98,9 @@ impl Format {
                 let d = f16_at(&b[0..2]);
                 let qs = &b[2..18];
                 let s = &mut out[0];
-                for l in 0..16 {
-                    s.q[l] = (qs[l] & 0x0F) as i8 - 8;
-                    s.q[l + 16] = (qs[l] >> 4) as i8 - 8;
+                for (l, &byte) in qs.iter().enumerate() {
+                    s.q[l] = (byte & 0x0F) as i8 - 8;
+                    s.q[l + 16] = (byte >> 4) as i8 - 8;
                 }
                 *s = Sub { scale: [d, d], offset: 0.0, ..*s };
             }
@@ -105,11 +109,11 @@ impl Format {
                 let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
                 let qs = &b[6..22];
                 let s = &mut out[0];
-                for l in 0..16 {
+                for (l, &byte) in qs.iter().enumerate() {
                     let high = (((qh >> l) & 1) << 4) as u8;
                     let high2 = (((qh >> (l + 16)) & 1) << 4) as u8;
-                    s.q[l] = ((qs[l] & 0x0F) | high) as i8 - 16;
-                    s.q[l + 16] = ((qs[l] >> 4) | high2) as i8 - 16;
+                    s.q[l] = ((byte & 0x0F) | high) as i8 - 16;
+                    s.q[l + 16] = ((byte >> 4) | high2) as i8 - 16;
                 }
                 *s = Sub { scale: [d, d], offset: 0.0, ..*s };
             }
@@ -203,7 +207,8 @@ impl BlockMatrix {
     /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k);
-        let acts = Activations::quantize(x, self.k);
+        // One activation scale per block of the format: a K-quant's super-block then sums in integers.
+        let acts = Activations::quantize_shared(x, self.k, self.format.weights() / BLOCK);
         let row_bytes = self.k / self.format.weights() * self.format.bytes();
         let w = |j: usize| &self.data[j * row_bytes..(j + 1) * row_bytes];
         let f = self.format;
@@ -266,14 +271,65 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot<const R: usize>(f: Format, w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
-        // The format is matched once per column, not once per block.
+        // The format is matched once per column, not once per block. The decoders are types, not
+        // closures: a closure is compiled without this function's target features, and its
+        // intrinsics would become calls.
         match f {
-            Format::Q4_0 => dot_with::<R, false>(f, w, rows, |b, out| q4_0(b, out)),
-            Format::Q5_0 => dot_with::<R, false>(f, w, rows, |b, out| q5_0(b, out)),
-            Format::Q4K => dot_with::<R, false>(f, w, rows, |b, out| q45_k(b, out, false)),
-            Format::Q5K => dot_with::<R, false>(f, w, rows, |b, out| q45_k(b, out, true)),
-            Format::Q6K => dot_with::<R, true>(f, w, rows, |b, out| q6_k(b, out)),
+            Format::Q4_0 => dot_with::<R, false, Q4_0>(f, w, rows),
+            Format::Q5_0 => dot_with::<R, false, Q5_0>(f, w, rows),
+            Format::Q4K => dot_k::<R, false, Q4K>(w, rows),
+            Format::Q5K => dot_k::<R, false, Q5K>(w, rows),
+            Format::Q6K => dot_k::<R, true, Q6K>(w, rows),
         }
+    }
+
+    /// A K-quant super-block as this kernel decodes it: 8 sub-blocks of 32 weights
+    /// `d * scale[j][i / 16] * q[j][i] + min[j]`, with integer sub-block scales, as `i16` lanes
+    /// lined up with what `maddubs` gives each half (lanes 0..8 the first 16 weights).
+    struct Super {
+        q: [__m256i; MAX_SUBS],
+        scale: [__m256i; MAX_SUBS],
+        d: f32,
+        min: [f32; MAX_SUBS],
+    }
+
+    /// `dot` for a K-quant, whose activations share one scale per super-block
+    /// (`Activations::quantize_shared`): a super-block's 8 sub-blocks are summed in integers, each
+    /// weighted by its integer scale (`madd`), before one float multiply, as llama.cpp does with
+    /// Q8_K. Largest sums: Q5_K's 2 x 31 x 127 per `maddubs` pair, times 2 x 63 per `madd`, times
+    /// 8 sub-blocks, well inside an i32.
+    #[inline(always)]
+    unsafe fn dot_k<const R: usize, const SIGNED: bool, D: Decode<Super>>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
+        let bytes = D::FORMAT.bytes();
+        let subs_total = w.len() / bytes * MAX_SUBS;
+        for (q, d, s) in rows {
+            assert!(q.len() >= subs_total * BLOCK && d.len() >= subs_total && s.len() >= subs_total);
+        }
+        let zero = _mm256_setzero_si256();
+        let mut sb = Super { q: [zero; MAX_SUBS], scale: [zero; MAX_SUBS], d: 0.0, min: [0.0; MAX_SUBS] };
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [0f32; R];
+        for (b, block) in w.chunks_exact(bytes).enumerate() {
+            D::decode(block.as_ptr(), &mut sb);
+            let a0 = b * MAX_SUBS;
+            for (r, (x, d, s)) in rows.iter().enumerate() {
+                let mut isum = _mm256_setzero_si256();
+                for j in 0..MAX_SUBS {
+                    let mut xv = _mm256_loadu_si256(x.as_ptr().add((a0 + j) * BLOCK) as *const __m256i);
+                    let magnitude = if SIGNED {
+                        xv = _mm256_sign_epi8(xv, sb.q[j]);
+                        _mm256_sign_epi8(sb.q[j], sb.q[j])
+                    } else {
+                        sb.q[j]
+                    };
+                    let pairs = _mm256_maddubs_epi16(magnitude, xv);
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sb.scale[j]));
+                    offsets[r] += sb.min[j] * s[a0 + j];
+                }
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(sb.d * d[a0]), acc[r]);
+            }
+        }
+        std::array::from_fn(|r| hsum256(acc[r]) + offsets[r])
     }
 
     /// `dot` for one format's `decode`. Unsigned weights multiply the activations directly
@@ -281,11 +337,10 @@ mod avx2 {
     /// bits); signed ones (Q6_K, whose halves differ in scale, so that a centring offset would need
     /// each half's activation sum) go as `|q|` against `x` carrying `q`'s sign.
     #[inline(always)]
-    unsafe fn dot_with<const R: usize, const SIGNED: bool>(
+    unsafe fn dot_with<const R: usize, const SIGNED: bool, D: Decode<[SubV; MAX_SUBS]>>(
         f: Format,
         w: &[u8],
         rows: &[Row<'_>; R],
-        decode: impl Fn(*const u8, &mut [SubV; MAX_SUBS]),
     ) -> [f32; R] {
         let per_block = f.weights() / BLOCK;
         let subs_total = w.len() / f.bytes() * per_block;
@@ -298,7 +353,7 @@ mod avx2 {
         let mut acc = [_mm256_setzero_ps(); R];
         let mut offsets = [0f32; R];
         for (b, block) in w.chunks_exact(f.bytes()).enumerate() {
-            decode(block.as_ptr(), &mut subs);
+            D::decode(block.as_ptr(), &mut subs);
             for (i, sub) in subs[..per_block].iter().enumerate() {
                 let a = b * per_block + i;
                 let magnitude = if SIGNED { _mm256_sign_epi8(sub.q, sub.q) } else { sub.q };
@@ -342,22 +397,67 @@ mod avx2 {
         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10))
     }
 
-    #[inline(always)]
-    unsafe fn q4_0(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
-        let d = f16(b);
-        out[0] = SubV { q: nibbles(b.add(2)), scale: _mm256_set1_ps(d), offset: -8.0 * d };
+    /// How one format's block becomes what a dot product reads (`Out`).
+    trait Decode<Out> {
+        const FORMAT: Format;
+        /// # Safety
+        /// `b` points at a whole block; the CPU runs the avx2 variant.
+        unsafe fn decode(b: *const u8, out: &mut Out);
+    }
+
+    struct Q4_0;
+    struct Q5_0;
+    struct Q4K;
+    struct Q5K;
+    struct Q6K;
+
+    impl Decode<[SubV; MAX_SUBS]> for Q4_0 {
+        const FORMAT: Format = Format::Q4_0;
+        #[inline(always)]
+        unsafe fn decode(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
+            let d = f16(b);
+            out[0] = SubV { q: nibbles(b.add(2)), scale: _mm256_set1_ps(d), offset: -8.0 * d };
+        }
+    }
+
+    impl Decode<[SubV; MAX_SUBS]> for Q5_0 {
+        const FORMAT: Format = Format::Q5_0;
+        #[inline(always)]
+        unsafe fn decode(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
+            let d = f16(b);
+            let high = bits_as_16s((b.add(2) as *const u32).read_unaligned());
+            out[0] = SubV { q: _mm256_or_si256(nibbles(b.add(6)), high), scale: _mm256_set1_ps(d), offset: -16.0 * d };
+        }
+    }
+
+    impl Decode<Super> for Q4K {
+        const FORMAT: Format = Format::Q4K;
+        #[inline(always)]
+        unsafe fn decode(b: *const u8, out: &mut Super) {
+            q45_k(b, out, false)
+        }
+    }
+
+    impl Decode<Super> for Q5K {
+        const FORMAT: Format = Format::Q5K;
+        #[inline(always)]
+        unsafe fn decode(b: *const u8, out: &mut Super) {
+            q45_k(b, out, true)
+        }
+    }
+
+    impl Decode<Super> for Q6K {
+        const FORMAT: Format = Format::Q6K;
+        #[inline(always)]
+        unsafe fn decode(b: *const u8, out: &mut Super) {
+            q6_k(b, out)
+        }
     }
 
     #[inline(always)]
-    unsafe fn q5_0(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
-        let d = f16(b);
-        let high = bits_as_16s((b.add(2) as *const u32).read_unaligned());
-        out[0] = SubV { q: _mm256_or_si256(nibbles(b.add(6)), high), scale: _mm256_set1_ps(d), offset: -16.0 * d };
-    }
-
-    #[inline(always)]
-    unsafe fn q45_k(b: *const u8, out: &mut [SubV; MAX_SUBS], fifth: bool) {
-        let (d, dmin) = (f16(b), f16(b.add(2)));
+    unsafe fn q45_k(b: *const u8, out: &mut Super, fifth: bool) {
+        let dmin = f16(b.add(2));
+        out.d = f16(b);
         let scales = std::slice::from_raw_parts(b.add(4), 12);
         let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
         let qs = b.add(if fifth { 48 } else { 16 });
@@ -373,14 +473,16 @@ mod avx2 {
                     q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
                 }
                 let (sc, m) = k_scale_min(scales, j);
-                out[j] = SubV { q, scale: _mm256_set1_ps(d * sc as f32), offset: -dmin * m as f32 };
+                out.q[j] = q;
+                out.scale[j] = _mm256_set1_epi16(sc as i16);
+                out.min[j] = -dmin * m as f32;
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn q6_k(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
-        let d = f16(b.add(208));
+    unsafe fn q6_k(b: *const u8, out: &mut Super) {
+        out.d = f16(b.add(208));
         let (low, two_bits, centre) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
         for h in 0..2 {
             let ql = [
@@ -404,9 +506,11 @@ mod avx2 {
                 _mm256_and_si256(_mm256_srli_epi16(qh, 6), two_bits),
             ];
             for t in 0..4 {
-                let q = _mm256_sub_epi8(_mm256_or_si256(nibble[t], _mm256_slli_epi16(high[t], 4)), centre);
-                let (s0, s1) = (d * *sc.add(2 * t) as f32, d * *sc.add(2 * t + 1) as f32);
-                out[4 * h + t] = SubV { q, scale: _mm256_setr_m128(_mm_set1_ps(s0), _mm_set1_ps(s1)), offset: 0.0 };
+                let j = 4 * h + t;
+                out.q[j] = _mm256_sub_epi8(_mm256_or_si256(nibble[t], _mm256_slli_epi16(high[t], 4)), centre);
+                let (s0, s1) = (*sc.add(2 * t) as i16, *sc.add(2 * t + 1) as i16);
+                out.scale[j] = _mm256_setr_m128i(_mm_set1_epi16(s0), _mm_set1_epi16(s1));
+                out.min[j] = 0.0;
             }
         }
     }
@@ -479,7 +583,7 @@ mod tests {
                 let (data, _) = quantized(dtype, n, k);
                 let q = BlockMatrix::for_variant(data.clone(), f, n, k, variant).unwrap();
                 let x = random(k, 4);
-                let acts = Activations::quantize(&x, k);
+                let acts = Activations::quantize_shared(&x, k, f.weights() / BLOCK);
                 let row_bytes = k / f.weights() * f.bytes();
                 for (j, a) in q.matmul(&x, 1).iter().enumerate() {
                     let b = dot_scalar(f, &data[j * row_bytes..(j + 1) * row_bytes], &[acts.row(0)])[0];

@@ -26,12 +26,22 @@ pub type Row<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 impl Activations {
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        assert!(k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k), "activations are whole blocks");
+        Self::quantize_shared(x, k, 1)
+    }
+
+    /// As `quantize`, with one scale shared by each run of `group` blocks (the largest magnitude of
+    /// the run sets it), as ggml's Q8_K shares one per 256 values. The layout is the same (a scale
+    /// and a sum per block), so every kernel reads it; a kernel for a type whose super-blocks span
+    /// the run (the K-quants) can then sum a whole super-block in integers before one multiply.
+    pub fn quantize_shared(x: &[f32], k: usize, group: usize) -> Self {
+        assert!(k.is_multiple_of(BLOCK * group) && x.len().is_multiple_of(k), "activations are whole groups");
         let blocks = x.len() / BLOCK;
         let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
         let (q, d, s) = (SharedOut::new(&mut a.q), SharedOut::new(&mut a.d), SharedOut::new(&mut a.s));
         // A 1-stream step's rows are a few dozen blocks: not worth a parallel region.
-        parallel_rows(blocks, BLOCK, |range| {
+        let width = BLOCK * group;
+        parallel_rows(blocks / group, width, |groups| {
+            let range = groups.start * group..groups.end * group;
             // SAFETY: block ranges are disjoint, so are their parts of the three buffers.
             let (qs, ds, ss) = unsafe {
                 (
@@ -40,17 +50,20 @@ impl Activations {
                     s.part(range.start, range.len()),
                 )
             };
-            for (b, xs) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(BLOCK).enumerate() {
-                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (g, run) in x[range.start * BLOCK..range.end * BLOCK].chunks_exact(width).enumerate() {
+                let amax = run.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let scale = amax / 127.0;
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                let mut sum = 0i32;
-                for (q, &v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
-                    *q = (v * inv).round() as i8;
-                    sum += *q as i32;
+                for (i, xs) in run.chunks_exact(BLOCK).enumerate() {
+                    let b = g * group + i;
+                    let mut sum = 0i32;
+                    for (q, &v) in qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(xs) {
+                        *q = (v * inv).round() as i8;
+                        sum += *q as i32;
+                    }
+                    ds[b] = scale;
+                    ss[b] = scale * sum as f32;
                 }
-                ds[b] = scale;
-                ss[b] = scale * sum as f32;
             }
         });
         a
