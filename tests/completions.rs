@@ -122,11 +122,12 @@ async fn several_prompts_and_n_number_choices_prompt_by_prompt() {
     assert_eq!(status, 200, "{body}");
     let indexes: Vec<u64> = body["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
     assert_eq!(indexes, [0, 1, 2, 3]);
-    assert_eq!(texts(&body), [&alone[0], &alone[0], &alone[1], &alone[1]]);
+    assert_eq!(texts(&body), [alone[0].as_str(), &alone[0], &alone[1], &alone[1]]);
     // Every prompt counts once, whatever n is.
     let (_, one) = s.complete(greedy_prompt(json!(prompts[0]), 8)).await;
     let (_, two) = s.complete(greedy_prompt(json!(prompts[1]), 8)).await;
-    let prompt_tokens = one["usage"]["prompt_tokens"].as_u64().unwrap() + two["usage"]["prompt_tokens"].as_u64().unwrap();
+    let prompt_tokens =
+        one["usage"]["prompt_tokens"].as_u64().unwrap() + two["usage"]["prompt_tokens"].as_u64().unwrap();
     assert_eq!(body["usage"]["prompt_tokens"], prompt_tokens);
     assert_eq!(body["usage"]["completion_tokens"], 4 * 8);
 
@@ -177,7 +178,8 @@ async fn echo_puts_the_prompt_before_the_completion_plain_and_streamed() {
     let (chunks, _) = stream(&s, req).await;
     let mut streamed = vec![String::new(); 2];
     for c in &chunks {
-        streamed[c["choices"][0]["index"].as_u64().unwrap() as usize].push_str(c["choices"][0]["text"].as_str().unwrap());
+        streamed[c["choices"][0]["index"].as_u64().unwrap() as usize]
+            .push_str(c["choices"][0]["text"].as_str().unwrap());
     }
     assert_eq!(streamed, expected);
     // Token ids echo as their text.
@@ -283,7 +285,10 @@ async fn limits_and_errors_are_the_same_as_chats() {
     let s = TestServer::start(vec![spec("tiny", &tiny_model(), Limits::default())], &["sk-completions-key"]).await;
     let (status, body) = s.complete(json!({"model": "gpt-nope", "prompt": "hi"})).await;
     assert_eq!(status, 404);
-    assert_eq!((body["error"]["code"].as_str(), body["error"]["param"].as_str()), (Some("model_not_found"), Some("model")));
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+        (Some("model_not_found"), Some("model"))
+    );
     let (status, body) = s.complete(greedy_prompt(json!("hi"), 10_000)).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
@@ -323,7 +328,7 @@ async fn a_model_without_a_chat_template_answers_chat_with_a_400_naming_completi
         DeploymentRequest {
             model: tiny_base_model().to_str().unwrap().into(),
             name: Some("base-chat".into()),
-            chat_template: Some("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n".into()),
+            chat_template: Some("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{{ '<|im_start|>assistant\\n' }}".into()),
             ..Default::default()
         },
         Limits::default(),
@@ -348,11 +353,8 @@ async fn a_model_without_a_chat_template_answers_chat_with_a_400_naming_completi
 #[test]
 fn a_deployment_template_must_parse_and_is_for_text_models_only() {
     let resolve = |model: &str, template: &str| {
-        let request = DeploymentRequest {
-            model: model.into(),
-            chat_template: Some(template.into()),
-            ..Default::default()
-        };
+        let request =
+            DeploymentRequest { model: model.into(), chat_template: Some(template.into()), ..Default::default() };
         wick::deploy::DeploymentSpec::resolve(request, &Default::default(), wick::deploy::Origin::Config)
     };
     let tiny = tiny_base_model();

@@ -1,7 +1,9 @@
 //! `POST /v1/chat/completions`: validate, render the chat template, tokenize, and hand the prompt to
 //! the generation that chat shares with `/v1/completions` (`generation.rs`), in chat's wire shape.
 
-use super::generation::{check_max_tokens, check_sampling, generate, text_deployment, Generation, Head, SamplingFields, Wire};
+use super::generation::{
+    check_max_tokens, check_sampling, generate, text_deployment, Generation, Head, SamplingFields, Wire,
+};
 use super::json::AppJson;
 use super::openai::*;
 use crate::auth::Caller;
@@ -126,7 +128,8 @@ pub async fn chat_completions(
         duration_ms = field::Empty,
     );
     let Checked { messages, max_tokens, generation } = checked;
-    let prepare = |engine: &Engine| Ok((vec![tokenize(engine, &req.model, &messages)?], ChatWire));
+    let prepare =
+        |engine: &Engine| -> Result<_, ApiError> { Ok((vec![tokenize(engine, &req.model, &messages)?], ChatWire)) };
     generate(&state, deployment, head, started, max_tokens, generation, prepare).instrument(span).await
 }
 

@@ -139,7 +139,7 @@ pub async fn completions(
         duration_ms = field::Empty,
     );
     let (echo, n) = (req.echo.unwrap_or(false), generation.n);
-    let prepare = |engine: &Engine| {
+    let prepare = |engine: &Engine| -> Result<_, ApiError> {
         let (ids, texts): (Vec<_>, Vec<_>) = tokenize(engine, prompts)?.into_iter().unzip();
         Ok((ids, TextWire { echo: echo.then_some(texts), n }))
     };

@@ -189,14 +189,21 @@ pub async fn generate<W: Wire>(
     let n = generation.n;
     if n > engine.limits.max_batch_size {
         return Err(ApiError::invalid_request(
-            format!("Invalid 'n': {n}. This deployment runs at most {} sequences at once.", engine.limits.max_batch_size),
+            format!(
+                "Invalid 'n': {n}. This deployment runs at most {} sequences at once.",
+                engine.limits.max_batch_size
+            ),
             Some("n"),
         ));
     }
     if prompts.len() > engine.limits.max_queue {
         // It could never be queued whole: a 429 would have the client retry for ever.
         return Err(ApiError::invalid_request(
-            format!("{} prompts in one request; this deployment queues at most {}.", prompts.len(), engine.limits.max_queue),
+            format!(
+                "{} prompts in one request; this deployment queues at most {}.",
+                prompts.len(),
+                engine.limits.max_queue
+            ),
             Some(W::PROMPT_PARAM),
         ));
     }

@@ -54,8 +54,7 @@ impl ChatTemplate {
                 .replace("%B", MONTHS[(m - 1) as usize])
                 .replace("%b", &MONTHS[(m - 1) as usize][..3])
         });
-        env.add_template_owned("chat", source)
-            .map_err(|e| anyhow::anyhow!("chat template does not parse: {e}"))?;
+        env.add_template_owned("chat", source).map_err(|e| anyhow::anyhow!("chat template does not parse: {e}"))?;
         Ok(Self { env, bos_token: bos_token.unwrap_or_default(), eos_token: eos_token.unwrap_or_default() })
     }
 

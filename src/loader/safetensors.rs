@@ -244,7 +244,7 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
     };
     let template = template_src
-            .map(|src| ChatTemplate::new(src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone()))
-            .transpose()?;
+        .map(|src| ChatTemplate::new(src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone()))
+        .transpose()?;
     Ok(LoadedModel { model, tokenizer, template })
 }
