@@ -171,7 +171,6 @@ pub trait Wire: Send + Sync + 'static {
 /// Sends the prompts to the leased replica's engine, `n` choices each, and answers. The choices of
 /// prompt `p` get indexes `p * n ..`, as OpenAI numbers them. `prepare` turns the request into
 /// prompt tokens with the loaded model's tokenizer.
-#[allow(clippy::too_many_arguments)]
 pub async fn generate<W: Wire>(
     state: &AppState,
     deployment: Arc<Deployment>,
@@ -320,7 +319,7 @@ impl<W: Wire> Reply<W> {
     /// A choice ended. Each prompt is counted once, so its cached part is its first choice's.
     fn record_done(&self, choice: usize, completion_tokens: usize, cached_prompt_tokens: usize) {
         self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
-        if choice % self.n == 0 {
+        if choice.is_multiple_of(self.n) {
             self.cached_tokens.fetch_add(cached_prompt_tokens, Ordering::Relaxed);
         }
     }

@@ -34,9 +34,10 @@ impl Replica {
         let engine = match spec.source.kind() {
             ModelKind::Chat => {
                 let mut loaded = spec.source.load(spec.weights, &device)?;
+                // The deployment's (or catalog entry's) template comes before the file's own.
                 if let Some(source) = &spec.chat_template {
-                    let tokens = (loaded.tokenizer.bos_token.clone(), loaded.tokenizer.eos_token.clone());
-                    loaded.template = Some(ChatTemplate::new(source.clone(), tokens.0, tokens.1)?);
+                    let (bos, eos) = (loaded.tokenizer.bos_token.clone(), loaded.tokenizer.eos_token.clone());
+                    loaded.template = Some(ChatTemplate::new(source.clone(), bos, eos)?);
                 }
                 Backend::Chat(Box::new(Engine::start(loaded, spec.limits.clone(), &name)?))
             }
