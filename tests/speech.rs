@@ -205,9 +205,12 @@ async fn bad_requests_get_openai_errors() {
     let chinese: Value =
         s.post("/v1/audio/speech").json(&with("input", json!("你好"))).send().await.unwrap().json().await.unwrap();
     assert!(chinese["error"]["message"].as_str().unwrap().contains('你'), "{chinese}");
-    // A voice is not a chat model either.
+    // A voice is not a text model either.
     let (status, body) = s.chat(json!({"model": "joe", "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!((status, body["error"]["param"].as_str()), (400, Some("model")));
+    let (status, body) = s.complete(json!({"model": "joe", "prompt": "hi"})).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("model")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("/v1/audio/speech"), "{body}");
 }
 
 #[tokio::test]

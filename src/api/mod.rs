@@ -2,6 +2,8 @@
 //! /sdk/v1 and /metrics behind management keys; a public /health.
 
 pub mod chat;
+pub mod completions;
+mod generation;
 pub mod instances;
 pub mod json;
 pub mod models;
@@ -20,6 +22,7 @@ use axum::Router;
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/audio/speech", post(speech::speech))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))

@@ -129,6 +129,82 @@ pub struct Delta {
     pub content: Option<String>,
 }
 
+/// `POST /v1/completions`: OpenAI's legacy Completions API, for base models and raw prompts.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Not OpenAI's; the same extension as chat's.
+    pub top_k: Option<i64>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopSpec>,
+    pub n: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub user: Option<String>,
+    /// Whether the prompt's text comes before the completion in `text`.
+    pub echo: Option<bool>,
+    /// Refused unless absent, 1 or equal to `n`: Wick does not rank candidates.
+    pub best_of: Option<i64>,
+    /// Refused when present: log probabilities come later. Any JSON, so that the refusal (not a
+    /// type error) names it.
+    pub logprobs: Option<serde_json::Value>,
+    /// Refused when present: insertion needs a fill-in-the-middle model.
+    pub suffix: Option<serde_json::Value>,
+}
+
+/// A completion prompt in each shape OpenAI takes: one text, several, one list of token ids, or
+/// several such lists.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    /// Signed, so that a negative id is refused as outside the vocabulary rather than as a type error.
+    Tokens(Vec<i64>),
+    TokenLists(Vec<Vec<i64>>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: Option<String>,
+    pub choices: Vec<TextChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextChoice {
+    pub text: String,
+    pub index: usize,
+    pub logprobs: Option<()>,
+    /// Null in a streamed chunk until the choice's last one.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A streamed piece of a completion: a `text_completion` object, as OpenAI streams them.
+#[derive(Debug, Serialize)]
+pub struct TextCompletionChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub system_fingerprint: Option<&'a str>,
+    pub choices: Vec<TextChoice>,
+    /// As in chat chunks: present (null until the last chunk) only when the client asked for usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ModelList {
     pub object: &'static str,

@@ -4,6 +4,7 @@ use super::spec::DeploymentSpec;
 use super::usage::Usage;
 use crate::engine::speech::SpeechEngine;
 use crate::engine::{Engine, EngineStats};
+use crate::loader::chat_template::ChatTemplate;
 use crate::loader::ModelKind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,11 +32,15 @@ impl Replica {
         let device = spec.device.candle_device(index)?;
         let name = format!("{}-{index}", spec.name);
         let engine = match spec.source.kind() {
-            ModelKind::Chat => Backend::Chat(Box::new(Engine::start(
-                spec.source.load(spec.weights, &device)?,
-                spec.limits.clone(),
-                &name,
-            )?)),
+            ModelKind::Chat => {
+                let mut loaded = spec.source.load(spec.weights, &device)?;
+                // The deployment's (or catalog entry's) template comes before the file's own.
+                if let Some(source) = &spec.chat_template {
+                    let (bos, eos) = (loaded.tokenizer.bos_token.clone(), loaded.tokenizer.eos_token.clone());
+                    loaded.template = Some(ChatTemplate::new(source.clone(), bos, eos)?);
+                }
+                Backend::Chat(Box::new(Engine::start(loaded, spec.limits.clone(), &name)?))
+            }
             ModelKind::Speech => Backend::Speech(SpeechEngine::start(spec.source.load_voice(&device)?, &name)?),
         };
         Ok(Self {

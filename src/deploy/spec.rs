@@ -3,7 +3,8 @@
 
 use crate::arch::linear::WeightFormat;
 use crate::engine::scheduler::Limits;
-use crate::loader::ModelSource;
+use crate::loader::chat_template::ChatTemplate;
+use crate::loader::{ModelKind, ModelSource};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -47,6 +48,10 @@ pub struct DeploymentRequest {
     /// How weights are held in memory (native, q8-0, f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<WeightFormat>,
+    /// For text models: a chat template (Jinja, as Hugging Face's) used instead of the model's own,
+    /// so that a model that ships none can take chat requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 /// The idle timeout as JSON or TOML may spell it.
@@ -228,6 +233,9 @@ pub struct DeploymentSpec {
     pub remark: String,
     pub default_response_format: Option<String>,
     pub price_per_replica_hour: f64,
+    /// The chat template to use instead of the model's own: the deployment's, else its catalog
+    /// entry's.
+    pub chat_template: Option<String>,
     pub origin: Origin,
     /// What was asked for, as given: kept by the store and shown by the management API.
     pub request: DeploymentRequest,
@@ -268,6 +276,18 @@ impl DeploymentSpec {
                 bail!("`default_response_format` `{f}`: use one of {}", AUDIO_FORMATS.join(", "));
             }
         }
+        let catalog_template = match &source {
+            ModelSource::Catalog(entry) => entry.chat_template.clone(),
+            _ => None,
+        };
+        let chat_template = request.chat_template.clone().or(catalog_template);
+        if let Some(template) = &chat_template {
+            if source.kind() != ModelKind::Chat {
+                bail!("`chat_template` is for text models; `{model}` is a voice");
+            }
+            // Refused now rather than at the first request's load.
+            ChatTemplate::new(template.clone(), None, None).context("`chat_template`")?;
+        }
         let price = request.price_per_replica_hour.unwrap_or(defaults.price_per_replica_hour);
         if !price.is_finite() || price < 0.0 {
             bail!("`price_per_replica_hour` must be zero or positive");
@@ -284,6 +304,7 @@ impl DeploymentSpec {
             remark: request.remark.clone().unwrap_or_default(),
             default_response_format: request.default_response_format.clone(),
             price_per_replica_hour: price,
+            chat_template,
             origin,
             request,
         })

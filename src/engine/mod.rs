@@ -80,7 +80,8 @@ pub struct Engine {
     submit: mpsc::Sender<GenerationRequest>,
     worker: std::thread::JoinHandle<()>,
     pub tokenizer: Arc<TextTokenizer>,
-    pub template: ChatTemplate,
+    /// `None`: the model takes raw prompts only.
+    pub template: Option<ChatTemplate>,
     pub context_length: usize,
     pub limits: Limits,
     pub stats: Arc<EngineStats>,

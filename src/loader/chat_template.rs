@@ -5,9 +5,6 @@
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-/// Used when a model ships no template: ChatML, the most common format.
-const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateMessage {
     pub role: String,
@@ -21,7 +18,9 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub fn new(source: Option<String>, bos_token: Option<String>, eos_token: Option<String>) -> anyhow::Result<Self> {
+    /// There is no fallback for a model without a template: guessing a format (ChatML, say) would
+    /// answer in one the model was never trained on. Such a model takes raw prompts only.
+    pub fn new(source: String, bos_token: Option<String>, eos_token: Option<String>) -> anyhow::Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -55,8 +54,7 @@ impl ChatTemplate {
                 .replace("%B", MONTHS[(m - 1) as usize])
                 .replace("%b", &MONTHS[(m - 1) as usize][..3])
         });
-        env.add_template_owned("chat", source.unwrap_or_else(|| CHATML.to_string()))
-            .map_err(|e| anyhow::anyhow!("chat template does not parse: {e}"))?;
+        env.add_template_owned("chat", source).map_err(|e| anyhow::anyhow!("chat template does not parse: {e}"))?;
         Ok(Self { env, bos_token: bos_token.unwrap_or_default(), eos_token: eos_token.unwrap_or_default() })
     }
 
@@ -106,7 +104,7 @@ mod tests {
 
     #[test]
     fn smollm2_template_adds_default_system_prompt() {
-        let t = ChatTemplate::new(Some(SMOLLM2.into()), None, None).unwrap();
+        let t = ChatTemplate::new(SMOLLM2.into(), None, None).unwrap();
         let out = t.render(&[msg("user", "Hi")], true).unwrap();
         assert_eq!(
             out,
@@ -117,7 +115,7 @@ mod tests {
     #[test]
     fn raise_exception_reaches_the_caller_and_python_methods_work() {
         let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}{{ m['content'].strip() | upper }}{% endfor %}";
-        let t = ChatTemplate::new(Some(src.into()), Some("<s>".into()), None).unwrap();
+        let t = ChatTemplate::new(src.into(), Some("<s>".into()), None).unwrap();
         assert_eq!(t.render(&[msg("user", "  hi  ")], false).unwrap(), "<s>HI");
         assert_eq!(t.render(&[msg("tool", "x")], false).unwrap_err(), "no tools here");
     }
@@ -125,7 +123,7 @@ mod tests {
     #[test]
     fn trim_and_lstrip_blocks_like_hugging_face() {
         let src = "{% for m in messages %}\n    {{ m.content }}\n{% endfor %}";
-        let t = ChatTemplate::new(Some(src.into()), None, None).unwrap();
+        let t = ChatTemplate::new(src.into(), None, None).unwrap();
         assert_eq!(t.render(&[msg("user", "a"), msg("user", "b")], false).unwrap(), "    a\n    b\n");
     }
 

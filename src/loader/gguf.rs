@@ -34,7 +34,9 @@ pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Loaded
         let model = weights(&content, &mut reader, cfg, format, device)?;
         let tokenizer = tokenizer.join().map_err(|_| anyhow!("building the tokenizer panicked"))??;
         let template_src = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-        let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
+        let template = template_src
+            .map(|src| ChatTemplate::new(src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone()))
+            .transpose()?;
         Ok(LoadedModel { model, tokenizer, template })
     })
 }

@@ -41,7 +41,9 @@ fn refuse_unused(names: impl Iterator<Item = String>, used: &HashSet<String>, wh
 pub struct LoadedModel {
     pub model: Box<dyn TextModel>,
     pub tokenizer: tokenizer::TextTokenizer,
-    pub template: chat_template::ChatTemplate,
+    /// `None` when the model ships none: it serves `/v1/completions` only, unless its deployment
+    /// or catalog entry supplies one.
+    pub template: Option<chat_template::ChatTemplate>,
 }
 
 /// Where a model's weights come from, as named on the command line.

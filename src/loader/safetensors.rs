@@ -243,6 +243,8 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
             .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
         _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
     };
-    let template = ChatTemplate::new(template_src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone())?;
+    let template = template_src
+        .map(|src| ChatTemplate::new(src, tokenizer.bos_token.clone(), tokenizer.eos_token.clone()))
+        .transpose()?;
     Ok(LoadedModel { model, tokenizer, template })
 }

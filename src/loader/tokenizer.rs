@@ -182,6 +182,23 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// A prompt's token ids: special-token texts become their ids (as llama.cpp's server does), and
+    /// the BOS token comes first when the model asks for one.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text, true)?;
+        if let Some(bos) = self.add_bos {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// How many ids the vocabulary has: valid ids are below it.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
     /// The bytes an id decodes to (nothing for control tokens and unknown ids).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
         self.token_bytes.get(id as usize).map_or(&[], Vec::as_slice)

@@ -9,6 +9,7 @@ const baseURL = process.env.WICK_BASE_URL;
 const model = process.env.WICK_MODEL;
 const client = new OpenAI({ baseURL, apiKey: process.env.WICK_API_KEY, maxRetries: 0 });
 const messages = [{ role: "user", content: "What is the capital of France? Answer in one word." }];
+const prompt = "The capital of France is";
 
 test("models list", async () => {
   const ids = [];
@@ -48,6 +49,43 @@ test("stop is not emitted", async () => {
 test("n = 2", async () => {
   const r = await client.chat.completions.create({ model, messages, n: 2, seed: 1, max_tokens: 16 });
   assert.deepEqual(r.choices.map((c) => c.index), [0, 1]);
+});
+
+test("text completion", async () => {
+  const r = await client.completions.create({ model, prompt, temperature: 0, max_tokens: 8, echo: true });
+  assert.equal(r.object, "text_completion");
+  assert.equal(r.model, model);
+  assert.equal(r.choices[0].index, 0);
+  // echo: the prompt, then SmolLM2's greedy continuation (" Paris.\n\nThe United States has").
+  assert.ok(r.choices[0].text.startsWith(prompt), r.choices[0].text);
+  assert.match(r.choices[0].text.slice(prompt.length), /Paris/);
+  assert.ok(["stop", "length"].includes(r.choices[0].finish_reason));
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+});
+
+test("text completion stream with usage", async () => {
+  const plain = await client.completions.create({ model, prompt: [prompt, prompt], temperature: 0, max_tokens: 8 });
+  const stream = await client.completions.create({
+    model, prompt: [prompt, prompt], temperature: 0, max_tokens: 8, stream: true, stream_options: { include_usage: true },
+  });
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  assert.ok(chunks.every((c) => c.object === "text_completion"));
+  const texts = ["", ""];
+  for (const c of chunks) for (const choice of c.choices) texts[choice.index] += choice.text;
+  assert.deepEqual(texts, plain.choices.map((c) => c.text));
+  assert.ok(texts.every((t) => t.includes("Paris")), texts.join("|"));
+  const last = chunks[chunks.length - 1];
+  assert.deepEqual(last.choices, []);
+  assert.equal(last.usage.completion_tokens, plain.usage.completion_tokens);
+});
+
+test("text completion: best_of raises BadRequestError naming it", async () => {
+  await assert.rejects(client.completions.create({ model, prompt, best_of: 3 }), (e) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.equal(e.param, "best_of");
+    return true;
+  });
 });
 
 test("wrong key raises AuthenticationError", async () => {

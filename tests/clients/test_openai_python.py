@@ -10,6 +10,7 @@ import pytest
 BASE_URL = os.environ["WICK_BASE_URL"]
 MODEL = os.environ["WICK_MODEL"]
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+PROMPT = "The capital of France is"
 
 
 @pytest.fixture
@@ -59,6 +60,45 @@ def test_stop_is_not_emitted(client):
 def test_n_two(client):
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, n=2, seed=1, max_tokens=16)
     assert [c.index for c in r.choices] == [0, 1]
+
+
+def test_text_completion(client):
+    r = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=8, echo=True)
+    assert r.object == "text_completion"
+    assert r.model == MODEL
+    assert r.id.startswith("cmpl-")
+    choice = r.choices[0]
+    assert choice.index == 0 and choice.logprobs is None
+    # echo: the prompt, then SmolLM2's greedy continuation (" Paris.\n\nThe United States has").
+    assert choice.text.startswith(PROMPT) and "Paris" in choice.text[len(PROMPT):]
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert 0 < r.usage.completion_tokens <= 8
+
+
+def test_text_completion_stream_with_usage(client):
+    plain = client.completions.create(model=MODEL, prompt=[PROMPT, PROMPT], temperature=0, max_tokens=8)
+    stream = client.completions.create(
+        model=MODEL, prompt=[PROMPT, PROMPT], temperature=0, max_tokens=8, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "text_completion" for c in chunks)
+    texts = ["", ""]
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in plain.choices]
+    assert all("Paris" in t for t in texts)
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_text_completion_refuses_suffix(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=PROMPT, suffix="and that is all.")
+    assert e.value.param == "suffix"
 
 
 def test_wrong_key_is_an_authentication_error():

@@ -235,6 +235,19 @@ pub fn tiny_long_model() -> PathBuf {
     written_once(&PATH, "tiny-llama-long.gguf", 2, 4096)
 }
 
+/// The tiny model without a chat template, as base models ship: it takes raw prompts only.
+pub fn tiny_base_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wick-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny-base.gguf");
+        write_tiny_gguf_edited(&path, 1, CONTEXT, |md, _| md.retain(|(key, _)| key != "tokenizer.chat_template"));
+        path
+    })
+    .clone()
+}
+
 /// The model at `path` served as `name`, with the server's default settings and `limits`.
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
     let request =
@@ -302,7 +315,19 @@ impl TestServer {
 
     /// POSTs a streaming chat request and returns every `data:` payload in order.
     pub async fn chat_stream(&self, body: serde_json::Value) -> Vec<String> {
-        let resp = self.post("/v1/chat/completions").json(&body).send().await.unwrap();
+        self.stream("/v1/chat/completions", body).await
+    }
+
+    /// POSTs a completions request and returns (status, JSON body).
+    pub async fn complete(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self.post("/v1/completions").json(&body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// POSTs a streaming request to `path` and returns every `data:` payload in order.
+    pub async fn stream(&self, path: &str, body: serde_json::Value) -> Vec<String> {
+        let resp = self.post(path).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), 200);
         assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
         let text = resp.text().await.unwrap();
@@ -315,6 +340,18 @@ pub fn greedy(content: &str, max_tokens: u32) -> serde_json::Value {
     serde_json::json!({
         "model": "tiny",
         "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "logit_bias": {"0": -100, "1": -100, "2": -100},
+    })
+}
+
+/// A greedy completions request for `prompt` (a string, strings or token ids) that never ends early
+/// on the tiny model's control tokens.
+pub fn greedy_prompt(prompt: serde_json::Value, max_tokens: u32) -> serde_json::Value {
+    serde_json::json!({
+        "model": "tiny",
+        "prompt": prompt,
         "temperature": 0,
         "max_tokens": max_tokens,
         "logit_bias": {"0": -100, "1": -100, "2": -100},

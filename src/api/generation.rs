@@ -1,0 +1,441 @@
+//! What `/v1/chat/completions` and `/v1/completions` share, so that both behave alike: the checks of
+//! the sampling fields, the way to a deployment's engine (scope, kind, lease, context and batch
+//! limits, the queue), and the answer as one JSON body or as OpenAI's event stream. Each endpoint
+//! brings its own wire shape (`Wire`) and its own prompt tokens.
+
+use super::openai::{PromptTokensDetails, StopSpec, StreamOptions, Usage};
+use crate::auth::Caller;
+use crate::deploy::{Deployment, Lease};
+use crate::engine::sampling::SamplingParams;
+use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError};
+use crate::error::ApiError;
+use crate::AppState;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{BoxStream, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::Span;
+
+/// OpenAI's limit on choices per prompt.
+const MAX_N: i64 = 128;
+
+/// The request fields both endpoints take, borrowed from either request.
+pub struct SamplingFields<'a> {
+    pub n: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<&'a StopSpec>,
+    pub logit_bias: Option<&'a HashMap<String, f32>>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<&'a StreamOptions>,
+}
+
+/// Those fields checked against OpenAI's ranges.
+pub struct Generation {
+    /// Choices per prompt.
+    pub n: usize,
+    pub stop: Vec<String>,
+    pub sampling: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn bad<T>(message: String, param: &str) -> Result<T, ApiError> {
+    Err(ApiError::invalid_request(message, Some(param)))
+}
+
+/// `max_tokens` (or chat's `max_completion_tokens`, named by `param`): at least 1 when given.
+pub fn check_max_tokens(value: Option<i64>, param: &str) -> Result<Option<usize>, ApiError> {
+    match value {
+        Some(v) if v < 1 => bad(format!("Invalid '{param}': {v}. It must be at least 1."), param),
+        v => Ok(v.map(|v| v as usize)),
+    }
+}
+
+pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
+    let n = f.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return bad(format!("Invalid 'n': {n}. It must be between 1 and {MAX_N}."), "n");
+    }
+    let in_range = |v: Option<f32>, lo: f32, hi: f32, name: &str| -> Result<(), ApiError> {
+        match v {
+            Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => {
+                bad(format!("Invalid '{name}': {x}. It must be between {lo} and {hi}."), name)
+            }
+            _ => Ok(()),
+        }
+    };
+    in_range(f.temperature, 0.0, 2.0, "temperature")?;
+    in_range(f.top_p, 0.0, 1.0, "top_p")?;
+    in_range(f.presence_penalty, -2.0, 2.0, "presence_penalty")?;
+    in_range(f.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => return bad(format!("Invalid 'top_k': {k}. It must be -1, 0 or positive."), "top_k"),
+    };
+    let stop = match f.stop {
+        None => vec![],
+        Some(StopSpec::One(s)) => vec![s.clone()],
+        Some(StopSpec::Many(v)) if v.len() > 4 => return bad("'stop' takes at most 4 sequences.".into(), "stop"),
+        Some(StopSpec::Many(v)) => v.clone(),
+    };
+    let mut logit_bias = Vec::new();
+    for (token, &bias) in f.logit_bias.into_iter().flatten() {
+        let Ok(id) = token.parse::<u32>() else {
+            return bad(format!("Invalid key in 'logit_bias': '{token}' is not a token id."), "logit_bias");
+        };
+        if !(-100.0..=100.0).contains(&bias) {
+            return bad(
+                format!("Invalid value in 'logit_bias' for {token}: {bias}. It must be between -100 and 100."),
+                "logit_bias",
+            );
+        }
+        logit_bias.push((id, bias));
+    }
+    let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return bad(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(),
+            "stream_options",
+        );
+    }
+    Ok(Generation {
+        n: n as usize,
+        stop,
+        sampling: SamplingParams {
+            temperature: f.temperature.unwrap_or(1.0),
+            top_p: f.top_p.unwrap_or(1.0),
+            top_k,
+            presence_penalty: f.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+            logit_bias,
+            seed: f.seed.map(|s| s as u64),
+        },
+        stream,
+        include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+    })
+}
+
+/// The text deployment named `model`. A key scoped away from it is told it does not exist, as
+/// OpenAI does; a voice is pointed to the speech endpoint.
+pub fn text_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
+    let deployment = state
+        .deployments
+        .get(model)
+        .filter(|d| caller.scope.allows(d.name()))
+        .ok_or_else(|| ApiError::model_not_found(model))?;
+    if deployment.spec.source.kind() != crate::loader::ModelKind::Chat {
+        return Err(ApiError::invalid_request(
+            format!("`{model}` is a text-to-speech model: use /v1/audio/speech."),
+            Some("model"),
+        ));
+    }
+    Ok(deployment)
+}
+
+/// The parts of an answer that every chunk repeats.
+pub struct Head {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    /// Whether streamed chunks carry `usage` (null until the last).
+    pub include_usage: bool,
+}
+
+/// One endpoint's shape on the wire.
+pub trait Wire: Send + Sync + 'static {
+    /// The request field a too-long prompt is blamed on.
+    const PROMPT_PARAM: &'static str;
+    /// What a streamed choice opens with, if anything (chat: its role).
+    fn opening(&self, head: &Head, index: usize) -> Option<String>;
+    /// A streamed piece of choice `index`'s text.
+    fn text(&self, head: &Head, index: usize, text: String) -> String;
+    /// The streamed chunk that ends choice `index`.
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String;
+    /// The streamed chunk with the usage and no choices.
+    fn usage(&self, head: &Head, usage: Usage) -> String;
+    /// The whole answer: each choice's generated text and why it ended, in index order.
+    fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response;
+}
+
+/// Sends the prompts to the leased replica's engine, `n` choices each, and answers. The choices of
+/// prompt `p` get indexes `p * n ..`, as OpenAI numbers them. `prepare` turns the request into
+/// prompt tokens with the loaded model's tokenizer.
+pub async fn generate<W: Wire>(
+    state: &AppState,
+    deployment: Arc<Deployment>,
+    head: Head,
+    started: Instant,
+    max_tokens: Option<usize>,
+    generation: Generation,
+    prepare: impl FnOnce(&Engine) -> Result<(Vec<Vec<u32>>, W), ApiError>,
+) -> Result<Response, ApiError> {
+    // Loads the deployment if it is in Standby; held until the answer is complete.
+    let lease = deployment.acquire().await?;
+    let engine = lease.chat().ok_or_else(|| ApiError::internal("a text deployment without a text engine"))?;
+    let (prompts, wire) = prepare(engine)?;
+    let context = engine.context_length;
+    let n = generation.n;
+    if n > engine.limits.max_batch_size {
+        return Err(ApiError::invalid_request(
+            format!(
+                "Invalid 'n': {n}. This deployment runs at most {} sequences at once.",
+                engine.limits.max_batch_size
+            ),
+            Some("n"),
+        ));
+    }
+    if prompts.len() > engine.limits.max_queue {
+        // It could never be queued whole: a 429 would have the client retry for ever.
+        return Err(ApiError::invalid_request(
+            format!(
+                "{} prompts in one request; this deployment queues at most {}.",
+                prompts.len(),
+                engine.limits.max_queue
+            ),
+            Some(W::PROMPT_PARAM),
+        ));
+    }
+    let mut budgets = Vec::with_capacity(prompts.len());
+    for prompt in &prompts {
+        let len = prompt.len();
+        budgets.push(match max_tokens {
+            Some(m) if len + m > context => {
+                return Err(ApiError::context_length_exceeded(W::PROMPT_PARAM, context, len, m))
+            }
+            Some(m) => m,
+            None if len >= context => return Err(ApiError::context_length_exceeded(W::PROMPT_PARAM, context, len, 1)),
+            None => context - len,
+        });
+    }
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    Span::current().record("prompt_tokens", prompt_tokens);
+    let mut receivers = Vec::with_capacity(prompts.len());
+    for (prompt, max_tokens) in prompts.into_iter().zip(budgets) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        engine
+            .submit(GenerationRequest {
+                prompt,
+                n,
+                max_tokens,
+                sampling: generation.sampling.clone(),
+                stop: generation.stop.clone(),
+                events: tx,
+            })
+            // The prompts already queued are dropped with their receivers.
+            .map_err(|e| match e {
+                SubmitError::QueueFull => ApiError::overloaded(1),
+                SubmitError::Stopped => ApiError::model_unavailable(&head.model, "its engine stopped"),
+            })?;
+        receivers.push(rx);
+    }
+    let reply = Reply {
+        choices: receivers.len() * n,
+        n,
+        head,
+        wire,
+        prompt_tokens,
+        started,
+        span: Span::current(),
+        metrics: state.deployments.metrics().clone(),
+        completion_tokens: AtomicUsize::new(0),
+        cached_tokens: AtomicUsize::new(0),
+        last_token_at: Mutex::new(None),
+        lease,
+    };
+    let events = merge(receivers, n);
+    Ok(if generation.stream { reply.stream(events) } else { reply.collect(events).await? })
+}
+
+/// Every prompt's events as one stream, each choice renumbered to its place in the answer. Dropping
+/// the stream drops the receivers, which is how the engine learns that the client has gone.
+fn merge(receivers: Vec<mpsc::UnboundedReceiver<Event>>, n: usize) -> BoxStream<'static, Event> {
+    let streams = receivers.into_iter().enumerate().map(|(prompt, rx)| {
+        let first = prompt * n;
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .map(move |event| match event {
+                Event::Text { choice, text } => Event::Text { choice: first + choice, text },
+                Event::Done { choice, reason, completion_tokens, cached_prompt_tokens } => {
+                    Event::Done { choice: first + choice, reason, completion_tokens, cached_prompt_tokens }
+                }
+                Event::Error(e) => Event::Error(e),
+            })
+            .boxed()
+    });
+    futures::stream::select_all(streams).boxed()
+}
+
+/// What the answer needs besides the engine's events. Dropping it (the answer is complete, or the
+/// client went away) accounts the request's usage and gives its lease back.
+struct Reply<W: Wire> {
+    head: Head,
+    wire: W,
+    /// Choices in all, and per prompt.
+    choices: usize,
+    n: usize,
+    prompt_tokens: usize,
+    started: Instant,
+    span: Span,
+    metrics: Arc<crate::metrics::Metrics>,
+    completion_tokens: AtomicUsize,
+    cached_tokens: AtomicUsize,
+    last_token_at: Mutex<Option<Instant>>,
+    lease: Lease,
+}
+
+impl<W: Wire> Drop for Reply<W> {
+    fn drop(&mut self) {
+        let completion = self.completion_tokens.load(Ordering::Relaxed);
+        self.lease.deployment().usage.add_request(self.prompt_tokens, completion);
+        self.metrics.tokens(&self.head.model, self.prompt_tokens, completion);
+    }
+}
+
+impl<W: Wire> Reply<W> {
+    /// Time to first token on the first text event, the gap since the last one after that.
+    fn record_text(&self) {
+        let now = Instant::now();
+        let mut last = self.last_token_at.lock().unwrap_or_else(|e| e.into_inner());
+        match last.replace(now) {
+            None => {
+                let ttft = now - self.started;
+                self.span.record("ttft_ms", ttft.as_millis() as u64);
+                self.metrics.first_token(&self.head.model, ttft.as_secs_f64());
+            }
+            Some(previous) => self.metrics.inter_token(&self.head.model, (now - previous).as_secs_f64()),
+        }
+    }
+
+    /// A choice ended. Each prompt is counted once, so its cached part is its first choice's.
+    fn record_done(&self, choice: usize, completion_tokens: usize, cached_prompt_tokens: usize) {
+        self.completion_tokens.fetch_add(completion_tokens, Ordering::Relaxed);
+        if choice.is_multiple_of(self.n) {
+            self.cached_tokens.fetch_add(cached_prompt_tokens, Ordering::Relaxed);
+        }
+    }
+
+    fn record_end(&self, completion_tokens: usize) {
+        self.span.record("completion_tokens", completion_tokens);
+        self.span.record("duration_ms", self.started.elapsed().as_millis() as u64);
+        self.span.in_scope(|| tracing::info!("completion finished"));
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens,
+            total_tokens: self.prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: self.cached_tokens.load(Ordering::Relaxed) },
+        }
+    }
+
+    async fn collect(self, mut events: BoxStream<'static, Event>) -> Result<Response, ApiError> {
+        let mut texts = vec![String::new(); self.choices];
+        let mut reasons = vec![None; self.choices];
+        let mut completion_tokens = 0;
+        while reasons.iter().any(Option::is_none) {
+            match events.next().await {
+                Some(Event::Text { choice, text }) => {
+                    self.record_text();
+                    texts[choice].push_str(&text);
+                }
+                Some(Event::Done { choice, reason, completion_tokens: c, cached_prompt_tokens }) => {
+                    reasons[choice] = Some(reason);
+                    completion_tokens += c;
+                    self.record_done(choice, c, cached_prompt_tokens);
+                }
+                Some(Event::Error(e)) => return Err(ApiError::internal(e)),
+                None => return Err(ApiError::internal("the engine dropped the request")),
+            }
+        }
+        self.record_end(completion_tokens);
+        let choices = texts.into_iter().zip(reasons).map(|(text, reason)| (text, reason.expect("all done"))).collect();
+        Ok(self.wire.body(&self.head, choices, self.usage(completion_tokens)))
+    }
+
+    /// OpenAI's stream: each choice's opening, text chunks, a finish chunk per choice, the usage
+    /// chunk (empty `choices`) when asked for, then `[DONE]`.
+    fn stream(self, events: BoxStream<'static, Event>) -> Response {
+        let state = StreamState {
+            events,
+            queue: (0..self.choices).filter_map(|i| self.wire.opening(&self.head, i)).collect(),
+            remaining: self.choices,
+            completion_tokens: 0,
+            ended: false,
+            reply: self,
+        };
+        let events = futures::stream::unfold(state, |mut st| async move {
+            let data = st.next().await?;
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), st))
+        });
+        Sse::new(events).into_response()
+    }
+}
+
+struct StreamState<W: Wire> {
+    events: BoxStream<'static, Event>,
+    queue: VecDeque<String>,
+    remaining: usize,
+    completion_tokens: usize,
+    ended: bool,
+    reply: Reply<W>,
+}
+
+impl<W: Wire> StreamState<W> {
+    /// The next `data:` payload, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(data) = self.queue.pop_front() {
+                return Some(data);
+            }
+            if self.ended {
+                return None;
+            }
+            if self.remaining == 0 {
+                self.finish();
+                continue;
+            }
+            let r = &self.reply;
+            match self.events.next().await {
+                Some(Event::Text { choice, text }) => {
+                    r.record_text();
+                    self.queue.push_back(r.wire.text(&r.head, choice, text));
+                }
+                Some(Event::Done { choice, reason, completion_tokens, cached_prompt_tokens }) => {
+                    self.completion_tokens += completion_tokens;
+                    r.record_done(choice, completion_tokens, cached_prompt_tokens);
+                    self.remaining -= 1;
+                    self.queue.push_back(r.wire.finish(&r.head, choice, reason));
+                }
+                Some(Event::Error(e)) => {
+                    self.queue.push_back(ApiError::internal(e).to_json().to_string());
+                    self.ended = true;
+                }
+                None => {
+                    self.queue.push_back(ApiError::internal("the engine dropped the request").to_json().to_string());
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        let r = &self.reply;
+        r.record_end(self.completion_tokens);
+        if r.head.include_usage {
+            self.queue.push_back(r.wire.usage(&r.head, r.usage(self.completion_tokens)));
+        }
+        self.queue.push_back("[DONE]".to_string());
+        self.ended = true;
+    }
+}
