@@ -192,7 +192,7 @@ impl Piece {
             Some(GgmlDType::Q8_0) if device.is_cpu() => {
                 Kernel::Q8_0(Q8_0Matrix::new(stacked_bytes(parts, GgmlDType::Q8_0, device)?, n, k)?)
             }
-            // Q4_K stays on candle's kernel, which candle 0.11 repacks for AVX2 at load: 2.0-2.7x
+            // Q4_K stays on candle's kernel, which candle 0.11 repacks for AVX2 at load: 1.8-2.9x
             // faster than ours here (BENCHMARKS.md, "Q4_0, Q5_0 and the K-quants"), and batch-invariant
             // (checked below, as every type this chooses is).
             Some(t) if device.is_cpu() && Format::of(t).is_some() && t != GgmlDType::Q4K => {

@@ -6,7 +6,7 @@
 //! baseline build (its Q5_0 ran 3-9x slower than this one, `cargo bench --bench qmatmul`), and its
 //! Q6_K gives a row another result batched than alone (its batched rows take a repacked path), which
 //! would make a greedy completion depend on its batch. Its Q4_K is repacked for AVX2 and beat this
-//! kernel 2-2.7x here, so `arch::linear` keeps Q4_K on candle's; this kernel's Q4_K is tested and
+//! kernel 1.8-2.9x here, so `arch::linear` keeps Q4_K on candle's; this kernel's Q4_K is tested and
 //! measured, and takes over once it has a lanes layout like `q4_1`'s.
 //!
 //! One kernel for five types. Every type's block is read as sub-blocks of 32 weights that are small
