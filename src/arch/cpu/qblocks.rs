@@ -3,11 +3,12 @@
 //! as in Gemma 3 270M's 640-wide matrices).
 //!
 //! Why ours: candle 0.11's kernels for these are SIMD on some types and scalar on others in a
-//! baseline build (its Q5_0 ran 3-9x slower than this one, `cargo bench --bench qmatmul`), and its
-//! Q6_K gives a row another result batched than alone (its batched rows take a repacked path), which
-//! would make a greedy completion depend on its batch. Its Q4_K is repacked for AVX2 and beat this
-//! kernel 1.8-2.9x here, so `arch::linear` keeps Q4_K on candle's; this kernel's Q4_K is tested and
-//! measured, and takes over once it has a lanes layout like `q4_1`'s.
+//! baseline build (its Q5_0 ran 3-9x slower than this one, `cargo bench --bench qmatmul`), and they
+//! choose their path by the number of rows: its Q6_K gives a row another result batched than alone
+//! (batched rows take a repacked tile), and its Q4_K takes AMX tiles from 32 rows on a CPU that has
+//! them. Either makes a greedy completion depend on its batch. candle's Q4_K and Q6_K are faster
+//! than this kernel on AVX2 (1.6-2.9x, BENCHMARKS.md); a lanes layout like `q4_1`'s is the way to
+//! catch up.
 //!
 //! One kernel for five types. Every type's block is read as sub-blocks of 32 weights that are small
 //! signed integers times a scale per half (16 weights) plus an offset per sub-block:
