@@ -23,7 +23,9 @@
 //! The variants, chosen by `isa`:
 //! - `avx2` (and `avx512`, which has no faster form here yet): a column's blocks are decoded in SIMD
 //!   once per tile of 4 activation rows, and each sub-block's integer sums take two instructions per
-//!   row, `maddubs` and `madd`, as llama.cpp does;
+//!   row, `maddubs` and `madd`, as llama.cpp does. A K-quant's activations share one scale per
+//!   super-block (`Activations::quantize_shared`, as ggml's Q8_K), so its 8 sub-blocks are summed in
+//!   integers, each weighted by its integer scale, before one float multiply;
 //! - `portable`: the scalar reference, whose integer sums the compiler vectorises for the baseline.
 //!
 //! Every path is batch-invariant (see `quant`): a row's sums run through the same operations in the
