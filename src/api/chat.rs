@@ -136,23 +136,13 @@ pub async fn chat_completions(
 /// Chat's shape: `chat.completion` bodies and `chat.completion.chunk`s that open with the role.
 struct ChatWire;
 
-impl ChatWire {
-    fn chunk(head: &Head, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> String {
-        let chunk = ChatCompletionChunk {
-            id: &head.id,
-            object: "chat.completion.chunk",
-            created: head.created,
-            model: &head.model,
-            system_fingerprint: Some(crate::SYSTEM_FINGERPRINT),
-            choices,
-            usage: head.include_usage.then_some(usage),
-        };
-        serde_json::to_string(&chunk).expect("chunks serialise")
-    }
+/// The `object` of streamed chunks (a body's is `chat.completion`).
+const CHUNK_OBJECT: &str = "chat.completion.chunk";
 
+impl ChatWire {
     fn delta(head: &Head, index: usize, delta: Delta, finish: Option<FinishReason>) -> String {
         let choice = ChunkChoice { index, delta, logprobs: None, finish_reason: finish.map(FinishReason::as_str) };
-        Self::chunk(head, vec![choice], None)
+        head.chunk(CHUNK_OBJECT, vec![choice], None)
     }
 }
 
@@ -172,7 +162,7 @@ impl Wire for ChatWire {
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {
-        Self::chunk(head, vec![], Some(usage))
+        head.chunk::<ChunkChoice>(CHUNK_OBJECT, vec![], Some(usage))
     }
 
     fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response {

@@ -14,6 +14,9 @@ use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 use tracing::{field, Instrument};
 
+/// The `object` of bodies and streamed chunks alike.
+const OBJECT: &str = "text_completion";
+
 /// OpenAI's default `max_tokens` for completions (chat's is the rest of the context).
 const DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -155,22 +158,9 @@ struct TextWire {
 }
 
 impl TextWire {
-    fn chunk(head: &Head, choices: Vec<TextChoice>, usage: Option<Usage>) -> String {
-        let chunk = TextCompletionChunk {
-            id: &head.id,
-            object: "text_completion",
-            created: head.created,
-            model: &head.model,
-            system_fingerprint: Some(crate::SYSTEM_FINGERPRINT),
-            choices,
-            usage: head.include_usage.then_some(usage),
-        };
-        serde_json::to_string(&chunk).expect("chunks serialise")
-    }
-
     fn piece(head: &Head, index: usize, text: String, finish: Option<FinishReason>) -> String {
         let choice = TextChoice { text, index, logprobs: None, finish_reason: finish.map(FinishReason::as_str) };
-        Self::chunk(head, vec![choice], None)
+        head.chunk(OBJECT, vec![choice], None)
     }
 
     fn echoed(&self, index: usize) -> Option<&str> {
@@ -195,7 +185,7 @@ impl Wire for TextWire {
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {
-        Self::chunk(head, vec![], Some(usage))
+        head.chunk::<TextChoice>(OBJECT, vec![], Some(usage))
     }
 
     fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response {
@@ -214,7 +204,7 @@ impl Wire for TextWire {
             .collect();
         axum::Json(TextCompletion {
             id: head.id.clone(),
-            object: "text_completion",
+            object: OBJECT,
             created: head.created,
             model: head.model.clone(),
             system_fingerprint: Some(crate::SYSTEM_FINGERPRINT.to_string()),

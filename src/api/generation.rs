@@ -3,7 +3,7 @@
 //! limits, the queue), and the answer as one JSON body or as OpenAI's event stream. Each endpoint
 //! brings its own wire shape (`Wire`) and its own prompt tokens.
 
-use super::openai::{PromptTokensDetails, StopSpec, StreamOptions, Usage};
+use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, Usage};
 use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::sampling::SamplingParams;
@@ -150,6 +150,22 @@ pub struct Head {
     pub created: u64,
     /// Whether streamed chunks carry `usage` (null until the last).
     pub include_usage: bool,
+}
+
+impl Head {
+    /// A streamed chunk of `object` with `choices`, and `usage` where the client asked for it.
+    pub fn chunk<C: serde::Serialize>(&self, object: &'static str, choices: Vec<C>, usage: Option<Usage>) -> String {
+        let chunk = StreamChunk {
+            id: &self.id,
+            object,
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: Some(crate::SYSTEM_FINGERPRINT),
+            choices,
+            usage: self.include_usage.then_some(usage),
+        };
+        serde_json::to_string(&chunk).expect("chunks serialise")
+    }
 }
 
 /// One endpoint's shape on the wire.

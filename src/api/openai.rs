@@ -100,14 +100,16 @@ pub struct ResponseMessage {
     pub refusal: Option<String>,
 }
 
+/// A streamed chunk of either endpoint: `chat.completion.chunk` with `ChunkChoice`s, or
+/// `text_completion` with `TextChoice`s.
 #[derive(Debug, Serialize)]
-pub struct ChatCompletionChunk<'a> {
+pub struct StreamChunk<'a, C> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
     pub model: &'a str,
     pub system_fingerprint: Option<&'a str>,
-    pub choices: Vec<ChunkChoice>,
+    pub choices: Vec<C>,
     /// Present (as null until the last chunk) only when the client asked for usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
@@ -189,20 +191,6 @@ pub struct TextChoice {
     pub logprobs: Option<()>,
     /// Null in a streamed chunk until the choice's last one.
     pub finish_reason: Option<&'static str>,
-}
-
-/// A streamed piece of a completion: a `text_completion` object, as OpenAI streams them.
-#[derive(Debug, Serialize)]
-pub struct TextCompletionChunk<'a> {
-    pub id: &'a str,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: &'a str,
-    pub system_fingerprint: Option<&'a str>,
-    pub choices: Vec<TextChoice>,
-    /// As in chat chunks: present (null until the last chunk) only when the client asked for usage.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Option<Usage>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -255,13 +255,12 @@ mod avx2 {
     use crate::arch::cpu::quant::x86::hsum256;
     use std::arch::x86_64::*;
 
-    /// A sub-block as this kernel decodes it: 32 weights `scale[i / 16] * q[i] + offset`, `q` a
-    /// byte (unsigned, or signed where `SIGNED`), the half scales spread over the lanes that `madd`
-    /// gives each half (0..4 and 4..8).
+    /// A 32-weight block (Q4_0, Q5_0) as this kernel decodes it: weights `d * q[i] + offset`, `q`
+    /// unsigned bytes.
     #[derive(Clone, Copy)]
-    struct SubV {
+    struct Block32 {
         q: __m256i,
-        scale: __m256,
+        d: f32,
         offset: f32,
     }
 
@@ -278,8 +277,8 @@ mod avx2 {
         // closures: a closure is compiled without this function's target features, and its
         // intrinsics would become calls.
         match f {
-            Format::Q4_0 => dot_with::<R, false, Q4_0>(f, w, rows),
-            Format::Q5_0 => dot_with::<R, false, Q5_0>(f, w, rows),
+            Format::Q4_0 => dot_32::<R, Q4_0>(w, rows),
+            Format::Q5_0 => dot_32::<R, Q5_0>(w, rows),
             Format::Q4K => dot_k::<R, false, Q4K>(w, rows),
             Format::Q5K => dot_k::<R, false, Q5K>(w, rows),
             Format::Q6K => dot_k::<R, true, Q6K>(w, rows),
@@ -335,41 +334,27 @@ mod avx2 {
         std::array::from_fn(|r| hsum256(acc[r]) + offsets[r])
     }
 
-    /// `dot` for one format's `decode`. Unsigned weights multiply the activations directly
-    /// (`maddubs` takes unsigned times signed bytes: pair sums of at most 2 x 31 x 127 fit 16
-    /// bits); signed ones (Q6_K, whose halves differ in scale, so that a centring offset would need
-    /// each half's activation sum) go as `|q|` against `x` carrying `q`'s sign.
+    /// `dot` for a 32-weight format: its weights, centred by the block's offset rather than in
+    /// `q`, are unsigned and multiply the activations directly (`maddubs` takes unsigned times
+    /// signed bytes: pair sums of at most 2 x 31 x 127 fit 16 bits).
     #[inline(always)]
-    unsafe fn dot_with<const R: usize, const SIGNED: bool, D: Decode<[SubV; MAX_SUBS]>>(
-        f: Format,
-        w: &[u8],
-        rows: &[Row<'_>; R],
-    ) -> [f32; R] {
-        let per_block = f.weights() / BLOCK;
-        let subs_total = w.len() / f.bytes() * per_block;
+    unsafe fn dot_32<const R: usize, D: Decode<Block32>>(w: &[u8], rows: &[Row<'_>; R]) -> [f32; R] {
+        let bytes = D::FORMAT.bytes();
+        let blocks = w.len() / bytes;
         for (q, d, s) in rows {
-            assert!(q.len() >= subs_total * BLOCK && d.len() >= subs_total && s.len() >= subs_total);
+            assert!(q.len() >= blocks * BLOCK && d.len() >= blocks && s.len() >= blocks);
         }
         let ones = _mm256_set1_epi16(1);
-        let empty = SubV { q: _mm256_setzero_si256(), scale: _mm256_setzero_ps(), offset: 0.0 };
-        let mut subs = [empty; MAX_SUBS];
         let mut acc = [_mm256_setzero_ps(); R];
         let mut offsets = [0f32; R];
-        for (b, block) in w.chunks_exact(f.bytes()).enumerate() {
-            D::decode(block.as_ptr(), &mut subs);
-            for (i, sub) in subs[..per_block].iter().enumerate() {
-                let a = b * per_block + i;
-                let magnitude = if SIGNED { _mm256_sign_epi8(sub.q, sub.q) } else { sub.q };
-                for (r, (x, d, s)) in rows.iter().enumerate() {
-                    let mut x = _mm256_loadu_si256(x.as_ptr().add(a * BLOCK) as *const __m256i);
-                    if SIGNED {
-                        x = _mm256_sign_epi8(x, sub.q);
-                    }
-                    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, x), ones);
-                    let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(d[a]));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
-                    offsets[r] += sub.offset * s[a];
-                }
+        let mut block = Block32 { q: _mm256_setzero_si256(), d: 0.0, offset: 0.0 };
+        for (a, bytes) in w.chunks_exact(bytes).enumerate() {
+            D::decode(bytes.as_ptr(), &mut block);
+            for (r, (x, d, s)) in rows.iter().enumerate() {
+                let x = _mm256_loadu_si256(x.as_ptr().add(a * BLOCK) as *const __m256i);
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(block.q, x), ones);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(block.d * d[a]), acc[r]);
+                offsets[r] += block.offset * s[a];
             }
         }
         std::array::from_fn(|r| hsum256(acc[r]) + offsets[r])
@@ -414,22 +399,22 @@ mod avx2 {
     struct Q5K;
     struct Q6K;
 
-    impl Decode<[SubV; MAX_SUBS]> for Q4_0 {
+    impl Decode<Block32> for Q4_0 {
         const FORMAT: Format = Format::Q4_0;
         #[inline(always)]
-        unsafe fn decode(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
+        unsafe fn decode(b: *const u8, out: &mut Block32) {
             let d = f16(b);
-            out[0] = SubV { q: nibbles(b.add(2)), scale: _mm256_set1_ps(d), offset: -8.0 * d };
+            *out = Block32 { q: nibbles(b.add(2)), d, offset: -8.0 * d };
         }
     }
 
-    impl Decode<[SubV; MAX_SUBS]> for Q5_0 {
+    impl Decode<Block32> for Q5_0 {
         const FORMAT: Format = Format::Q5_0;
         #[inline(always)]
-        unsafe fn decode(b: *const u8, out: &mut [SubV; MAX_SUBS]) {
+        unsafe fn decode(b: *const u8, out: &mut Block32) {
             let d = f16(b);
             let high = bits_as_16s((b.add(2) as *const u32).read_unaligned());
-            out[0] = SubV { q: _mm256_or_si256(nibbles(b.add(6)), high), scale: _mm256_set1_ps(d), offset: -16.0 * d };
+            *out = Block32 { q: _mm256_or_si256(nibbles(b.add(6)), high), d, offset: -16.0 * d };
         }
     }
 
