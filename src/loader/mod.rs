@@ -10,7 +10,7 @@ pub mod voice;
 
 use crate::arch::linear::WeightFormat;
 use crate::arch::model::TextModel;
-use crate::catalog::{Catalog, CatalogEntry};
+use crate::catalog::{Catalog, CatalogEntry, EntryKind};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::collections::HashSet;
@@ -61,7 +61,8 @@ pub enum ModelSource {
 /// What a model does: which engine serves it and which endpoint takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    Chat,
+    /// Text generation (`/v1/chat/completions`, `/v1/completions`).
+    Text,
     Speech,
 }
 
@@ -70,7 +71,7 @@ impl ModelSource {
     pub fn parse(spec: &str) -> Result<Self> {
         if let Some(entry) = Catalog::builtin().get(spec) {
             if entry.main.is_none() {
-                bail!("`{spec}` is a {} that other entries use, not a model to serve", entry.kind);
+                bail!("`{spec}` is a {} that other entries use, not a model to serve", entry.kind.name());
             }
             return Ok(Self::Catalog(Box::new(entry.clone())));
         }
@@ -93,9 +94,9 @@ impl ModelSource {
 
     pub fn kind(&self) -> ModelKind {
         match self {
-            Self::Catalog(e) if e.kind == "speech" => ModelKind::Speech,
+            Self::Catalog(e) if e.kind == EntryKind::Speech => ModelKind::Speech,
             Self::PiperVoice(_) => ModelKind::Speech,
-            _ => ModelKind::Chat,
+            _ => ModelKind::Text,
         }
     }
 
@@ -122,7 +123,7 @@ impl ModelSource {
     /// Loads a voice. Blocking: call it off the async runtime.
     pub fn load_voice(&self, device: &Device) -> Result<voice::Voice> {
         match self {
-            Self::Catalog(e) if e.kind == "speech" => voice::Voice::load(&e.local_path(), device),
+            Self::Catalog(e) if e.kind == EntryKind::Speech => voice::Voice::load(&e.local_path(), device),
             Self::PiperVoice(p) => voice::Voice::load(p, device),
             _ => bail!("`{}` is not a voice", self.root()),
         }
@@ -133,7 +134,7 @@ impl ModelSource {
     /// at its first request. A catalog model not pulled yet, or a hub id, is checked when it loads.
     pub fn check_family(&self) -> Result<()> {
         match self {
-            Self::Catalog(e) if e.kind == "chat" && e.local_path().is_file() => gguf::check(&e.local_path()),
+            Self::Catalog(e) if e.kind.is_text() && e.local_path().is_file() => gguf::check(&e.local_path()),
             Self::GgufFile(p) => gguf::check(p),
             Self::HfFolder(p) => safetensors::check(p),
             _ => Ok(()),
@@ -143,7 +144,7 @@ impl ModelSource {
     /// Loads the model. Blocking: call it off the async runtime.
     pub fn load(&self, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
         match self {
-            Self::Catalog(e) if e.kind != "chat" => bail!("`{}` is a {} model, not a chat model", e.name, e.kind),
+            Self::Catalog(e) if !e.kind.is_text() => bail!("`{}` is a {} model, not a text model", e.name, e.kind.name()),
             Self::Catalog(e) => {
                 let path = e.local_path();
                 if !path.is_file() {
