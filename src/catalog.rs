@@ -119,12 +119,18 @@ impl Catalog {
 
     /// The model `wick serve` serves when given none.
     pub fn default_chat(&self) -> &CatalogEntry {
-        self.models.iter().find(|m| m.default && m.kind == EntryKind::Chat).expect("the catalog names a default chat model")
+        self.models
+            .iter()
+            .find(|m| m.default && m.kind == EntryKind::Chat)
+            .expect("the catalog names a default chat model")
     }
 
     /// The voice `wick serve` serves when given no model, and what `tts-1` names.
     pub fn default_speech(&self) -> &CatalogEntry {
-        self.models.iter().find(|m| m.default && m.kind == EntryKind::Speech).expect("the catalog names a default voice")
+        self.models
+            .iter()
+            .find(|m| m.default && m.kind == EntryKind::Speech)
+            .expect("the catalog names a default voice")
     }
 
     /// Entries that can be served (not libraries).

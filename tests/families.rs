@@ -81,6 +81,19 @@ fn rope_scalings_wick_lacks_and_sliding_windows_are_refused_by_name() {
 }
 
 #[test]
+fn gemma2s_soft_capped_attention_is_refused_by_name() {
+    let e = load_error(architecture("gemma2")).expect("gemma2 must not load");
+    assert!(e.contains("`gemma2` is not implemented") && e.contains("soft-capping"), "{e}");
+    // In a file of a family Wick runs, the setting alone is refused.
+    let gemma3 = |md: &mut GgufMetadata, ts: &mut GgufTensors| {
+        architecture("gemma3")(md, ts);
+        md.push(("gemma3.attn_logit_softcapping".into(), Value::F32(50.0)));
+    };
+    let e = load_error(gemma3).expect("soft-capped attention must not load");
+    assert!(e.contains("soft-capped attention scores") && e.contains("attn_logit_softcapping"), "{e}");
+}
+
+#[test]
 fn a_tensor_the_forward_would_not_use_is_refused() {
     // Llama 3.1's rope frequency factors are read (`llama3` in the reference check), one per
     // rotary pair: the tiny model's heads of 16 have 8.
@@ -147,7 +160,10 @@ fn a_tensor_type_wick_cannot_read_is_refused_by_name() {
 /// Broken on purpose: Qwen2 read with llama's rope layout is 2.2 off, Qwen2 without its biases picks
 /// another token at the first step, Qwen3 without its k norm is 0.18 off; `rope_freqs.weight`
 /// ignored picks another token at step 5 (llama3), the linear factor ignored is 0.43 off
-/// (llama-linear).
+/// (llama-linear). Gemma 3 (2026-12-07, largest 0.031): without its embedding scale 3.1 off, its
+/// norms after attention and the FFN 0.30, its logit soft-cap 1.13, its sliding window 0.14 (from
+/// the step whose position passes the window of 8), its local rope base 0.14, with SiLU for GELU
+/// 0.14.
 const LOGPROB_TOLERANCE: f32 = 0.1;
 
 #[test]

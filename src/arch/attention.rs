@@ -30,6 +30,14 @@ impl AttnShape {
     }
 }
 
+/// How one layer attends: the rope it rotates q and k by, the scale of its scores, and its sliding
+/// window, if it has one (a query at `p` sees keys `p - window + 1..=p`).
+pub struct LayerAttention<'a> {
+    pub rope: &'a Rope,
+    pub scale: f32,
+    pub window: Option<usize>,
+}
+
 /// One sequence's slice of a step: `rows` new tokens at positions `start..start + rows`, its cache
 /// in the pool's blocks `blocks` (room for at least `start + rows` positions).
 pub struct SeqRows<'a> {
@@ -47,8 +55,15 @@ const ROWS_PER_TILE: usize = 4;
 /// sequence in the order of `seqs`. Rotates q and k, writes k and v into each sequence's blocks of
 /// `layer`, and returns the attention output, one row of `q_dim` per token. This is also the CPU
 /// reference of the CUDA kernels (`rotary`, `reshape_and_cache`, `paged_attention`).
-pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerKv, seqs: &[SeqRows<'_>]) -> Vec<f32> {
+pub fn attend(
+    shape: AttnShape,
+    how: &LayerAttention<'_>,
+    qkv: &mut [f32],
+    layer: &mut LayerKv,
+    seqs: &[SeqRows<'_>],
+) -> Vec<f32> {
     let (q_dim, kv_dim, d) = (shape.q_dim(), shape.kv_dim(), shape.head_dim);
+    let rope = how.rope;
     let row_len = q_dim + 2 * kv_dim;
 
     // Rotate and write into the cache: cheap and sequential. Keys go in transposed within their
@@ -97,7 +112,6 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
     items.sort_by_key(|(s, _, _, _, rows)| std::cmp::Reverse(seqs[*s].start + rows.end));
     let qkv: &[f32] = qkv;
     let layer: &LayerKv = layer;
-    let scale = 1.0 / (d as f32).sqrt();
     let total_rows: usize = seqs.iter().map(|s| s.rows).sum();
     let mut out = vec![0f32; total_rows * q_dim];
     let shared = SharedOut::new(&mut out);
@@ -111,16 +125,19 @@ pub fn attend(shape: AttnShape, rope: &Rope, qkv: &mut [f32], layer: &mut LayerK
             tile.clear();
             for (i, t) in rows.enumerate() {
                 let row = tile_row + i;
+                let visible = seq.start + t + 1; // causal: keys 0..=pos
+                let first = how.window.map_or(0, |w| visible.saturating_sub(w));
                 for h in heads.clone() {
                     tile.push(Query {
                         q: &qkv[row * row_len + h * d..][..d],
-                        visible: seq.start + t + 1, // causal: keys 0..=pos
+                        first,
+                        visible,
                         // SAFETY: (row, head) pairs are distinct across items, so are these parts.
                         out: unsafe { shared.part(row * q_dim + h * d, d) },
                     });
                 }
             }
-            attend_tile(variant, &cache, &mut tile, scale, &mut scores);
+            attend_tile(variant, &cache, &mut tile, how.scale, &mut scores);
         }
     });
     out
@@ -148,6 +165,7 @@ mod tests {
     fn paged_prefill_and_decode_match_naive_attention() {
         let shape = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
         let rope = Rope::new(8, 10000.0, 64, RopeStyle::Halves, None);
+        let how = LayerAttention { rope: &rope, scale: 1.0 / (8f32).sqrt(), window: None };
         let row_len = shape.q_dim() + 2 * shape.kv_dim();
         let mut rng = 1u64;
         let mut rand = || {
@@ -161,12 +179,12 @@ mod tests {
         let (blocks_a, blocks_b): (&[BlockId], &[BlockId]) = (&[4, 1], &[5, 0]);
         let mut hist_b: Vec<f32> = (0..18 * row_len).map(|_| rand()).collect();
         let hist_b_orig = hist_b.clone();
-        attend(shape, &rope, &mut hist_b, layer, &[SeqRows { blocks: blocks_b, start: 0, rows: 18 }]);
+        attend(shape, &how, &mut hist_b, layer, &[SeqRows { blocks: blocks_b, start: 0, rows: 18 }]);
         let mut qkv: Vec<f32> = (0..21 * row_len).map(|_| rand()).collect();
         let original = qkv.clone();
         let out = attend(
             shape,
-            &rope,
+            &how,
             &mut qkv,
             layer,
             &[SeqRows { blocks: blocks_a, start: 0, rows: 20 }, SeqRows { blocks: blocks_b, start: 18, rows: 1 }],

@@ -3,8 +3,9 @@
 //! that names what it would get wrong, never a llama-like approximation: an approximation answers,
 //! and answers wrongly, with no error anywhere.
 
+use super::cpu::rowwise::Activation;
+use super::decoder::Decoder;
 use super::linear::WeightFormat;
-use super::llama::Llama;
 use super::model::{RawWeights, TextConfig, TextModel};
 use super::rope::RopeStyle;
 use anyhow::{bail, Result};
@@ -13,15 +14,18 @@ use candle_core::Device;
 /// A family Wick implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
-    /// Llama, SmolLM, and Mistral without a sliding window (`arch::llama`).
+    /// Llama, SmolLM, and Mistral without a sliding window (`arch::decoder`).
     Llama,
     /// Qwen2 and Qwen2.5: llama with biases on q, k and v.
     Qwen2,
     /// Qwen3 (dense): llama with an RMS norm on each head of q and k before the rotation.
     Qwen3,
+    /// Gemma 3 (text): Qwen3's q/k norms, and norms after attention and the FFN too, a scaled
+    /// embedding, GELU, and a sliding window on most layers with a rope base of their own.
+    Gemma3,
 }
 
-/// How a family differs from llama, as the loaders and the shared decoder (`arch::llama`) read it.
+/// How a family differs from llama, as the loaders and the shared decoder (`arch::decoder`) read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Differences {
     /// Biases on the q, k and v projections.
@@ -37,23 +41,54 @@ pub struct Differences {
     /// is read. llama.cpp reads it for llama only, so in another family's file it is an unused
     /// tensor, and refused as one.
     pub gguf_rope_freqs: bool,
+    /// Norms on the attention's and the FFN's outputs too, before each residual add (Gemma's
+    /// `post_attention_norm` and `post_ffw_norm`).
+    pub sandwich_norms: bool,
+    /// The embedding's rows multiplied by `sqrt(hidden_size)` (Gemma).
+    pub embed_scale: bool,
+    pub activation: Activation,
+    /// Gemma's norms scale by `1 + w`. llama.cpp's converter adds the 1 into GGUF files, so only a
+    /// Hugging Face folder's norm weights get it added at load.
+    pub hf_norm_plus_one: bool,
+    /// A file that sets a sliding window without saying which layers use it: of every this many
+    /// layers, all but the last slide (Gemma 3: five local, one global). None where the family has
+    /// no sliding window.
+    pub sliding_pattern: Option<usize>,
 }
+
+const LLAMA: Differences = Differences {
+    qkv_bias: false,
+    qk_norm: false,
+    gguf_rope: RopeStyle::Interleaved,
+    gguf_rope_freqs: true,
+    sandwich_norms: false,
+    embed_scale: false,
+    activation: Activation::Silu,
+    hf_norm_plus_one: false,
+    sliding_pattern: None,
+};
 
 impl Family {
     pub fn differences(self) -> Differences {
         match self {
-            Family::Llama => Differences {
-                qkv_bias: false,
-                qk_norm: false,
-                gguf_rope: RopeStyle::Interleaved,
-                gguf_rope_freqs: true,
-            },
+            Family::Llama => LLAMA,
             Family::Qwen2 => {
-                Differences { qkv_bias: true, qk_norm: false, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false }
+                Differences { qkv_bias: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false, ..LLAMA }
             }
             Family::Qwen3 => {
-                Differences { qkv_bias: false, qk_norm: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false }
+                Differences { qk_norm: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false, ..LLAMA }
             }
+            Family::Gemma3 => Differences {
+                qk_norm: true,
+                gguf_rope: RopeStyle::Halves,
+                gguf_rope_freqs: false,
+                sandwich_norms: true,
+                embed_scale: true,
+                activation: Activation::GeluTanh,
+                hf_norm_plus_one: true,
+                sliding_pattern: Some(6),
+                ..LLAMA
+            },
         }
     }
 }
@@ -78,9 +113,16 @@ const REGISTRY: &[Known] = &[
     Known { gguf: &["qwen2"], hf: &["qwen2"], status: Ok(Family::Qwen2) },
     Known { gguf: &["qwen3"], hf: &["qwen3"], status: Ok(Family::Qwen3) },
     Known { gguf: &["qwen3moe"], hf: &["qwen3_moe"], status: Err("its mixture of experts") },
+    Known { gguf: &["gemma3"], hf: &["gemma3_text"], status: Ok(Family::Gemma3) },
+    // A Hugging Face `gemma3` folder is the multimodal model, its text model's config nested.
     Known {
-        gguf: &["gemma", "gemma2", "gemma3"],
-        hf: &["gemma", "gemma2", "gemma3", "gemma3_text"],
+        gguf: &[],
+        hf: &["gemma3"],
+        status: Err("its image encoder and nested text config (Gemma3ForConditionalGeneration)"),
+    },
+    Known {
+        gguf: &["gemma", "gemma2"],
+        hf: &["gemma", "gemma2"],
         status: Err("its (1 + w) norms, embedding scale, sliding windows and soft-capping"),
     },
     Known { gguf: &["phi3"], hf: &["phi3"], status: Err("its fused projections and rope scaling") },
@@ -112,7 +154,9 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
 pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
     Ok(match cfg.family {
         // All run the llama decoder; how they differ is in their weights (`Differences`).
-        Family::Llama | Family::Qwen2 | Family::Qwen3 => Box::new(Llama::new(cfg, raw, format, device)?),
+        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
+            Box::new(Decoder::new(cfg, raw, format, device)?)
+        }
     })
 }
 

@@ -6,10 +6,10 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod decoder;
 pub mod embedding;
 pub mod family;
 pub mod linear;
-pub mod llama;
 pub mod model;
 pub mod rope;
 pub mod vits;

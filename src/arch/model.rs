@@ -31,6 +31,30 @@ pub struct TextConfig {
     /// A scaled rope: each rotary pair's frequency divided by its factor (`head_dim / 2` of them;
     /// `arch::rope`). None where the model is not scaled.
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// What attention scores are multiplied by: `1 / sqrt(head_dim)` for most models.
+    pub attn_scale: f32,
+    /// Layers that attend over a window of recent positions only, for a family that has them.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Logits soft-capped as `cap * tanh(logit / cap)` (Gemma 2; optional in Gemma 3's config).
+    pub final_logit_softcap: Option<f32>,
+}
+
+/// A sliding attention window: a local layer's query at position `p` sees keys `p - size + 1..=p`
+/// (llama.cpp's standard window, Hugging Face's `sliding_window`), and its rope has a base of its
+/// own without scaling (Gemma 3's `rope_local_base_freq`).
+#[derive(Debug, Clone)]
+pub struct SlidingWindow {
+    pub size: usize,
+    /// Per layer, whether it slides.
+    pub local_layers: Vec<bool>,
+    pub local_rope_theta: f32,
+}
+
+impl SlidingWindow {
+    /// Local layers as a repeating pattern: of every `pattern` layers, all but the last slide.
+    pub fn pattern(num_layers: usize, pattern: usize) -> Vec<bool> {
+        (0..num_layers).map(|i| pattern == 0 || i % pattern < pattern - 1).collect()
+    }
 }
 
 impl TextConfig {
@@ -44,6 +68,11 @@ impl TextConfig {
         }
         if !self.head_dim.is_multiple_of(2) {
             bail!("head size {} is odd: rotary embeddings need pairs", self.head_dim);
+        }
+        if let Some(w) = &self.sliding_window {
+            if w.size == 0 || w.local_layers.len() != self.num_layers {
+                bail!("a sliding window of {} over {} of {} layers", w.size, w.local_layers.len(), self.num_layers);
+            }
         }
         Ok(())
     }
@@ -60,6 +89,8 @@ pub struct RawLayer {
     pub gate: RawWeight,
     pub up: RawWeight,
     pub down: RawWeight,
+    /// Norms of the attention's and the FFN's outputs, for a family with sandwich norms.
+    pub post_norms: Option<(Tensor, Tensor)>,
     /// The q, k and v biases end to end (`[q_dim + 2 kv_dim]`), for a family that has them.
     pub qkv_bias: Option<Tensor>,
     /// The per-head RMS norm weights of q and of k (`[head_dim]` each), for a family that has them.

@@ -1,18 +1,18 @@
-//! A llama-family GGUF file: config, weights (memory-mapped, read in their quantized types),
+//! A GGUF file of a family Wick implements: config, weights (memory-mapped, read in their quantized types),
 //! tokenizer and chat template, all from the one file.
 //!
 //! What the family does not implement is a load error, not an approximation (`arch::family`): an
-//! architecture it does not know, a rope scaling other than linear or a sliding window in the
-//! metadata, and any tensor of the file that the forward would not use (a bias the family has not).
+//! architecture it does not know, a rope scaling other than linear, a sliding window in a family
+//! without one, and any tensor of the file that the forward would not use (a bias the family has not).
 //! Rope scalings are read as llama.cpp reads them: `rope.scaling.factor` stretches every frequency
 //! unless the type says `none`, and a llama file's `rope_freqs.weight` divides each pair's.
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
-use crate::arch::family;
+use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig, TextModel};
+use crate::arch::model::{qkv_bias, RawLayer, RawWeights, SlidingWindow, TextConfig, TextModel};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
@@ -67,6 +67,13 @@ fn weights(
             gate: tensor(&format!("{p}.ffn_gate.weight"))?,
             up: tensor(&format!("{p}.ffn_up.weight"))?,
             down: tensor(&format!("{p}.ffn_down.weight"))?,
+            post_norms: match cfg.family.differences().sandwich_norms {
+                true => Some((
+                    tensor(&format!("{p}.post_attention_norm.weight"))?.dequantize(device)?,
+                    tensor(&format!("{p}.post_ffw_norm.weight"))?.dequantize(device)?,
+                )),
+                false => None,
+            },
             qk_norm: match cfg.family.differences().qk_norm {
                 true => Some((
                     tensor(&format!("{p}.attn_q_norm.weight"))?.dequantize(device)?,
@@ -175,11 +182,15 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         Some(v) => v.to_u32()? as usize,
         None => md.get("tokenizer.ggml.tokens").context("GGUF has no vocabulary")?.to_vec()?.len(),
     };
+    let num_layers = u("block_count")?;
+    // llama.cpp's Gemma 3: heads of `hidden / heads` set the scale of the 27B (62 layers), whose
+    // `query_pre_attn_scalar` is that and not its head size.
+    let scale_dim = if family == Family::Gemma3 && num_layers == 62 { hidden / heads } else { head_dim };
     Ok(TextConfig {
         family,
         hidden_size: hidden,
         intermediate_size: u("feed_forward_length")?,
-        num_layers: u("block_count")?,
+        num_layers,
         num_heads: heads,
         num_kv_heads: u("attention.head_count_kv").unwrap_or(heads),
         head_dim,
@@ -189,7 +200,39 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         context_length: u("context_length")?,
         rope_style: family.differences().gguf_rope,
         rope_freq_factors: linear_rope_scaling(md, &arch)?.map(|factor| vec![factor; head_dim / 2]),
+        attn_scale: 1.0 / (scale_dim as f32).sqrt(),
+        sliding_window: sliding_window(md, &arch, family, num_layers)?,
+        final_logit_softcap: md.get(&format!("{arch}.final_logit_softcapping")).map(|v| v.to_f32()).transpose()?,
     })
+}
+
+/// A family's sliding window, as llama.cpp reads it: `attention.sliding_window` (absent or 0: none),
+/// the local layers from `attention.sliding_window_pattern` (a per-layer array, or N: all but
+/// every Nth slide) or else the family's pattern, and the local rope base from `rope.freq_base_swa`
+/// (llama.cpp's default 10,000 where absent).
+fn sliding_window(
+    md: &HashMap<String, Value>,
+    arch: &str,
+    family: Family,
+    num_layers: usize,
+) -> Result<Option<SlidingWindow>> {
+    let key = |k: &str| md.get(&format!("{arch}.{k}"));
+    let Some(size) = key("attention.sliding_window").map(|v| v.to_u32()).transpose()?.filter(|&w| w > 0) else {
+        return Ok(None);
+    };
+    let Some(family_pattern) = family.differences().sliding_pattern else {
+        bail!("a sliding attention window ({arch}.attention.sliding_window = {size}) is not implemented yet");
+    };
+    let local_layers = match key("attention.sliding_window_pattern") {
+        Some(Value::Array(per_layer)) => per_layer
+            .iter()
+            .map(|v| Ok(v.to_bool().or_else(|_| v.to_u32().map(|n| n != 0))?))
+            .collect::<Result<Vec<bool>>>()?,
+        Some(n) => SlidingWindow::pattern(num_layers, n.to_u32()? as usize),
+        None => SlidingWindow::pattern(num_layers, family_pattern),
+    };
+    let local_rope_theta = key("rope.freq_base_swa").map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.0);
+    Ok(Some(SlidingWindow { size: size as usize, local_layers, local_rope_theta }))
 }
 
 /// The factor of a linear rope scaling, read as llama.cpp reads it: a scaling type left out means
@@ -210,11 +253,10 @@ fn linear_rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option
     Ok(factor.filter(|&f| f != 0.0 && f != 1.0))
 }
 
-/// Metadata that changes the llama forward in ways Wick does not implement.
+/// Metadata that changes the forward in ways Wick does not implement.
 fn refuse_unimplemented_settings(md: &HashMap<String, Value>, arch: &str) -> Result<()> {
-    if let Some(window) = md.get(&format!("{arch}.attention.sliding_window")) {
-        let window = window.to_u32().map(|w| w.to_string()).unwrap_or_else(|_| "set".into());
-        bail!("a sliding attention window ({arch}.attention.sliding_window = {window}) is not implemented yet");
+    if let Some(cap) = md.get(&format!("{arch}.attn_logit_softcapping")) {
+        bail!("soft-capped attention scores ({arch}.attn_logit_softcapping = {cap:?}) are not implemented yet");
     }
     Ok(())
 }

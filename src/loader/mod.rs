@@ -144,7 +144,9 @@ impl ModelSource {
     /// Loads the model. Blocking: call it off the async runtime.
     pub fn load(&self, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
         match self {
-            Self::Catalog(e) if !e.kind.is_text() => bail!("`{}` is a {} model, not a text model", e.name, e.kind.name()),
+            Self::Catalog(e) if !e.kind.is_text() => {
+                bail!("`{}` is a {} model, not a text model", e.name, e.kind.name())
+            }
             Self::Catalog(e) => {
                 let path = e.local_path();
                 if !path.is_file() {

@@ -1,16 +1,17 @@
-//! A Hugging Face-layout folder of the llama family: config.json, tokenizer.json,
+//! A Hugging Face-layout folder of a family Wick implements: config.json, tokenizer.json,
 //! tokenizer_config.json, generation_config.json and *.safetensors (memory-mapped).
 //!
 //! As for GGUF files, what the family does not implement is a load error (`arch::family`): another
-//! `model_type`, a rope scaling other than linear and Llama 3's, a sliding window, biases, another
-//! activation, or a tensor of the checkpoint that the forward would not use.
+//! `model_type`, a rope scaling other than linear and Llama 3's, a sliding window in a family
+//! without one, biases, another activation, or a tensor of the checkpoint that the forward would not use.
 
 use super::chat_template::ChatTemplate;
 use super::tokenizer::TextTokenizer;
 use super::LoadedModel;
-use crate::arch::family;
+use crate::arch::cpu::rowwise::Activation;
+use crate::arch::family::{self, Family};
 use crate::arch::linear::{RawWeight, WeightFormat};
-use crate::arch::model::{qkv_bias, RawLayer, RawWeights, TextConfig};
+use crate::arch::model::{qkv_bias, RawLayer, RawWeights, SlidingWindow, TextConfig};
 use crate::arch::rope::{Llama3Scaling, RopeStyle};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -49,6 +50,18 @@ struct HfConfig {
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     hidden_act: Option<String>,
+    /// Gemma's name for `hidden_act`.
+    hidden_activation: Option<String>,
+    /// Per layer, `sliding_attention` or `full_attention` (Gemma 3, Qwen3 in transformers 5).
+    layer_types: Option<Vec<String>>,
+    /// Gemma 3's older form of `layer_types`: of every N layers, all but the last slide.
+    sliding_window_pattern: Option<usize>,
+    /// Gemma 3's rope base of sliding layers, beside `rope_theta` for the others.
+    rope_local_base_freq: Option<f32>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-0.5` rather than `head_dim^-0.5`.
+    query_pre_attn_scalar: Option<f32>,
+    final_logit_softcapping: Option<f32>,
+    attn_logit_softcapping: Option<f32>,
 }
 
 impl HfConfig {
@@ -71,6 +84,8 @@ impl HfConfig {
     /// than linear or Llama 3's is refused by name.
     fn rope(&self) -> Result<(f32, Option<Vec<f32>>)> {
         let params = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        // transformers 5 gives a model with sliding layers one set per kind of layer.
+        let params = params.map(|p| p.get("full_attention").unwrap_or(p));
         let theta = params.and_then(|p| p.get("rope_theta")?.as_f64()).map(|t| t as f32);
         let theta = theta.or(self.rope_theta).unwrap_or(10_000.0);
         let partial = params.and_then(|p| p.get("partial_rotary_factor")?.as_f64()).or(self.partial_rotary_factor);
@@ -107,19 +122,46 @@ impl HfConfig {
         Ok((theta, factors))
     }
 
-    /// Settings that change the llama forward in ways Wick does not implement.
-    fn refuse_unimplemented(&self) -> Result<()> {
-        self.rope()?;
-        if let Some(window) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
-            if self.use_sliding_window != Some(false) {
-                bail!("a sliding attention window of {window} (config.json sliding_window) is not implemented yet");
-            }
+    /// The sliding window of a family that has one; a window in a family without one is refused.
+    fn sliding_window(&self, family: Family) -> Result<Option<SlidingWindow>> {
+        let Some(size) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) else { return Ok(None) };
+        if self.use_sliding_window == Some(false) {
+            return Ok(None);
         }
+        let Some(family_pattern) = family.differences().sliding_pattern else {
+            bail!("a sliding attention window of {size} (config.json sliding_window) is not implemented yet");
+        };
+        let local_layers = match &self.layer_types {
+            Some(types) => types.iter().map(|t| t == "sliding_attention").collect(),
+            None => {
+                SlidingWindow::pattern(self.num_hidden_layers, self.sliding_window_pattern.unwrap_or(family_pattern))
+            }
+        };
+        let local = self.rope_parameters.as_ref().and_then(|p| p.get("sliding_attention"));
+        if let Some(kind) = local.and_then(|l| l.get("rope_type")?.as_str()).filter(|k| *k != "default") {
+            bail!("rope scaling `{kind}` on sliding layers (config.json rope_parameters) is not implemented yet");
+        }
+        let local_theta = local.and_then(|l| l.get("rope_theta")?.as_f64()).map(|t| t as f32);
+        let local_rope_theta = local_theta.or(self.rope_local_base_freq).unwrap_or(10_000.0);
+        Ok(Some(SlidingWindow { size, local_layers, local_rope_theta }))
+    }
+
+    /// Settings that change the forward in ways Wick does not implement.
+    fn refuse_unimplemented(&self, family: Family) -> Result<()> {
+        self.rope()?;
+        self.sliding_window(family)?;
         if self.attention_bias || self.mlp_bias {
             bail!("biases in the attention or MLP projections (config.json attention_bias/mlp_bias) are not implemented yet");
         }
-        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
-            bail!("activation `{act}` (config.json hidden_act) is not implemented yet; the llama family uses silu");
+        let wanted = match family.differences().activation {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+        };
+        if let Some(act) = self.hidden_activation.as_deref().or(self.hidden_act.as_deref()).filter(|a| *a != wanted) {
+            bail!("activation `{act}` (config.json hidden_act) is not implemented yet; the {family:?} family uses {wanted}");
+        }
+        if let Some(cap) = self.attn_logit_softcapping {
+            bail!("soft-capped attention scores (config.json attn_logit_softcapping = {cap}) are not implemented yet");
         }
         Ok(())
     }
@@ -142,8 +184,7 @@ fn supported_config(dir: &Path) -> Result<HfConfig> {
 }
 
 fn check_config(hf: &HfConfig) -> Result<()> {
-    family::from_hf(&hf.model_type()?)?;
-    hf.refuse_unimplemented()
+    hf.refuse_unimplemented(family::from_hf(&hf.model_type()?)?)
 }
 
 /// The family and settings of the folder, from config.json alone (`ModelSource::check_family`). A
@@ -157,8 +198,10 @@ pub fn check(dir: &Path) -> Result<()> {
 pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedModel> {
     let hf = supported_config(dir)?;
     let (rope_theta, rope_freq_factors) = hf.rope()?;
+    let family = family::from_hf(&hf.model_type()?)?;
+    let differences = family.differences();
     let cfg = TextConfig {
-        family: family::from_hf(&hf.model_type()?)?,
+        family,
         hidden_size: hf.hidden_size,
         intermediate_size: hf.intermediate_size,
         num_layers: hf.num_hidden_layers,
@@ -171,6 +214,9 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         context_length: hf.max_position_embeddings,
         rope_style: RopeStyle::Halves,
         rope_freq_factors,
+        attn_scale: 1.0 / hf.query_pre_attn_scalar.unwrap_or(hf.head_dim() as f32).sqrt(),
+        sliding_window: hf.sliding_window(family)?,
+        final_logit_softcap: hf.final_logit_softcapping,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -188,12 +234,28 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         st.load(name, device).with_context(|| format!("tensor `{name}`"))
     };
     let dense = |name: &str| -> Result<RawWeight> { Ok(RawWeight::Dense(get(name)?)) };
+    // Gemma's norms scale by (1 + w): the 1 goes into the weight, as in a GGUF file.
+    let norm = |name: &str| -> Result<candle_core::Tensor> {
+        let w = get(name)?;
+        Ok(if differences.hf_norm_plus_one { (w.to_dtype(candle_core::DType::F32)? + 1.0)? } else { w })
+    };
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("model.layers.{i}");
+        // With norms after attention and the FFN (Gemma), `post_attention_layernorm` is the first of
+        // those, and the FFN's own norm is `pre_feedforward_layernorm`.
+        let ffn_norm =
+            if differences.sandwich_norms { "pre_feedforward_layernorm" } else { "post_attention_layernorm" };
         layers.push(RawLayer {
-            attn_norm: get(&format!("{p}.input_layernorm.weight"))?,
-            ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+            attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+            ffn_norm: norm(&format!("{p}.{ffn_norm}.weight"))?,
+            post_norms: match differences.sandwich_norms {
+                true => Some((
+                    norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                    norm(&format!("{p}.post_feedforward_layernorm.weight"))?,
+                )),
+                false => None,
+            },
             q: dense(&format!("{p}.self_attn.q_proj.weight"))?,
             k: dense(&format!("{p}.self_attn.k_proj.weight"))?,
             v: dense(&format!("{p}.self_attn.v_proj.weight"))?,
@@ -201,13 +263,14 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
             gate: dense(&format!("{p}.mlp.gate_proj.weight"))?,
             up: dense(&format!("{p}.mlp.up_proj.weight"))?,
             down: dense(&format!("{p}.mlp.down_proj.weight"))?,
-            qk_norm: match cfg.family.differences().qk_norm {
-                true => {
-                    Some((get(&format!("{p}.self_attn.q_norm.weight"))?, get(&format!("{p}.self_attn.k_norm.weight"))?))
-                }
+            qk_norm: match differences.qk_norm {
+                true => Some((
+                    norm(&format!("{p}.self_attn.q_norm.weight"))?,
+                    norm(&format!("{p}.self_attn.k_norm.weight"))?,
+                )),
                 false => None,
             },
-            qkv_bias: match cfg.family.differences().qkv_bias {
+            qkv_bias: match differences.qkv_bias {
                 true => Some(qkv_bias(|part| get(&format!("{p}.self_attn.{part}_proj.bias")))?),
                 false => None,
             },
@@ -215,7 +278,7 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
     }
     let lm_head = if hf.tie_word_embeddings { None } else { Some(dense("lm_head.weight")?) };
     let raw =
-        RawWeights { embed: dense("model.embed_tokens.weight")?, norm: get("model.norm.weight")?, layers, lm_head };
+        RawWeights { embed: dense("model.embed_tokens.weight")?, norm: norm("model.norm.weight")?, layers, lm_head };
     // Every tensor goes into the forward, except copies of what it already has: a tied head saved
     // anyway, and older checkpoints' rotary buffers (frequencies that config.json's rope settings give too).
     let used = used.into_inner();

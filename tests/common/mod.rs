@@ -141,7 +141,7 @@ pub fn write_tiny_gguf_edited(
 }
 
 /// The families `write_tiny_family_gguf` writes.
-pub const TINY_FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear"];
+pub const TINY_FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3"];
 
 /// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
 /// write it: its architecture's metadata keys and pre-tokenizer; for qwen2 random q, k and v biases
@@ -149,7 +149,10 @@ pub const TINY_FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "llama3", "llam
 /// the hidden size of 64 (a q of 128), as Qwen3 and Gemma 3 have heads wider than hidden/heads.
 /// `llama3` and `llama-linear` are llama files with a scaled rope: per-pair factors in
 /// `rope_freqs.weight` (chosen by hand to span 1 to 8, as Llama 3.1's do), and a linear factor of 4
-/// in the metadata.
+/// in the metadata. `gemma3` has qwen3's heads and q/k norms, random norms after attention and the
+/// FFN, a sliding window of 8 on layer 0 (shorter than every prompt) with the default local rope
+/// base of 10,000 against 1,000,000 on layer 1, and soft-capped logits (a cap of
+/// `GEMMA3_SOFTCAP`, about the logits' own spread); its GELU and embedding scale act on any weights.
 /// The q/k rows stay as they are: random weights need no un-permuting, and each family reads them in
 /// its own rope layout.
 pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
@@ -185,10 +188,34 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                 }
             }
         }
-        if family == "qwen3" {
+        if family == "gemma3" {
+            md.push(("gemma3.attention.sliding_window".into(), Value::U32(8)));
+            md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
+            md.push(("gemma3.final_logit_softcapping".into(), Value::F32(GEMMA3_SOFTCAP)));
+            for (key, value) in md.iter_mut() {
+                if key == "gemma3.rope.freq_base" {
+                    *value = Value::F32(1_000_000.0);
+                }
+            }
+            // A wider final norm spreads the logits (std over 1) for the cap to act on.
+            let wide = Tensor::from_vec(vec![1.6f32; HIDDEN], HIDDEN, &Device::Cpu).unwrap();
+            ts.retain(|(name, _)| name != "output_norm.weight");
+            ts.push(("output_norm.weight".into(), QTensor::quantize(&wide, GgmlDType::F32).unwrap()));
+            for i in 0..LAYERS {
+                for (n, name) in ["post_attention_norm", "post_ffw_norm"].into_iter().enumerate() {
+                    let v: Vec<f32> = values(seed * 15_485_863 + (2 * i + n) as u64, HIDDEN, 0.5)
+                        .into_iter()
+                        .map(|x| x + 1.0)
+                        .collect();
+                    let t = Tensor::from_vec(v, HIDDEN, &Device::Cpu).unwrap();
+                    ts.push((format!("blk.{i}.{name}.weight"), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+                }
+            }
+        }
+        if family == "qwen3" || family == "gemma3" {
             let head_dim = 32;
-            md.push(("qwen3.attention.key_length".into(), Value::U32(head_dim as u32)));
-            md.push(("qwen3.attention.value_length".into(), Value::U32(head_dim as u32)));
+            md.push((format!("{architecture}.attention.key_length"), Value::U32(head_dim as u32)));
+            md.push((format!("{architecture}.attention.value_length"), Value::U32(head_dim as u32)));
             let seeded = |n: u64, rows: usize, cols: usize, dtype: GgmlDType, offset: f32| {
                 let v: Vec<f32> =
                     values(seed * 104_729 + n, rows * cols, 0.2).into_iter().map(|x| x + offset).collect();
@@ -210,6 +237,9 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
         }
     })
 }
+
+/// The tiny gemma3 model's logit soft-cap.
+pub const GEMMA3_SOFTCAP: f32 = 4.0;
 
 /// Writes a tiny model once per test process and returns its path.
 fn written_once(cell: &'static OnceLock<PathBuf>, file: &str, seed: u64, context: usize) -> PathBuf {

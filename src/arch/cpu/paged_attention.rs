@@ -34,10 +34,11 @@ pub struct HeadCache<'a> {
     pub head_dim: usize,
 }
 
-/// One query of a tile: its vector, how many positions it sees (keys `0..visible`), and where its
-/// output goes (`head_dim` floats, overwritten).
+/// One query of a tile: its vector, the positions it sees (keys `first..visible`: `first` is 0 but
+/// in a sliding window), and where its output goes (`head_dim` floats, overwritten).
 pub struct Query<'a> {
     pub q: &'a [f32],
+    pub first: usize,
     pub visible: usize,
     pub out: &'a mut [f32],
 }
@@ -71,7 +72,8 @@ fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f3
     for b in 0..longest.div_ceil(L) {
         let kt = &cache.k[(cache.blocks[b] as usize * cache.kv_dim + cache.offset) * L..][..cache.head_dim * L];
         let mut waiting: Option<usize> = None;
-        for i in (0..tile.len()).filter(|&i| b * L < tile[i].visible) {
+        let sees_block = |q: &Query<'_>| b * L < q.visible && (b + 1) * L > q.first;
+        for i in (0..tile.len()).filter(|&i| sees_block(&tile[i])) {
             match waiting.take() {
                 Some(h) => {
                     let [sh, si] = block_scores::<V, 2>([tile[h].q, tile[i].q], kt, scale);
@@ -91,17 +93,21 @@ fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f3
         }
     }
 
-    // Softmax over each query's visible positions; weights replace the scores.
+    // Softmax over each query's visible positions; weights replace the scores. Blocks wholly before
+    // a window keep the zeros they started with.
     for (query, s) in tile.iter().zip(scores.chunks_exact_mut(span)) {
-        softmax(&mut s[..query.visible.div_ceil(L) * L], query.visible);
+        let skipped = query.first / L * L;
+        softmax(&mut s[skipped..query.visible.div_ceil(L) * L], query.first - skipped, query.visible - skipped);
     }
 
     // Weighted values, again a block at a time: out += w_j * v_j, in the order of j. Paired queries
-    // see the same number of the block's positions.
+    // see the same number of the block's positions. From the tile's first window on: a query whose
+    // window starts later adds zero weights there, which leaves its sums exactly as they were.
     for query in tile.iter_mut() {
         query.out.fill(0.0);
     }
-    for b in 0..longest.div_ceil(L) {
+    let earliest = tile.iter().map(|q| q.first).min().unwrap_or(0) / L;
+    for b in earliest..longest.div_ceil(L) {
         let block = cache.blocks[b] as usize;
         let values = |j: usize| &cache.v[(block * L + j) * cache.kv_dim + cache.offset..][..cache.head_dim];
         let rows = |q: &Query<'_>| q.visible.saturating_sub(b * L).min(L);
@@ -202,14 +208,15 @@ fn add_weighted<'v, V: F32x16, const N: usize>(
     }
 }
 
-/// Turns `s[..visible]` into softmax weights and zeroes the rest (`s` is whole blocks).
+/// Turns `s[first..visible]` into softmax weights and zeroes the rest (`s` is whole blocks).
 #[inline(always)]
-fn softmax(s: &mut [f32], visible: usize) {
+fn softmax(s: &mut [f32], first: usize, visible: usize) {
+    let seen = |j: usize| j >= first && j < visible;
     // The max lane by lane (exact in any order, and vectorised), then across the lanes.
     let mut maxes = [f32::NEG_INFINITY; L];
     for (b, chunk) in s.chunks_exact(L).enumerate() {
         for l in 0..L {
-            if b * L + l < visible {
+            if seen(b * L + l) {
                 maxes[l] = maxes[l].max(chunk[l]);
             }
         }
@@ -223,7 +230,7 @@ fn softmax(s: &mut [f32], visible: usize) {
         }
         let mut e = exp16(x);
         for (l, e) in e.iter_mut().enumerate() {
-            if b * L + l >= visible {
+            if !seen(b * L + l) {
                 *e = 0.0;
             }
         }
@@ -318,32 +325,35 @@ mod tests {
         let qs: Vec<Vec<f32>> = (0..6).map(|i| test_values(7 + i, d).iter().map(|x| x * 4.0).collect()).collect();
         // Pairs that see the same and different numbers of the last block's positions.
         let visible = [1, 16, 17, 30, 44, 45];
-        for variant in Variant::all_here() {
-            let mut scores = Vec::new();
-            // All six queries in one tile.
-            let mut together = vec![vec![0f32; d]; 6];
-            let mut tile: Vec<Query<'_>> = qs
-                .iter()
-                .zip(visible)
-                .zip(together.iter_mut())
-                .map(|((q, visible), out)| Query { q, visible, out })
-                .collect();
-            attend_tile(variant, &cache, &mut tile, scale, &mut scores);
-            for i in 0..6 {
-                let want = naive(&qs[i], &f.keys[..visible[i]], &f.values[..visible[i]], scale);
-                for (c, (g, w)) in together[i].iter().zip(&want).enumerate() {
-                    assert!((*g as f64 - w).abs() < 1e-5, "{variant} d {d} query {i} c {c}: {g} vs {w}");
+        // Causal, then sliding windows: within a block, at a block's edge, over a block boundary,
+        // and whole blocks skipped.
+        for first in [[0; 6], [0, 5, 1, 16, 27, 40]] {
+            for variant in Variant::all_here() {
+                let mut scores = Vec::new();
+                // All six queries in one tile.
+                let mut together = vec![vec![0f32; d]; 6];
+                let mut tile: Vec<Query<'_>> = (0..6)
+                    .zip(together.iter_mut())
+                    .map(|(i, out)| Query { q: &qs[i], first: first[i], visible: visible[i], out })
+                    .collect();
+                attend_tile(variant, &cache, &mut tile, scale, &mut scores);
+                for i in 0..6 {
+                    let seen = first[i]..visible[i];
+                    let want = naive(&qs[i], &f.keys[seen.clone()], &f.values[seen], scale);
+                    for (c, (g, w)) in together[i].iter().zip(&want).enumerate() {
+                        assert!((*g as f64 - w).abs() < 1e-5, "{variant} d {d} query {i} c {c}: {g} vs {w}");
+                    }
+                    // Alone in its tile, bit for bit the same.
+                    let mut alone = vec![0f32; d];
+                    attend_tile(
+                        variant,
+                        &cache,
+                        &mut [Query { q: &qs[i], first: first[i], visible: visible[i], out: &mut alone }],
+                        scale,
+                        &mut scores,
+                    );
+                    assert_eq!(alone, together[i], "{variant} d {d} query {i} alone");
                 }
-                // Alone in its tile, bit for bit the same.
-                let mut alone = vec![0f32; d];
-                attend_tile(
-                    variant,
-                    &cache,
-                    &mut [Query { q: &qs[i], visible: visible[i], out: &mut alone }],
-                    scale,
-                    &mut scores,
-                );
-                assert_eq!(alone, together[i], "{variant} d {d} query {i} alone");
             }
         }
     }

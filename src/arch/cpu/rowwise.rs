@@ -1,4 +1,4 @@
-//! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU-and-multiply, biases and the
+//! The row-wise ops between a layer's matmuls on CPU: RMS norm, SiLU- or GELU-and-multiply, biases and the
 //! residual add, over plain row-major `[rows, width]` slices; and the voice's tanh, WaveNet gate,
 //! GELU and the zero-padded leaky ReLU its convolutions read.
 //!
@@ -50,8 +50,16 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Rows of `[gate | up]` (`2 * inter` floats each) into rows of `silu(gate) * up` (`inter` each).
-pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
+/// The activation of a gated FFN: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (PyTorch's `gelu_pytorch_tanh`; ggml's `gelu`).
+    GeluTanh,
+}
+
+/// Rows of `[gate | up]` (`2 * inter` floats each) into rows of `act(gate) * up` (`inter` each).
+pub fn gated(gate_up: &[f32], inter: usize, act: Activation) -> Vec<f32> {
     assert!(
         inter > 0 && gate_up.len().is_multiple_of(2 * inter),
         "{} floats are not rows of 2 x {inter}",
@@ -66,7 +74,7 @@ pub fn silu_mul(gate_up: &[f32], inter: usize) -> Vec<f32> {
         let out = unsafe { shared.part(range.start * inter, range.len() * inter) };
         for (r, out) in range.zip(out.chunks_exact_mut(inter)) {
             let row = &gate_up[r * 2 * inter..(r + 1) * 2 * inter];
-            silu_mul_row(variant, &row[..inter], &row[inter..], out);
+            gated_row(variant, act, &row[..inter], &row[inter..], out);
         }
     });
     out
@@ -91,14 +99,19 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
-fn silu_mul_row(variant: Variant, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    match variant {
+fn gated_row(variant: Variant, act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    match (variant, act) {
         // SAFETY: `variant` is one this CPU runs (`isa`).
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => unsafe { x86::silu_mul_avx512(gate, up, out) },
+        (Variant::Avx512, Activation::Silu) => unsafe { x86::silu_mul_avx512(gate, up, out) },
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => unsafe { x86::silu_mul_avx2(gate, up, out) },
-        _ => silu_mul_body(gate, up, out),
+        (Variant::Avx2, Activation::Silu) => unsafe { x86::silu_mul_avx2(gate, up, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Variant::Avx512, Activation::GeluTanh) => unsafe { x86::gelu_tanh_mul_avx512(gate, up, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Variant::Avx2, Activation::GeluTanh) => unsafe { x86::gelu_tanh_mul_avx2(gate, up, out) },
+        (_, Activation::Silu) => silu_mul_body(gate, up, out),
+        (_, Activation::GeluTanh) => gelu_tanh_mul_body(gate, up, out),
     }
 }
 
@@ -115,6 +128,26 @@ fn silu_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let e = exp16(neg);
         for l in 0..n {
             out[start + l] = gate[start + l] / (1.0 + e[l]) * up[start + l];
+        }
+    }
+}
+
+/// `out = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) * up`, 16 at a time, with
+/// `tanh(y) = 1 - 2 / (e^2y + 1)` through `exp16` (whose clamp keeps large |y| finite).
+#[inline(always)]
+fn gelu_tanh_mul_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for start in (0..gate.len()).step_by(16) {
+        let n = (gate.len() - start).min(16);
+        let mut twice = [0f32; 16];
+        for l in 0..n {
+            let g = gate[start + l];
+            twice[l] = 2.0 * SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
+        }
+        let e = exp16(twice);
+        for l in 0..n {
+            let tanh = 1.0 - 2.0 / (e[l] + 1.0);
+            out[start + l] = 0.5 * gate[start + l] * (1.0 + tanh) * up[start + l];
         }
     }
 }
@@ -273,6 +306,16 @@ mod x86 {
     pub unsafe fn silu_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
         super::silu_mul_body(gate, up, out)
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_tanh_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::gelu_tanh_mul_body(gate, up, out)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gelu_tanh_mul_avx512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::gelu_tanh_mul_body(gate, up, out)
+    }
 }
 
 #[cfg(test)]
@@ -285,26 +328,33 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_gives_candles_silu_times_up() {
+    fn every_variant_gives_candles_silu_and_gelu_times_up() {
         // 70 = four whole vectors and a tail; 40 rows of 2 x 1000 go through the pool.
-        for (rows, inter) in [(3, 70), (40, 1000)] {
+        for ((rows, inter), act) in [(3, 70), (40, 1000)]
+            .into_iter()
+            .flat_map(|shape| [Activation::Silu, Activation::GeluTanh].map(|act| (shape, act)))
+        {
             let gate_up = values(rows * 2 * inter, 1);
             let t = Tensor::from_vec(gate_up.clone(), (rows, 2 * inter), &Device::Cpu).unwrap();
             let (g, u) = (t.narrow(1, 0, inter).unwrap(), t.narrow(1, inter, inter).unwrap());
-            let want: Vec<f32> =
-                (candle_nn::ops::silu(&g).unwrap() * u).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            // candle's `gelu` is the tanh approximation.
+            let activated = match act {
+                Activation::Silu => candle_nn::ops::silu(&g).unwrap(),
+                Activation::GeluTanh => g.gelu().unwrap(),
+            };
+            let want: Vec<f32> = (activated * u).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             for variant in Variant::all_here() {
                 let mut got = vec![0f32; rows * inter];
                 for (r, out) in got.chunks_exact_mut(inter).enumerate() {
                     let row = &gate_up[r * 2 * inter..(r + 1) * 2 * inter];
-                    silu_mul_row(variant, &row[..inter], &row[inter..], out);
+                    gated_row(variant, act, &row[..inter], &row[inter..], out);
                 }
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{variant} [{i}]: {a} vs {b}");
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{variant} {act:?} [{i}]: {a} vs {b}");
                 }
             }
             // The pool's split (this process's variant) matches the row-at-a-time result.
-            let pooled = silu_mul(&gate_up, inter);
+            let pooled = gated(&gate_up, inter, act);
             for (a, b) in pooled.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "pooled: {a} vs {b}");
             }

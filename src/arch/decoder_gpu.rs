@@ -7,7 +7,7 @@
 //! the o matmul, RMS norm, the fused gate|up matmul, SiLU-and-multiply, the down matmul. Only the index
 //! tensors go up and only the last rows' logits come back per step.
 
-use super::{last_rows, Llama, StepInput};
+use super::{last_rows, Decoder, StepInput};
 use crate::arch::rope::{Rope, RopeStyle};
 use crate::cuda;
 use crate::kv::gpu::GpuKv;
@@ -64,7 +64,7 @@ impl StepIndex {
     }
 }
 
-impl Llama {
+impl Decoder {
     pub(super) fn forward_cuda(&self, kv: &GpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
         let (cos, sin) = self.gpu_rope.as_ref().expect("rope tables are made for every CUDA model");
         let index = StepIndex::new(inputs, &self.device)?;

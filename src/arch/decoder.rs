@@ -1,12 +1,14 @@
-//! The llama decoder, batched: one forward runs any mix of prefills and decodes of independent
-//! sequences. It runs the llama family and those that differ from it only in what their weights
-//! carry (Qwen2's q/k/v biases, Qwen3's per-head q/k norms; `family::Differences`).
+//! The decoder every family runs, batched: one forward runs any mix of prefills and decodes of
+//! independent sequences. A family differs from llama in what its weights carry (Qwen2's q/k/v
+//! biases, per-head q/k norms, Gemma's norms after attention and the FFN) and in a few settings
+//! (`family::Differences`, `TextConfig`): the activation, an embedding scale, sliding windows with
+//! a rope of their own, soft-capped logits. One layer loop reads them all.
 //!
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
-use super::attention::{attend, SeqRows};
-use super::cpu::rowwise;
+use super::attention::{attend, LayerAttention, SeqRows};
+use super::cpu::rowwise::{self, Activation};
 use super::embedding::Embedding;
 use super::linear::{Linear, WeightFormat};
 use super::model::{RawWeights, StepInput, TextConfig, TextModel};
@@ -16,7 +18,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 #[cfg(feature = "cuda")]
-#[path = "llama_gpu.rs"]
+#[path = "decoder_gpu.rs"]
 mod gpu;
 
 struct Layer {
@@ -29,6 +31,10 @@ struct Layer {
     ffn_norm: PerFeature,
     gate_up: Linear,
     down: Linear,
+    /// Norms of the attention's and the FFN's outputs (Gemma).
+    post_norms: Option<(PerFeature, PerFeature)>,
+    /// Whether this layer attends over the sliding window, with the local rope.
+    local: bool,
 }
 
 /// A vector over features (an RMS norm's weight, a bias): on the model's device in its dtype (the
@@ -49,13 +55,18 @@ impl PerFeature {
     }
 }
 
-pub struct Llama {
+pub struct Decoder {
     pub cfg: TextConfig,
     embed: Embedding,
     layers: Vec<Layer>,
     norm: PerFeature,
     lm_head: Linear,
     rope: Rope,
+    /// The rope of sliding-window layers, where the model has them.
+    local_rope: Option<Rope>,
+    /// What embedding rows are multiplied by (Gemma's `sqrt(hidden_size)`).
+    embed_scale: Option<f32>,
+    activation: Activation,
     device: Device,
     /// Activations, norms and dense weights: f32 on CPU; on CUDA the checkpoint's bf16 or f16 when
     /// its weights are dense in one of those (quantized weights compute in f32).
@@ -65,11 +76,13 @@ pub struct Llama {
     gpu_rope: Option<(Tensor, Tensor)>,
 }
 
-impl Llama {
+impl Decoder {
     pub fn new(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        if device.is_cuda() && raw.layers.iter().any(|l| l.qk_norm.is_some()) {
-            bail!("per-head q/k norms ({:?}) are not implemented on CUDA yet: run this model on CPU", cfg.family);
+        if device.is_cuda() {
+            if let Some(missing) = missing_on_cuda(&cfg, &raw) {
+                bail!("{missing} ({:?}) not implemented on CUDA yet: run this model on CPU", cfg.family);
+            }
         }
         if raw.layers.len() != cfg.num_layers {
             bail!("config says {} layers, found {}", cfg.num_layers, raw.layers.len());
@@ -81,11 +94,15 @@ impl Llama {
             Some(w) => Linear::fused(vec![w], format, dtype, device)?,
             None => Linear::fused(vec![raw.embed], format, dtype, device)?,
         };
+        let local_layers = cfg.sliding_window.as_ref().map(|w| w.local_layers.clone());
         let layers = raw
             .layers
             .into_iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 Ok(Layer {
+                    local: local_layers.as_ref().is_some_and(|local| local[i]),
+                    post_norms: l.post_norms.map(|(a, f)| Ok::<_, anyhow::Error>((norm(a)?, norm(f)?))).transpose()?,
                     attn_norm: norm(l.attn_norm)?,
                     qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
                     qkv_bias: l.qkv_bias.map(norm).transpose()?,
@@ -104,7 +121,16 @@ impl Llama {
             cfg.rope_style,
             cfg.rope_freq_factors.as_deref(),
         );
+        // A local layer's rope has its own base and no scaling (llama.cpp's `freq_scale_swa` is 1).
+        let local_rope = cfg
+            .sliding_window
+            .as_ref()
+            .map(|w| Rope::new(cfg.head_dim, w.local_rope_theta, cfg.context_length, cfg.rope_style, None));
+        let differences = cfg.family.differences();
         Ok(Self {
+            local_rope,
+            embed_scale: differences.embed_scale.then(|| (cfg.hidden_size as f32).sqrt()),
+            activation: differences.activation,
             embed,
             layers,
             norm: norm(raw.norm)?,
@@ -152,6 +178,9 @@ impl Llama {
             inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
 
         let mut x = self.embed.rows(&ids)?;
+        if let Some(scale) = self.embed_scale {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
         for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
             let mut qkv = layer.qkv.forward_rows(&h, total)?;
@@ -165,22 +194,41 @@ impl Llama {
                     rowwise::rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], &k_norm.host, eps);
                 }
             }
-            let attn = attend(shape, &self.rope, &mut qkv, layer_kv, &seqs);
-            rowwise::add_assign(&mut x, &layer.o.forward_rows(&attn, total)?);
+            let how = match (layer.local, &self.local_rope, &self.cfg.sliding_window) {
+                (true, Some(rope), Some(w)) => {
+                    LayerAttention { rope, scale: self.cfg.attn_scale, window: Some(w.size) }
+                }
+                _ => LayerAttention { rope: &self.rope, scale: self.cfg.attn_scale, window: None },
+            };
+            let attn = attend(shape, &how, &mut qkv, layer_kv, &seqs);
+            let mut out = layer.o.forward_rows(&attn, total)?;
+            if let Some((post_attn, _)) = &layer.post_norms {
+                out = rowwise::rms_norm(&out, &post_attn.host, eps);
+            }
+            rowwise::add_assign(&mut x, &out);
 
             let h = rowwise::rms_norm(&x, &layer.ffn_norm.host, eps);
-            let act = rowwise::silu_mul(&layer.gate_up.forward_rows(&h, total)?, inter);
-            rowwise::add_assign(&mut x, &layer.down.forward_rows(&act, total)?);
+            let act = rowwise::gated(&layer.gate_up.forward_rows(&h, total)?, inter, self.activation);
+            let mut out = layer.down.forward_rows(&act, total)?;
+            if let Some((_, post_ffn)) = &layer.post_norms {
+                out = rowwise::rms_norm(&out, &post_ffn.host, eps);
+            }
+            rowwise::add_assign(&mut x, &out);
         }
 
         let last: Vec<f32> = last_row_indices(inputs).flat_map(|r| &x[r * hidden..(r + 1) * hidden]).copied().collect();
         let h = rowwise::rms_norm(&last, &self.norm.host, eps);
-        let logits = self.lm_head.forward_rows(&h, inputs.len())?;
+        let mut logits = self.lm_head.forward_rows(&h, inputs.len())?;
+        if let Some(cap) = self.cfg.final_logit_softcap {
+            logits.iter_mut().for_each(|v| *v /= cap);
+            rowwise::tanh_in_place(&mut logits);
+            logits.iter_mut().for_each(|v| *v *= cap);
+        }
         Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
     }
 }
 
-impl TextModel for Llama {
+impl TextModel for Decoder {
     fn context_length(&self) -> usize {
         self.cfg.context_length
     }
@@ -243,6 +291,27 @@ impl TextModel for Llama {
             #[cfg(feature = "cuda")]
             KvStore::Cuda(kv) => self.forward_cuda(kv, inputs),
         }
+    }
+}
+
+/// What the CUDA step (`decoder_gpu.rs`) lacks for this model, if anything: it runs llama with
+/// Qwen2's biases.
+fn missing_on_cuda(cfg: &TextConfig, raw: &RawWeights) -> Option<&'static str> {
+    let differences = cfg.family.differences();
+    if raw.layers.iter().any(|l| l.qk_norm.is_some()) {
+        Some("per-head q/k norms are")
+    } else if raw.layers.iter().any(|l| l.post_norms.is_some()) {
+        Some("norms after attention and the FFN are")
+    } else if cfg.sliding_window.is_some() {
+        Some("sliding attention windows are")
+    } else if differences.activation != Activation::Silu || differences.embed_scale {
+        Some("GELU and a scaled embedding are")
+    } else if cfg.final_logit_softcap.is_some() {
+        Some("soft-capped logits are")
+    } else if (cfg.attn_scale - 1.0 / (cfg.head_dim as f32).sqrt()).abs() > f32::EPSILON {
+        Some("an attention scale other than 1/sqrt(head_dim) is")
+    } else {
+        None
     }
 }
 
