@@ -11,21 +11,31 @@ use std::path::Path;
 /// The variants `write_tiny_hf_folder` writes: each family, and llama with each rope scaling Wick
 /// implements (Llama 3's in the `rope_scaling` form most checkpoints carry, linear in transformers
 /// 5's `rope_parameters` form).
-pub const TINY_HF_FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear"];
+pub const TINY_HF_FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3"];
 
 /// The vocabulary of the model (the tokenizer's 264 tokens, and ids above them that only the model
 /// knows, as real checkpoints pad theirs).
 pub const HF_VOCAB: usize = 300;
 
+/// The tiny gemma3 folder's logit soft-cap.
+pub const HF_GEMMA3_SOFTCAP: f32 = 4.0;
+
 /// Writes the tiny model of `family` (one of `TINY_HF_FAMILIES`) into `dir`. Every difference takes
 /// effect: norm weights away from 1, llama's head untied (the others tie it), qwen2's q/k/v biases
 /// large enough to move the logits, qwen3's per-head q/k norms on heads of 32 (wider than
 /// hidden/heads, as Qwen3's), and scalings whose original context (32) lies below the tested
-/// positions. The embedding's scale keeps the logits spread (std above 1).
+/// positions. The embedding's scale keeps the logits spread (std above 1). gemma3 has qwen3's heads
+/// and q/k norms, Gemma's (1 + w) norms (weights around 0) with the two after attention and the FFN,
+/// a `query_pre_attn_scalar` other than the head size, a sliding window of 8 on layer 0 with its
+/// own rope base, and a logit soft-cap about the logits' spread, in the config form the hub's Gemma 3
+/// checkpoints carry.
 pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
     assert!(TINY_HF_FAMILIES.contains(&family), "no tiny {family} folder");
     let (hidden, inter, layers, heads, kv_heads) = (64usize, 128usize, 2usize, 4usize, 2usize);
-    let head_dim = if family == "qwen3" { 32 } else { hidden / heads };
+    let gemma = family == "gemma3";
+    let head_dim = if family == "qwen3" || gemma { 32 } else { hidden / heads };
+    // Gemma's norms scale by (1 + w).
+    let norm_offset = if gemma { 0.0 } else { 1.0 };
     let (q_dim, kv_dim) = (heads * head_dim, kv_heads * head_dim);
     let dev = Device::Cpu;
     let mut n = 0u64;
@@ -38,14 +48,18 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
     let tied = family != "llama";
     let mut t: HashMap<String, Tensor> = HashMap::new();
     t.insert("model.embed_tokens.weight".into(), random(&[HF_VOCAB, hidden], 0.6, 0.0));
-    t.insert("model.norm.weight".into(), random(&[hidden], 0.3, 1.0));
+    t.insert("model.norm.weight".into(), random(&[hidden], 0.3, norm_offset));
     if !tied {
         t.insert("lm_head.weight".into(), random(&[HF_VOCAB, hidden], 0.6, 0.0));
     }
     for i in 0..layers {
         let p = format!("model.layers.{i}");
-        t.insert(format!("{p}.input_layernorm.weight"), random(&[hidden], 0.3, 1.0));
-        t.insert(format!("{p}.post_attention_layernorm.weight"), random(&[hidden], 0.3, 1.0));
+        t.insert(format!("{p}.input_layernorm.weight"), random(&[hidden], 0.3, norm_offset));
+        t.insert(format!("{p}.post_attention_layernorm.weight"), random(&[hidden], 0.3, norm_offset));
+        if gemma {
+            t.insert(format!("{p}.pre_feedforward_layernorm.weight"), random(&[hidden], 0.3, 0.0));
+            t.insert(format!("{p}.post_feedforward_layernorm.weight"), random(&[hidden], 0.3, 0.0));
+        }
         t.insert(format!("{p}.self_attn.q_proj.weight"), random(&[q_dim, hidden], 0.2, 0.0));
         t.insert(format!("{p}.self_attn.k_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
         t.insert(format!("{p}.self_attn.v_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
@@ -58,9 +72,9 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
                 t.insert(format!("{p}.self_attn.{part}_proj.bias"), random(&[len], 0.5, 0.0));
             }
         }
-        if family == "qwen3" {
-            t.insert(format!("{p}.self_attn.q_norm.weight"), random(&[head_dim], 0.3, 1.0));
-            t.insert(format!("{p}.self_attn.k_norm.weight"), random(&[head_dim], 0.3, 1.0));
+        if family == "qwen3" || gemma {
+            t.insert(format!("{p}.self_attn.q_norm.weight"), random(&[head_dim], 0.3, norm_offset));
+            t.insert(format!("{p}.self_attn.k_norm.weight"), random(&[head_dim], 0.3, norm_offset));
         }
     }
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
@@ -68,6 +82,7 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
     let (architecture, model_type) = match family {
         "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+        "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut config = json!({
@@ -82,6 +97,23 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
         "llama3" => {
             config["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        }
+        "gemma3" => {
+            let object = config.as_object_mut().unwrap();
+            object.remove("hidden_act");
+            for (key, value) in [
+                ("hidden_activation", json!("gelu_pytorch_tanh")),
+                ("rope_theta", json!(1_000_000.0)),
+                ("rope_local_base_freq", json!(10_000.0)),
+                ("rope_scaling", json!(null)),
+                ("sliding_window", json!(8)),
+                ("layer_types", json!(["sliding_attention", "full_attention"])),
+                ("query_pre_attn_scalar", json!(24)),
+                ("final_logit_softcapping", json!(HF_GEMMA3_SOFTCAP)),
+                ("attn_logit_softcapping", json!(null)),
+            ] {
+                object.insert(key.into(), value);
+            }
         }
         "llama-linear" => {
             let object = config.as_object_mut().unwrap();
