@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod onnx;
 pub mod phonemize;
 pub mod safetensors;
+pub mod spm;
 pub mod tokenizer;
 pub mod voice;
 

@@ -1,11 +1,18 @@
 //! Text <-> token ids, built from a GGUF's own metadata or a Hugging Face `tokenizer.json`.
 //!
-//! Encoding goes through the `tokenizers` crate. For a GGUF, the pre-tokenizer is the one that
-//! `tokenizer.ggml.pre` names in llama.cpp (its regex list in `llama-vocab.cpp`), so our ids equal
-//! llama.cpp's for the same file (tests/fixtures/smollm2_tokens.json, made with llama.cpp, checks it).
+//! A GGUF's tokenizer is the one its `tokenizer.ggml.model` names, built as llama.cpp builds it, so our
+//! ids equal llama.cpp's for the same file:
+//! - `gpt2` (byte-level BPE) goes through the `tokenizers` crate, with the pre-tokenizer that
+//!   `tokenizer.ggml.pre` names in llama.cpp (its regex list in `llama-vocab.cpp`);
+//!   tests/fixtures/smollm2_tokens.json, made with llama.cpp, checks it.
+//! - `llama` (SentencePiece: merges by score, byte fallback to `<0xAB>` tokens) is our own port of
+//!   llama.cpp's, in `super::spm`; tests/fixtures/gemma3_tokens.json checks it.
+//!
+//! A Hugging Face folder's `tokenizer.json` goes through the `tokenizers` crate as it is.
 //! Decoding is ours: every id maps to the bytes it stands for, so a stream of ids can be turned into
 //! text incrementally without re-decoding the whole sequence (see `engine::detok`).
 
+use super::spm::{self, Spm};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
 use std::collections::HashMap;
@@ -24,8 +31,11 @@ const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_CONTROL: i32 = 3;
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+pub(super) const TOKEN_TYPE_NORMAL: i32 = 1;
+pub(super) const TOKEN_TYPE_UNKNOWN: i32 = 2;
+pub(super) const TOKEN_TYPE_CONTROL: i32 = 3;
+pub(super) const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+pub(super) const TOKEN_TYPE_BYTE: i32 = 6;
 
 /// Texts of control tokens that end a turn in common chat formats. llama.cpp treats these as
 /// end-of-generation too, whatever the GGUF's eos id says.
@@ -33,10 +43,7 @@ const END_OF_TURN_TEXTS: &[&str] =
     &["<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>", "</s>", "<|eom_id|>"];
 
 pub struct TextTokenizer {
-    /// Splits special tokens out of the text: for rendered chat prompts, as llama.cpp's server does.
-    special: Tokenizer,
-    /// Encodes text as text, special-token look-alikes included.
-    plain: Tokenizer,
+    encoder: Encoder,
     /// The bytes each id decodes to; empty for control tokens, which never reach a client.
     token_bytes: Vec<Vec<u8>>,
     /// Ids that end generation.
@@ -47,12 +54,24 @@ pub struct TextTokenizer {
     pub add_bos: Option<u32>,
 }
 
+enum Encoder {
+    /// Through the `tokenizers` crate: GGUF `gpt2` BPE, and Hugging Face folders.
+    Hf {
+        /// Splits special tokens out of the text: for rendered chat prompts, as llama.cpp's server does.
+        special: Tokenizer,
+        /// Encodes text as text, special-token look-alikes included.
+        plain: Tokenizer,
+    },
+    /// GGUF `llama` SentencePiece; `Spm::encode` takes `parse_special` itself.
+    Spm(Spm),
+}
+
 impl TextTokenizer {
     pub fn from_gguf(md: &HashMap<String, Value>) -> Result<Self> {
         let get = |k: &str| md.get(k).ok_or_else(|| anyhow!("GGUF has no `{k}`"));
         let model = get("tokenizer.ggml.model")?.to_string()?;
-        if model != "gpt2" {
-            bail!("tokenizer model `{model}` is not supported yet (only gpt2-style BPE)");
+        if model != "gpt2" && model != "llama" {
+            bail!("tokenizer model `{model}` is not supported yet (only gpt2-style BPE and llama SentencePiece)");
         }
         let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
             .to_vec()?
@@ -61,8 +80,14 @@ impl TextTokenizer {
             .collect::<Result<_>>()?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
             Some(v) => v.to_vec()?.iter().map(|t| Ok(t.to_i32()?)).collect::<Result<_>>()?,
-            None => vec![1; tokens.len()],
+            None => vec![TOKEN_TYPE_NORMAL; tokens.len()],
         };
+        if types.len() < tokens.len() {
+            bail!("tokenizer.ggml.token_type has {} entries for {} tokens", types.len(), tokens.len());
+        }
+        if model == "llama" {
+            return Self::spm_from_gguf(md, tokens, types);
+        }
         let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
             .to_vec()?
             .iter()
@@ -100,32 +125,63 @@ impl TextTokenizer {
             })
             .collect();
 
-        let mut eog: Vec<u32> =
-            ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-                .iter()
-                .filter_map(|k| id_of(k))
-                .collect();
-        for (i, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&t.as_str()) {
-                eog.push(i as u32);
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
+        let eog_ids = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"];
+        let eog = end_of_generation(&eog_ids.map(id_of), &tokens, &types);
         let text_of = |k: &str| id_of(k).and_then(|i| tokens.get(i as usize).cloned());
         let add_bos = match md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()) {
             Some(true) => id_of("tokenizer.ggml.bos_token_id"),
             _ => None,
         };
         Ok(Self {
-            special,
-            plain,
+            encoder: Encoder::Hf { special, plain },
             token_bytes,
             eog,
             bos_token: text_of("tokenizer.ggml.bos_token_id"),
             eos_token: text_of("tokenizer.ggml.eos_token_id"),
             add_bos,
         })
+    }
+
+    /// A `llama` (SentencePiece) vocabulary, read as llama.cpp reads it: missing keys take its
+    /// defaults for SPM (bos 1, eos 2, unk 0, add_bos_token and add_space_prefix true), and the
+    /// texts it makes control tokens are made control here too (`spm::llama_cpp_token_types`).
+    fn spm_from_gguf(md: &HashMap<String, Value>, tokens: Vec<String>, mut types: Vec<i32>) -> Result<Self> {
+        let n = tokens.len();
+        types.truncate(n);
+        let mut scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|s| Ok(s.to_f32().or_else(|_| s.to_i32().map(|i| i as f32))?))
+                .collect::<Result<_>>()?,
+            None => vec![0.0; n],
+        };
+        if scores.len() < n {
+            bail!("tokenizer.ggml.scores has {} entries for {n} tokens", scores.len());
+        }
+        scores.truncate(n);
+        spm::llama_cpp_token_types(&tokens, &mut types);
+
+        let in_vocab = |i: &u32| (*i as usize) < n;
+        let id_of = |k: &str| md.get(k).and_then(|v| v.to_u32().ok()).filter(in_vocab);
+        let id_or = |k: &str, default: u32| id_of(k).or(Some(default).filter(in_vocab));
+        let flag = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
+        let bos = id_or("tokenizer.ggml.bos_token_id", 1);
+        let eos = id_or("tokenizer.ggml.eos_token_id", 2);
+        let unk = id_or("tokenizer.ggml.unknown_token_id", 0);
+        let add_bos = if flag("tokenizer.ggml.add_bos_token").unwrap_or(true) { bos } else { None };
+        let add_space_prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+
+        let token_bytes = tokens.iter().zip(&types).map(|(t, &ty)| spm::piece_bytes(t, ty)).collect();
+        let eog = end_of_generation(
+            &[eos, id_of("tokenizer.ggml.eot_token_id"), id_of("tokenizer.ggml.eom_token_id")],
+            &tokens,
+            &types,
+        );
+        let text_of = |id: Option<u32>| id.map(|i| tokens[i as usize].clone());
+        let (bos_token, eos_token) = (text_of(bos), text_of(eos));
+        let encoder = Encoder::Spm(Spm::new(tokens, scores, &types, add_space_prefix, unk));
+        Ok(Self { encoder, token_bytes, eog, bos_token, eos_token, add_bos })
     }
 
     /// A Hugging Face `tokenizer.json`; `config` is `tokenizer_config.json`, `extra_eos` the
@@ -172,14 +228,20 @@ impl TextTokenizer {
             Some(true) => bos_token.as_deref().and_then(|t| tok.token_to_id(t)),
             _ => None,
         };
-        Ok(Self { plain: tok.clone(), special: tok, token_bytes, eog, bos_token, eos_token, add_bos })
+        let encoder = Encoder::Hf { plain: tok.clone(), special: tok };
+        Ok(Self { encoder, token_bytes, eog, bos_token, eos_token, add_bos })
     }
 
     /// Token ids of `text`. With `parse_special`, special-token texts become their ids.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tok = if parse_special { &self.special } else { &self.plain };
-        let enc = tok.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.encoder {
+            Encoder::Hf { special, plain } => {
+                let tok = if parse_special { special } else { plain };
+                let enc = tok.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Encoder::Spm(spm) => spm.encode(text, parse_special),
+        }
     }
 
     /// A prompt's token ids: special-token texts become their ids (as llama.cpp's server does), and
@@ -213,6 +275,20 @@ impl TextTokenizer {
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }
+}
+
+/// Ids that end generation: the given ids (the GGUF's eos, eot and eom) and the control tokens whose
+/// text ends a turn. Sorted, for `is_end_of_generation`.
+fn end_of_generation(ids: &[Option<u32>], tokens: &[String], types: &[i32]) -> Vec<u32> {
+    let mut eog: Vec<u32> = ids.iter().flatten().copied().collect();
+    for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&t.as_str()) {
+            eog.push(i as u32);
+        }
+    }
+    eog.sort_unstable();
+    eog.dedup();
+    eog
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
