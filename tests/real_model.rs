@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::reference::TokenCase;
 use common::TestServer;
 use serde_json::{json, Value};
 use wick::catalog::Catalog;
@@ -65,23 +66,12 @@ async fn greedy_completion_is_token_identical_alone_and_batched_with_seven_other
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Fixture {
-    text: String,
-    ids: Vec<u32>,
-    #[serde(default)]
-    special: bool,
-    /// A prompt: compared with `encode_prompt` (BOS added, special tokens parsed).
-    #[serde(default)]
-    bos: bool,
-}
-
 #[test]
 fn tokenizer_matches_llama_cpp() {
     let Some(path) = model_path() else { return };
     let md = wick::loader::tokenizer::gguf_metadata(&path).unwrap();
     let tok = wick::loader::tokenizer::TextTokenizer::from_gguf(&md).unwrap();
-    let fixture: Vec<Fixture> =
+    let fixture: Vec<TokenCase> =
         serde_json::from_str(include_str!("fixtures/smollm2_tokens.json")).expect("fixture parses");
     assert!(fixture.len() >= 20);
     let mut failures = Vec::new();
@@ -95,50 +85,4 @@ fn tokenizer_matches_llama_cpp() {
         }
     }
     assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), fixture.len(), failures.join("\n"));
-}
-
-/// Gemma 3 270M's SentencePiece vocabulary against llama.cpp (tests/fixtures/make_gemma3_tokens.py).
-/// tests/run.sh does not pull that model, so without it this test is skipped with a notice even when
-/// WICK_REQUIRE_REAL_MODEL=1.
-#[test]
-fn sentencepiece_tokenizer_matches_llama_cpp() {
-    const GEMMA: &str = "gemma-3-270m";
-    let entry = Catalog::builtin().get(GEMMA).unwrap();
-    if wick::pull::missing(entry) {
-        eprintln!("SKIPPED: {GEMMA} is not pulled (run `wick pull {GEMMA}`)");
-        return;
-    }
-    let t = std::time::Instant::now();
-    let md = wick::loader::tokenizer::gguf_metadata(&entry.local_path()).unwrap();
-    let read = t.elapsed();
-    let t = std::time::Instant::now();
-    let tok = wick::loader::tokenizer::TextTokenizer::from_gguf(&md).unwrap();
-    eprintln!("{GEMMA}: metadata read in {read:?}, tokenizer built in {:?}", t.elapsed());
-    assert_eq!(tok.vocab_size(), 262_144);
-    assert_eq!(tok.add_bos, Some(2));
-    assert_eq!((tok.bos_token.as_deref(), tok.eos_token.as_deref()), (Some("<bos>"), Some("<eos>")));
-    // <eos>, <end_of_turn>, and </s> (llama.cpp makes it a control token and ends generation on it).
-    let eog: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&i| tok.is_end_of_generation(i)).collect();
-    assert_eq!(eog, [1, 106, 212]);
-
-    let fixture: Vec<Fixture> =
-        serde_json::from_str(include_str!("fixtures/gemma3_tokens.json")).expect("fixture parses");
-    assert!(fixture.len() >= 40);
-    let mut failures = Vec::new();
-    for f in &fixture {
-        let ids = if f.bos { tok.encode_prompt(&f.text) } else { tok.encode(&f.text, f.special) }.unwrap();
-        if ids != f.ids {
-            failures.push(format!("{:?}: llama.cpp {:?}, wick {:?}", f.text, f.ids, ids));
-        }
-        if !f.special && !f.bos {
-            assert_eq!(tok.decode(&ids), f.text, "round trip");
-        }
-    }
-    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), fixture.len(), failures.join("\n"));
-
-    let long = &fixture.iter().max_by_key(|f| f.text.len()).unwrap().text;
-    let prompt = long.repeat(4096 / long.len() + 1);
-    let t = std::time::Instant::now();
-    let n = tok.encode_prompt(&prompt).unwrap().len();
-    eprintln!("{GEMMA}: a {}-byte prompt encoded to {n} ids in {:?}", prompt.len(), t.elapsed());
 }

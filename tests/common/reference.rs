@@ -17,7 +17,7 @@ pub struct ReferenceRun {
     pub steps: Vec<ReferenceStep>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 pub struct ReferenceStep {
     pub token: u32,
     /// The reference's most likely tokens and their log-probabilities; empty where it withheld them
@@ -75,4 +75,16 @@ pub fn check_runs(model: &dyn TextModel, runs: &[ReferenceRun], tolerance: f32, 
         }
     }
     agreement
+}
+
+/// One case of a tokenizer fixture made with llama.cpp (tests/fixtures/*_tokens.json).
+#[derive(serde::Deserialize)]
+pub struct TokenCase {
+    pub text: String,
+    pub ids: Vec<u32>,
+    #[serde(default)]
+    pub special: bool,
+    /// A prompt: compared with `encode_prompt` (BOS added, special tokens parsed).
+    #[serde(default)]
+    pub bos: bool,
 }
