@@ -1,10 +1,11 @@
-//! Load generator: streaming chat completions over HTTP at several concurrency levels, against Wick
+//! Load generator: streaming chat completions (or, with `--endpoint completions`, text completions of
+//! a base model) over HTTP at several concurrency levels, against Wick
 //! and (optionally) llama.cpp's llama-server in the same run. Reports aggregate output tokens/s, time
 //! to first token, per-stream decode rate and each server's peak RSS, and the Wick/llama ratios.
 //!
 //!   cargo bench --bench load -- --target wick=http://127.0.0.1:8080,smollm2-135m-instruct,PID \
 //!       [--target llama=http://127.0.0.1:8181,smollm2,PID] [--concurrency 1,4,16] [--max-tokens 128] \
-//!       [--long-prompt 1400]
+//!       [--long-prompt 1400] [--endpoint chat|completions]
 //!
 //! benches/compare.sh starts both servers and runs this. Every request asks for exactly `max-tokens`
 //! tokens (end-of-generation tokens are banned with logit_bias) so both servers do the same work.
@@ -46,6 +47,17 @@ const PROMPTS: &[&str] = &[
     "Write a letter to a friend about a trip to the mountains.",
 ];
 
+/// Which OpenAI endpoint the requests go to.
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    /// `/v1/chat/completions`, the prompt as one user message.
+    Chat,
+    /// `/v1/completions`, the prompt as it is (a base model without a chat template).
+    Completions,
+}
+
+static ENDPOINT: std::sync::OnceLock<Endpoint> = std::sync::OnceLock::new();
+
 async fn one_request(
     client: &reqwest::Client,
     t: &Target,
@@ -53,17 +65,27 @@ async fn one_request(
     max_tokens: usize,
     ban: &serde_json::Value,
 ) -> anyhow::Result<Sample> {
-    let body = serde_json::json!({
+    let endpoint = *ENDPOINT.get().unwrap_or(&Endpoint::Chat);
+    let mut body = serde_json::json!({
         "model": t.model,
-        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": true,
         "stream_options": {"include_usage": true},
         "logit_bias": ban,
     });
+    let path = match endpoint {
+        Endpoint::Chat => {
+            body["messages"] = serde_json::json!([{"role": "user", "content": prompt}]);
+            "/v1/chat/completions"
+        }
+        Endpoint::Completions => {
+            body["prompt"] = serde_json::json!(prompt);
+            "/v1/completions"
+        }
+    };
     let start = Instant::now();
-    let resp = client.post(format!("{}/v1/chat/completions", t.url)).json(&body).send().await?;
+    let resp = client.post(format!("{}{path}", t.url)).json(&body).send().await?;
     anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
@@ -78,7 +100,9 @@ async fn one_request(
                 continue;
             }
             let v: serde_json::Value = serde_json::from_str(data)?;
-            if v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+            let choice = &v["choices"][0];
+            let content = if endpoint == Endpoint::Chat { &choice["delta"]["content"] } else { &choice["text"] };
+            if content.as_str().is_some_and(|c| !c.is_empty()) {
                 let now = Instant::now();
                 first.get_or_insert(now);
                 last = now;
@@ -223,6 +247,14 @@ fn main() -> anyhow::Result<()> {
             "--concurrency" => levels = value.split(',').map(|c| c.parse()).collect::<Result<_, _>>()?,
             "--max-tokens" => max_tokens = value.parse()?,
             "--rounds" => rounds = value.parse()?,
+            "--endpoint" => {
+                let endpoint = match value.as_str() {
+                    "chat" => Endpoint::Chat,
+                    "completions" => Endpoint::Completions,
+                    other => anyhow::bail!("--endpoint chat|completions, not {other}"),
+                };
+                ENDPOINT.set(endpoint).map_err(|_| anyhow::anyhow!("--endpoint given twice"))?;
+            }
             // Also time the first token of prompts of about this many tokens (0: skip).
             "--long-prompt" => long_prompt_tokens = value.parse()?,
             // Token ids to ban (comma-separated), so that every request runs to max-tokens.

@@ -9,6 +9,7 @@ use common::reference::{check_runs, Agreement, ReferenceRun, ReferenceStep, Toke
 use common::TestServer;
 use serde_json::json;
 use wick::arch::linear::WeightFormat;
+use wick::arch::model::StepInput;
 use wick::catalog::{Catalog, CatalogEntry};
 use wick::engine::scheduler::Limits;
 use wick::loader::ModelSource;
@@ -40,10 +41,23 @@ fn greedy_fixture() -> Greedy {
     serde_json::from_str(include_str!("fixtures/gemma3_greedy.json")).expect("fixture parses")
 }
 
-/// How far a log-probability may be from llama.cpp's on the real file. Both quantize activations
-/// to 8 bits for the Q4_K/Q5_0/Q6_K/Q8_0 matmuls but round and sum differently, and llama.cpp
-/// keeps its KV cache in f16. Measured (2026-12-07): largest TBD.
-const LOGPROB_TOLERANCE: f32 = 0.7;
+/// How far a log-probability may be from llama.cpp's on the real file: wide, because this model
+/// amplifies rounding. Measured (2026-12-07, 401 log-probabilities): mean difference 0.11, largest
+/// 0.79 (a token at -9.5; 0.53 among tokens above -6). What moves is the 8-bit rounding of
+/// activations ahead of each quantized matmul: a float summed in another order rounds to another
+/// int8 now and then, and Gemma 3's large activations carry that to the logits. Wick's own kernel
+/// variants differ from each other this way (portable against avx2: 0.14 on the first step), and
+/// writing Q5_0 as Q8_0 with the same values moved a log-probability by 0.19. Without activation
+/// rounding, the model is exact: the weights dequantized to f32 give what Hugging Face transformers
+/// gives on them (within 5e-5, the GGUF converted back to a folder). Greedy text is compared
+/// exactly where llama.cpp's choice is clear (below).
+const LOGPROB_TOLERANCE: f32 = 1.0;
+
+/// How far the file's own types on our kernels may move a log-probability of the 20 likeliest
+/// tokens from the same weights dequantized to f32 (see `LOGPROB_TOLERANCE` for why this is wide).
+/// Measured (2026-12-07): largest 0.85. It guards against gross errors only; the tiny models of
+/// tests/families.rs and the kernels' unit tests are the fine checks.
+const QUANTIZED_TOLERANCE: f32 = 1.2;
 
 #[test]
 fn each_greedy_step_matches_llama_cpp() {
@@ -60,6 +74,43 @@ fn each_greedy_step_matches_llama_cpp() {
     println!(
         "{MODEL}: largest log-probability difference from llama.cpp {worst:.5}, near ties taken the other way {ties}"
     );
+}
+
+#[test]
+fn the_quantized_kernels_stay_near_the_dequantized_model() {
+    let Some(entry) = pulled() else { return };
+    let source = ModelSource::Catalog(Box::new(entry.clone()));
+    let native = source.load(WeightFormat::Native, &candle_core::Device::Cpu).unwrap();
+    let exact = source.load(WeightFormat::F32, &candle_core::Device::Cpu).unwrap();
+    let log_softmax = |logits: Vec<f32>| {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let log_sum = logits.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+        logits.into_iter().map(|x| x - log_sum).collect::<Vec<f32>>()
+    };
+    let mut worst = 0f32;
+    for run in greedy_fixture().runs {
+        let tokens: Vec<u32> = run.prompt.iter().chain(run.steps.iter().map(|s| &s.token)).copied().collect();
+        let blocks: Vec<u32> = (0..tokens.len().div_ceil(16) as u32).collect();
+        let (mut kv_native, _) = native.model.new_kv(256).unwrap();
+        let (mut kv_exact, _) = exact.model.new_kv(256).unwrap();
+        // One token at a time after the prompt: every decode step's logits.
+        for end in run.prompt.len()..=tokens.len() {
+            let start = if end == run.prompt.len() { 0 } else { end - 1 };
+            let input = || StepInput { blocks: &blocks, start, tokens: &tokens[start..end] };
+            let a = log_softmax(native.model.forward(&mut kv_native, &[input()]).unwrap().pop().unwrap());
+            let b = log_softmax(exact.model.forward(&mut kv_exact, &[input()]).unwrap().pop().unwrap());
+            // The 20 most likely tokens of the exact model.
+            let mut top: Vec<usize> = (0..b.len()).collect();
+            top.select_nth_unstable_by(20, |&x, &y| b[y].total_cmp(&b[x]));
+            for &t in &top[..20] {
+                worst = worst.max((a[t] - b[t]).abs());
+            }
+        }
+    }
+    println!(
+        "{MODEL}: quantized kernels against the dequantized weights, largest log-probability difference {worst:.4}"
+    );
+    assert!(worst < QUANTIZED_TOLERANCE, "{worst}");
 }
 
 fn complete(prompt: &str, max_tokens: usize) -> serde_json::Value {

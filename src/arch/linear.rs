@@ -5,7 +5,8 @@
 //! `cargo bench --bench forward`): the GGUF's own Q4_1 through our kernel (`cpu::q4_1`, AVX-512 VNNI)
 //! is the fastest from 1 to 64 rows, prefill included, so `native` is the default; `q8-0` converts
 //! every matrix once at load; `f32` dequantizes (dense GEMM only ties at 64 rows). On CPU, Q4_1, Q8_0,
-//! Q4_0, Q5_0, Q4_K, Q5_K and Q6_K run on our kernels (variants chosen at run time, `cpu::isa`); the
+//! Q4_0, Q5_0 (as Q8_0 with the same values), Q4_K, Q5_K and Q6_K run on our kernels (variants
+//! chosen at run time, `cpu::isa`); the
 //! rare ones (Q5_1, Q2_K, Q3_K, Q8_K) on candle's, which are scalar in a baseline build.
 //! Every kernel here computes each row independently of the others in the batch, so a greedy
 //! completion is the same alone or batched; a kernel choice that switched with the batch size would
@@ -87,9 +88,10 @@ enum Kernel {
     Candle(QMatMul),
     /// Our kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.
     Q4_1(Q4_1Matrix),
-    /// Our kernel (`cpu::q8_0`): candle's is scalar unless built for the host's SIMD.
+    /// Our kernel (`cpu::q8_0`): candle's is scalar unless built for the host's SIMD. Q4_0 and
+    /// Q5_0 run here too, their blocks written as Q8_0 with the same values (`Format::exactly_as_q8_0`).
     Q8_0(Q8_0Matrix),
-    /// Our kernel (`cpu::qblocks`) for Q4_0, Q5_0, Q4_K, Q5_K and Q6_K, for the same reason.
+    /// Our kernel (`cpu::qblocks`) for Q4_K, Q5_K and Q6_K, for the same reason.
     Blocks(BlockMatrix),
 }
 
@@ -194,7 +196,11 @@ impl Piece {
             }
             Some(t) if device.is_cpu() && Format::of(t).is_some() => {
                 let format = Format::of(t).expect("checked");
-                Kernel::Blocks(BlockMatrix::new(stacked_bytes(parts, t, device)?, format, n, k)?)
+                let bytes = stacked_bytes(parts, t, device)?;
+                match format.exactly_as_q8_0(&bytes) {
+                    Some(q8_0) => Kernel::Q8_0(Q8_0Matrix::new(q8_0, n, k)?),
+                    None => Kernel::Blocks(BlockMatrix::new(bytes, format, n, k)?),
+                }
             }
             Some(t) => Kernel::Candle(QMatMul::from_qtensor(stack_quantized(parts, t, device)?)?),
         };
