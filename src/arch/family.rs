@@ -177,6 +177,12 @@ mod tests {
         assert!(granite.contains("not implemented") && granite.contains("multipliers"), "{granite}");
         assert_eq!(from_hf("qwen2").unwrap(), Family::Qwen2);
         assert_eq!(from_gguf("qwen3").unwrap(), Family::Qwen3);
+        assert_eq!(from_gguf("gemma3").unwrap(), Family::Gemma3);
+        assert_eq!(from_hf("gemma3_text").unwrap(), Family::Gemma3);
+        let multimodal = from_hf("gemma3").unwrap_err().to_string();
+        assert!(multimodal.contains("image encoder"), "{multimodal}");
+        let gemma2 = from_gguf("gemma2").unwrap_err().to_string();
+        assert!(gemma2.contains("soft-capping"), "{gemma2}");
         let moe = from_gguf("qwen3moe").unwrap_err().to_string();
         assert!(moe.contains("mixture of experts"), "{moe}");
         let unknown = from_gguf("rwkv7").unwrap_err().to_string();
