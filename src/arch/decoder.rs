@@ -121,11 +121,13 @@ impl Decoder {
             cfg.rope_style,
             cfg.rope_freq_factors.as_deref(),
         );
-        // A local layer's rope has its own base and no scaling (llama.cpp's `freq_scale_swa` is 1).
+        // A local layer's rope, where it has its own base (Gemma 3), has no scaling (llama.cpp's
+        // `freq_scale_swa` is 1); otherwise local layers use the global one (Gemma 2).
         let local_rope = cfg
             .sliding_window
             .as_ref()
-            .map(|w| Rope::new(cfg.head_dim, w.local_rope_theta, cfg.context_length, cfg.rope_style, None));
+            .and_then(|w| w.local_rope_theta)
+            .map(|theta| Rope::new(cfg.head_dim, theta, cfg.context_length, cfg.rope_style, None));
         let differences = cfg.family.differences();
         Ok(Self {
             local_rope,
@@ -194,12 +196,12 @@ impl Decoder {
                     rowwise::rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], &k_norm.host, eps);
                 }
             }
-            let how = match (layer.local, &self.local_rope, &self.cfg.sliding_window) {
-                (true, Some(rope), Some(w)) => {
-                    LayerAttention { rope, scale: self.cfg.attn_scale, window: Some(w.size) }
-                }
-                _ => LayerAttention { rope: &self.rope, scale: self.cfg.attn_scale, window: None },
+            let window = self.cfg.sliding_window.as_ref().filter(|_| layer.local).map(|w| w.size);
+            let rope = match (window, &self.local_rope) {
+                (Some(_), Some(local)) => local,
+                _ => &self.rope,
             };
+            let how = LayerAttention { rope, scale: self.cfg.attn_scale, window, softcap: self.cfg.attn_softcap };
             let attn = attend(shape, &how, &mut qkv, layer_kv, &seqs);
             let mut out = layer.o.forward_rows(&attn, total)?;
             if let Some((post_attn, _)) = &layer.post_norms {
@@ -306,8 +308,8 @@ fn missing_on_cuda(cfg: &TextConfig, raw: &RawWeights) -> Option<&'static str> {
         Some("sliding attention windows are")
     } else if differences.activation != Activation::Silu || differences.embed_scale {
         Some("GELU and a scaled embedding are")
-    } else if cfg.final_logit_softcap.is_some() {
-        Some("soft-capped logits are")
+    } else if cfg.final_logit_softcap.is_some() || cfg.attn_softcap.is_some() {
+        Some("soft-capped logits and attention scores are")
     } else if (cfg.attn_scale - 1.0 / (cfg.head_dim as f32).sqrt()).abs() > f32::EPSILON {
         Some("an attention scale other than 1/sqrt(head_dim) is")
     } else {

@@ -20,13 +20,16 @@ pub enum Family {
     Qwen2,
     /// Qwen3 (dense): llama with an RMS norm on each head of q and k before the rotation.
     Qwen3,
+    /// Gemma 2: Gemma's norms, embedding scale and GELU; a sliding window on every other layer
+    /// (with the global rope) and soft-capped attention scores and logits.
+    Gemma2,
     /// Gemma 3 (text): Qwen3's q/k norms, and norms after attention and the FFN too, a scaled
     /// embedding, GELU, and a sliding window on most layers with a rope base of their own.
     Gemma3,
 }
 
 /// How a family differs from llama, as the loaders and the shared decoder (`arch::decoder`) read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Differences {
     /// Biases on the q, k and v projections.
     pub qkv_bias: bool,
@@ -54,6 +57,14 @@ pub struct Differences {
     /// layers, all but the last slide (Gemma 3: five local, one global). None where the family has
     /// no sliding window.
     pub sliding_pattern: Option<usize>,
+    /// The window where a GGUF file gives none (llama.cpp's Gemma 2: 4096).
+    pub default_window: Option<usize>,
+    /// The rope base of sliding layers where a file gives none: Gemma 3's 10,000, unscaled; None
+    /// where they share the global rope (Gemma 2).
+    pub local_rope_theta: Option<f32>,
+    /// Attention scores and logits soft-capped, with llama.cpp's defaults where a GGUF file gives
+    /// no cap (Gemma 2: 50 and 30).
+    pub softcaps: Option<(f32, f32)>,
 }
 
 const LLAMA: Differences = Differences {
@@ -66,6 +77,9 @@ const LLAMA: Differences = Differences {
     activation: Activation::Silu,
     hf_norm_plus_one: false,
     sliding_pattern: None,
+    default_window: None,
+    local_rope_theta: None,
+    softcaps: None,
 };
 
 impl Family {
@@ -78,6 +92,18 @@ impl Family {
             Family::Qwen3 => {
                 Differences { qk_norm: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false, ..LLAMA }
             }
+            Family::Gemma2 => Differences {
+                gguf_rope: RopeStyle::Halves,
+                gguf_rope_freqs: false,
+                sandwich_norms: true,
+                embed_scale: true,
+                activation: Activation::GeluTanh,
+                hf_norm_plus_one: true,
+                sliding_pattern: Some(2),
+                default_window: Some(4096),
+                softcaps: Some((50.0, 30.0)),
+                ..LLAMA
+            },
             Family::Gemma3 => Differences {
                 qk_norm: true,
                 gguf_rope: RopeStyle::Halves,
@@ -87,6 +113,7 @@ impl Family {
                 activation: Activation::GeluTanh,
                 hf_norm_plus_one: true,
                 sliding_pattern: Some(6),
+                local_rope_theta: Some(10_000.0),
                 ..LLAMA
             },
         }
@@ -120,11 +147,8 @@ const REGISTRY: &[Known] = &[
         hf: &["gemma3"],
         status: Err("its image encoder and nested text config (Gemma3ForConditionalGeneration)"),
     },
-    Known {
-        gguf: &["gemma", "gemma2"],
-        hf: &["gemma", "gemma2"],
-        status: Err("its (1 + w) norms, embedding scale, sliding windows and soft-capping"),
-    },
+    Known { gguf: &["gemma2"], hf: &["gemma2"], status: Ok(Family::Gemma2) },
+    Known { gguf: &["gemma"], hf: &["gemma"], status: Err("its (1 + w) norms, embedding scale and GELU") },
     Known { gguf: &["phi3"], hf: &["phi3"], status: Err("its fused projections and rope scaling") },
 ];
 
@@ -154,7 +178,7 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
 pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
     Ok(match cfg.family {
         // All run the llama decoder; how they differ is in their weights (`Differences`).
-        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma3 => {
+        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => {
             Box::new(Decoder::new(cfg, raw, format, device)?)
         }
     })
@@ -181,8 +205,9 @@ mod tests {
         assert_eq!(from_hf("gemma3_text").unwrap(), Family::Gemma3);
         let multimodal = from_hf("gemma3").unwrap_err().to_string();
         assert!(multimodal.contains("image encoder"), "{multimodal}");
-        let gemma2 = from_gguf("gemma2").unwrap_err().to_string();
-        assert!(gemma2.contains("soft-capping"), "{gemma2}");
+        assert_eq!(from_hf("gemma2").unwrap(), Family::Gemma2);
+        let gemma = from_gguf("gemma").unwrap_err().to_string();
+        assert!(gemma.contains("(1 + w) norms"), "{gemma}");
         let moe = from_gguf("qwen3moe").unwrap_err().to_string();
         assert!(moe.contains("mixture of experts"), "{moe}");
         let unknown = from_gguf("rwkv7").unwrap_err().to_string();

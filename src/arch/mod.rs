@@ -1,8 +1,8 @@
 //! Model code. `model` is the seam the engine sees (`TextModel`); `family` names the model families
-//! (which architectures Wick implements, and why the others are refused) and builds one; `llama` is
-//! the llama family (Llama, SmolLM, Mistral-style GQA without
-//! biases), batched over sequences of different lengths; `rope` is the rotary embedding and its
-//! scalings; `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
+//! (which architectures Wick implements, what each differs in, and why the others are refused) and
+//! builds one; `decoder` is the one batched layer loop every family runs, over sequences of
+//! different lengths; `attention`, `rope`, `embedding` and `linear` its parts (`cpu/` their CPU
+//! kernels); `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
 
 pub mod attention;
 pub mod cpu;

@@ -1,6 +1,6 @@
 //! The seam between the engine and a model family: what the engine, `wick probe` and the benchmarks
-//! need of a text model, so that none of them names a family. A family (`arch::llama` today) is a
-//! type that implements `TextModel`; `family::build` makes one from what a loader read
+//! need of a text model, so that none of them names a family. A model (`arch::decoder`) is a type that
+//! implements `TextModel`; `family::build` makes one from what a loader read
 //! (`TextConfig`, `RawWeights`).
 
 use super::attention::AttnShape;
@@ -37,17 +37,19 @@ pub struct TextConfig {
     pub sliding_window: Option<SlidingWindow>,
     /// Logits soft-capped as `cap * tanh(logit / cap)` (Gemma 2; optional in Gemma 3's config).
     pub final_logit_softcap: Option<f32>,
+    /// Attention scores (after `attn_scale`) soft-capped the same way (Gemma 2).
+    pub attn_softcap: Option<f32>,
 }
 
 /// A sliding attention window: a local layer's query at position `p` sees keys `p - size + 1..=p`
 /// (llama.cpp's standard window, Hugging Face's `sliding_window`), and its rope has a base of its
-/// own without scaling (Gemma 3's `rope_local_base_freq`).
+/// own without scaling (Gemma 3's `rope_local_base_freq`), or is the global one (Gemma 2).
 #[derive(Debug, Clone)]
 pub struct SlidingWindow {
     pub size: usize,
     /// Per layer, whether it slides.
     pub local_layers: Vec<bool>,
-    pub local_rope_theta: f32,
+    pub local_rope_theta: Option<f32>,
 }
 
 impl SlidingWindow {

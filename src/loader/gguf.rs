@@ -168,7 +168,7 @@ pub fn check(path: &Path) -> Result<()> {
 fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     let arch = md.get("general.architecture").context("GGUF has no general.architecture")?.to_string()?.clone();
     let family = family::from_gguf(&arch)?;
-    refuse_unimplemented_settings(md, &arch)?;
+    refuse_unimplemented_settings(md, &arch, family)?;
     let u = |k: &str| -> Result<usize> {
         Ok(md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF has no {arch}.{k}"))?.to_u32()? as usize)
     };
@@ -202,14 +202,21 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         rope_freq_factors: linear_rope_scaling(md, &arch)?.map(|factor| vec![factor; head_dim / 2]),
         attn_scale: 1.0 / (scale_dim as f32).sqrt(),
         sliding_window: sliding_window(md, &arch, family, num_layers)?,
-        final_logit_softcap: md.get(&format!("{arch}.final_logit_softcapping")).map(|v| v.to_f32()).transpose()?,
+        final_logit_softcap: softcap(md, &arch, "final_logit_softcapping", family.differences().softcaps.map(|c| c.1))?,
+        attn_softcap: softcap(md, &arch, "attn_logit_softcapping", family.differences().softcaps.map(|c| c.0))?,
     })
 }
 
-/// A family's sliding window, as llama.cpp reads it: `attention.sliding_window` (absent or 0: none),
+/// A soft-cap from the file, or the family's default (llama.cpp's, for a family that has one).
+fn softcap(md: &HashMap<String, Value>, arch: &str, key: &str, default: Option<f32>) -> Result<Option<f32>> {
+    Ok(md.get(&format!("{arch}.{key}")).map(|v| v.to_f32()).transpose()?.or(default).filter(|&c| c > 0.0))
+}
+
+/// A family's sliding window, as llama.cpp reads it: `attention.sliding_window` (absent: the family's
+/// default, Gemma 2's 4096; 0: none),
 /// the local layers from `attention.sliding_window_pattern` (a per-layer array, or N: all but
 /// every Nth slide) or else the family's pattern, and the local rope base from `rope.freq_base_swa`
-/// (llama.cpp's default 10,000 where absent).
+/// (else the family's: llama.cpp's 10,000 for Gemma 3, the global rope for Gemma 2).
 fn sliding_window(
     md: &HashMap<String, Value>,
     arch: &str,
@@ -217,7 +224,8 @@ fn sliding_window(
     num_layers: usize,
 ) -> Result<Option<SlidingWindow>> {
     let key = |k: &str| md.get(&format!("{arch}.{k}"));
-    let Some(size) = key("attention.sliding_window").map(|v| v.to_u32()).transpose()?.filter(|&w| w > 0) else {
+    let size = key("attention.sliding_window").map(|v| v.to_u32()).transpose()?.map(|w| w as usize);
+    let Some(size) = size.or(family.differences().default_window).filter(|&w| w > 0) else {
         return Ok(None);
     };
     let Some(family_pattern) = family.differences().sliding_pattern else {
@@ -231,8 +239,9 @@ fn sliding_window(
         Some(n) => SlidingWindow::pattern(num_layers, n.to_u32()? as usize),
         None => SlidingWindow::pattern(num_layers, family_pattern),
     };
-    let local_rope_theta = key("rope.freq_base_swa").map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.0);
-    Ok(Some(SlidingWindow { size: size as usize, local_layers, local_rope_theta }))
+    let local_rope_theta = key("rope.freq_base_swa").map(|v| v.to_f32()).transpose()?;
+    let local_rope_theta = local_rope_theta.or(family.differences().local_rope_theta);
+    Ok(Some(SlidingWindow { size, local_layers, local_rope_theta }))
 }
 
 /// The factor of a linear rope scaling, read as llama.cpp reads it: a scaling type left out means
@@ -253,10 +262,14 @@ fn linear_rope_scaling(md: &HashMap<String, Value>, arch: &str) -> Result<Option
     Ok(factor.filter(|&f| f != 0.0 && f != 1.0))
 }
 
-/// Metadata that changes the forward in ways Wick does not implement.
-fn refuse_unimplemented_settings(md: &HashMap<String, Value>, arch: &str) -> Result<()> {
-    if let Some(cap) = md.get(&format!("{arch}.attn_logit_softcapping")) {
-        bail!("soft-capped attention scores ({arch}.attn_logit_softcapping = {cap:?}) are not implemented yet");
+/// Metadata that changes the forward in ways the family does not implement.
+fn refuse_unimplemented_settings(md: &HashMap<String, Value>, arch: &str, family: Family) -> Result<()> {
+    if let Some(cap) =
+        md.get(&format!("{arch}.attn_logit_softcapping")).filter(|_| family.differences().softcaps.is_none())
+    {
+        bail!(
+            "soft-capped attention scores ({arch}.attn_logit_softcapping = {cap:?}) are not implemented for {family:?}"
+        );
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ impl HfConfig {
             bail!("rope scaling `{kind}` on sliding layers (config.json rope_parameters) is not implemented yet");
         }
         let local_theta = local.and_then(|l| l.get("rope_theta")?.as_f64()).map(|t| t as f32);
-        let local_rope_theta = local_theta.or(self.rope_local_base_freq).unwrap_or(10_000.0);
+        let local_rope_theta = local_theta.or(self.rope_local_base_freq).or(family.differences().local_rope_theta);
         Ok(Some(SlidingWindow { size, local_layers, local_rope_theta }))
     }
 
@@ -160,8 +160,8 @@ impl HfConfig {
         if let Some(act) = self.hidden_activation.as_deref().or(self.hidden_act.as_deref()).filter(|a| *a != wanted) {
             bail!("activation `{act}` (config.json hidden_act) is not implemented yet; the {family:?} family uses {wanted}");
         }
-        if let Some(cap) = self.attn_logit_softcapping {
-            bail!("soft-capped attention scores (config.json attn_logit_softcapping = {cap}) are not implemented yet");
+        if let Some(cap) = self.attn_logit_softcapping.filter(|_| family.differences().softcaps.is_none()) {
+            bail!("soft-capped attention scores (config.json attn_logit_softcapping = {cap}) are not implemented for {family:?}");
         }
         Ok(())
     }
@@ -217,6 +217,7 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         attn_scale: 1.0 / hf.query_pre_attn_scalar.unwrap_or(hf.head_dim() as f32).sqrt(),
         sliding_window: hf.sliding_window(family)?,
         final_logit_softcap: hf.final_logit_softcapping,
+        attn_softcap: hf.attn_logit_softcapping,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))

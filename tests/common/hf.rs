@@ -11,14 +11,16 @@ use std::path::Path;
 /// The variants `write_tiny_hf_folder` writes: each family, and llama with each rope scaling Wick
 /// implements (Llama 3's in the `rope_scaling` form most checkpoints carry, linear in transformers
 /// 5's `rope_parameters` form).
-pub const TINY_HF_FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3"];
+pub const TINY_HF_FAMILIES: [&str; 7] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2"];
 
 /// The vocabulary of the model (the tokenizer's 264 tokens, and ids above them that only the model
 /// knows, as real checkpoints pad theirs).
 pub const HF_VOCAB: usize = 300;
 
-/// The tiny gemma3 folder's logit soft-cap.
+/// The tiny gemma3 and gemma2 folders' logit soft-cap.
 pub const HF_GEMMA3_SOFTCAP: f32 = 4.0;
+/// The tiny gemma2 folder's attention-score soft-cap.
+pub const HF_GEMMA2_ATTN_SOFTCAP: f32 = 1.0;
 
 /// Writes the tiny model of `family` (one of `TINY_HF_FAMILIES`) into `dir`. Every difference takes
 /// effect: norm weights away from 1, llama's head untied (the others tie it), qwen2's q/k/v biases
@@ -28,11 +30,12 @@ pub const HF_GEMMA3_SOFTCAP: f32 = 4.0;
 /// and q/k norms, Gemma's (1 + w) norms (weights around 0) with the two after attention and the FFN,
 /// a `query_pre_attn_scalar` other than the head size, a sliding window of 8 on layer 0 with its
 /// own rope base, and a logit soft-cap about the logits' spread, in the config form the hub's Gemma 3
-/// checkpoints carry.
+/// checkpoints carry. gemma2 is gemma3 without q/k norms or a local rope base, its window on every
+/// other layer as its older configs imply (no `layer_types`), and its attention scores capped.
 pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
     assert!(TINY_HF_FAMILIES.contains(&family), "no tiny {family} folder");
     let (hidden, inter, layers, heads, kv_heads) = (64usize, 128usize, 2usize, 4usize, 2usize);
-    let gemma = family == "gemma3";
+    let gemma = family == "gemma3" || family == "gemma2";
     let head_dim = if family == "qwen3" || gemma { 32 } else { hidden / heads };
     // Gemma's norms scale by (1 + w).
     let norm_offset = if gemma { 0.0 } else { 1.0 };
@@ -72,7 +75,7 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
                 t.insert(format!("{p}.self_attn.{part}_proj.bias"), random(&[len], 0.5, 0.0));
             }
         }
-        if family == "qwen3" || gemma {
+        if family == "qwen3" || family == "gemma3" {
             t.insert(format!("{p}.self_attn.q_norm.weight"), random(&[head_dim], 0.3, norm_offset));
             t.insert(format!("{p}.self_attn.k_norm.weight"), random(&[head_dim], 0.3, norm_offset));
         }
@@ -83,6 +86,7 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
         "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
         "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
+        "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut config = json!({
@@ -97,6 +101,20 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
         "llama3" => {
             config["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        }
+        "gemma2" => {
+            let object = config.as_object_mut().unwrap();
+            object.remove("hidden_act");
+            for (key, value) in [
+                ("hidden_activation", json!("gelu_pytorch_tanh")),
+                ("rope_theta", json!(10_000.0)),
+                ("sliding_window", json!(8)),
+                ("query_pre_attn_scalar", json!(24)),
+                ("final_logit_softcapping", json!(HF_GEMMA3_SOFTCAP)),
+                ("attn_logit_softcapping", json!(HF_GEMMA2_ATTN_SOFTCAP)),
+            ] {
+                object.insert(key.into(), value);
+            }
         }
         "gemma3" => {
             let object = config.as_object_mut().unwrap();

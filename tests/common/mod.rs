@@ -141,7 +141,7 @@ pub fn write_tiny_gguf_edited(
 }
 
 /// The families `write_tiny_family_gguf` writes.
-pub const TINY_FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3"];
+pub const TINY_FAMILIES: [&str; 7] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2"];
 
 /// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
 /// write it: its architecture's metadata keys and pre-tokenizer; for qwen2 random q, k and v biases
@@ -153,6 +153,8 @@ pub const TINY_FAMILIES: [&str; 6] = ["llama", "qwen2", "qwen3", "llama3", "llam
 /// FFN, a sliding window of 8 on layer 0 (shorter than every prompt) with the default local rope
 /// base of 10,000 against 1,000,000 on layer 1, and soft-capped logits (a cap of
 /// `GEMMA3_SOFTCAP`, about the logits' own spread); its GELU and embedding scale act on any weights.
+/// `gemma2` is gemma3 without the q/k norms, its window on every other layer by the family's
+/// default pattern with the global rope, and its attention scores capped (`GEMMA2_ATTN_SOFTCAP`).
 /// The q/k rows stay as they are: random weights need no un-permuting, and each family reads them in
 /// its own rope layout.
 pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
@@ -188,12 +190,17 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                 }
             }
         }
-        if family == "gemma3" {
-            md.push(("gemma3.attention.sliding_window".into(), Value::U32(8)));
-            md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
-            md.push(("gemma3.final_logit_softcapping".into(), Value::F32(GEMMA3_SOFTCAP)));
+        if family == "gemma3" || family == "gemma2" {
+            md.push((format!("{architecture}.attention.sliding_window"), Value::U32(8)));
+            md.push((format!("{architecture}.final_logit_softcapping"), Value::F32(GEMMA3_SOFTCAP)));
+            if family == "gemma3" {
+                md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
+            } else {
+                // Gemma 2's own pattern (every other layer) is the default; its scores are capped.
+                md.push(("gemma2.attn_logit_softcapping".into(), Value::F32(GEMMA2_ATTN_SOFTCAP)));
+            }
             for (key, value) in md.iter_mut() {
-                if key == "gemma3.rope.freq_base" {
+                if key == &format!("{architecture}.rope.freq_base") {
                     *value = Value::F32(1_000_000.0);
                 }
             }
@@ -212,7 +219,7 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                 }
             }
         }
-        if family == "qwen3" || family == "gemma3" {
+        if family == "qwen3" || family == "gemma3" || family == "gemma2" {
             let head_dim = 32;
             md.push((format!("{architecture}.attention.key_length"), Value::U32(head_dim as u32)));
             md.push((format!("{architecture}.attention.value_length"), Value::U32(head_dim as u32)));
@@ -231,15 +238,19 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                 ts.push((format!("blk.{i}.attn_v.weight"), seeded(n + 2, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
                 ts.push((format!("blk.{i}.attn_output.weight"), seeded(n + 3, HIDDEN, q_dim, GgmlDType::Q4_1, 0.0)));
                 // Norm weights around 1, one of `head_dim` for all heads.
-                ts.push((format!("blk.{i}.attn_q_norm.weight"), seeded(n + 4, 1, head_dim, GgmlDType::F32, 1.0)));
-                ts.push((format!("blk.{i}.attn_k_norm.weight"), seeded(n + 5, 1, head_dim, GgmlDType::F32, 1.0)));
+                if family != "gemma2" {
+                    ts.push((format!("blk.{i}.attn_q_norm.weight"), seeded(n + 4, 1, head_dim, GgmlDType::F32, 1.0)));
+                    ts.push((format!("blk.{i}.attn_k_norm.weight"), seeded(n + 5, 1, head_dim, GgmlDType::F32, 1.0)));
+                }
             }
         }
     })
 }
 
-/// The tiny gemma3 model's logit soft-cap.
+/// The tiny gemma3 and gemma2 models' logit soft-cap.
 pub const GEMMA3_SOFTCAP: f32 = 4.0;
+/// The tiny gemma2 model's attention-score soft-cap.
+pub const GEMMA2_ATTN_SOFTCAP: f32 = 1.0;
 
 /// Writes a tiny model once per test process and returns its path.
 fn written_once(cell: &'static OnceLock<PathBuf>, file: &str, seed: u64, context: usize) -> PathBuf {

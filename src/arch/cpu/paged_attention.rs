@@ -43,21 +43,36 @@ pub struct Query<'a> {
     pub out: &'a mut [f32],
 }
 
-/// Attends every query of `tile` over `cache`, scores scaled by `scale`. `scores` is scratch.
-pub fn attend_tile(variant: Variant, cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f32, scores: &mut Vec<f32>) {
+/// What raw scores `q . k` become before the softmax: times `scale`, then, with a cap,
+/// `cap * tanh(s / cap)` (Gemma 2).
+#[derive(Debug, Clone, Copy)]
+pub struct Scores {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+/// Attends every query of `tile` over `cache`, scores made by `how`. `scores` is scratch.
+pub fn attend_tile(
+    variant: Variant,
+    cache: &HeadCache<'_>,
+    tile: &mut [Query<'_>],
+    how: Scores,
+    scores: &mut Vec<f32>,
+) {
     assert!(cache.head_dim.is_multiple_of(4), "head_dim {} is not a multiple of 4", cache.head_dim);
     match variant {
         // SAFETY: `variant` is one this CPU runs (`isa`).
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => unsafe { x86::tile_avx512(cache, tile, scale, scores) },
+        Variant::Avx512 => unsafe { x86::tile_avx512(cache, tile, how, scores) },
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => unsafe { x86::tile_avx2(cache, tile, scale, scores) },
-        _ => tile_body::<Plain>(cache, tile, scale, scores),
+        Variant::Avx2 => unsafe { x86::tile_avx2(cache, tile, how, scores) },
+        _ => tile_body::<Plain>(cache, tile, how, scores),
     }
 }
 
 #[inline(always)]
-fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f32, scores: &mut Vec<f32>) {
+fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], how: Scores, scores: &mut Vec<f32>) {
+    let scale = how.scale;
     let longest = tile.iter().map(|q| q.visible).max().unwrap_or(0);
     let span = longest.div_ceil(L) * L;
     scores.clear();
@@ -97,7 +112,13 @@ fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f3
     // a window keep the zeros they started with.
     for (query, s) in tile.iter().zip(scores.chunks_exact_mut(span)) {
         let skipped = query.first / L * L;
-        softmax(&mut s[skipped..query.visible.div_ceil(L) * L], query.first - skipped, query.visible - skipped);
+        let s = &mut s[skipped..query.visible.div_ceil(L) * L];
+        if let Some(cap) = how.softcap {
+            s.iter_mut().for_each(|v| *v /= cap);
+            super::rowwise::tanh_in_place(s);
+            s.iter_mut().for_each(|v| *v *= cap);
+        }
+        softmax(s, query.first - skipped, query.visible - skipped);
     }
 
     // Weighted values, again a block at a time: out += w_j * v_j, in the order of j. Paired queries
@@ -249,16 +270,16 @@ fn softmax(s: &mut [f32], first: usize, visible: usize) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::vector::lanes_x86::{Avx2, Avx512};
-    use super::{HeadCache, Query};
+    use super::{HeadCache, Query, Scores};
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f32, scores: &mut Vec<f32>) {
-        super::tile_body::<Avx2>(cache, tile, scale, scores)
+    pub unsafe fn tile_avx2(cache: &HeadCache<'_>, tile: &mut [Query<'_>], how: Scores, scores: &mut Vec<f32>) {
+        super::tile_body::<Avx2>(cache, tile, how, scores)
     }
 
     #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn tile_avx512(cache: &HeadCache<'_>, tile: &mut [Query<'_>], scale: f32, scores: &mut Vec<f32>) {
-        super::tile_body::<Avx512>(cache, tile, scale, scores)
+    pub unsafe fn tile_avx512(cache: &HeadCache<'_>, tile: &mut [Query<'_>], how: Scores, scores: &mut Vec<f32>) {
+        super::tile_body::<Avx512>(cache, tile, how, scores)
     }
 }
 
@@ -298,10 +319,11 @@ mod tests {
         Fixture { k, v, blocks, keys, values }
     }
 
-    fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], scale: f32) -> Vec<f64> {
+    fn naive(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], how: Scores) -> Vec<f64> {
         let s: Vec<f64> = keys
             .iter()
-            .map(|k| k.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64)
+            .map(|k| k.iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * how.scale as f64)
+            .map(|s| how.softcap.map_or(s, |cap| cap as f64 * (s / cap as f64).tanh()))
             .collect();
         let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
@@ -326,8 +348,10 @@ mod tests {
         // Pairs that see the same and different numbers of the last block's positions.
         let visible = [1, 16, 17, 30, 44, 45];
         // Causal, then sliding windows: within a block, at a block's edge, over a block boundary,
-        // and whole blocks skipped.
-        for first in [[0; 6], [0, 5, 1, 16, 27, 40]] {
+        // and whole blocks skipped; then soft-capped scores (a cap of 0.3 bends most of them).
+        let cases = [([0; 6], None), ([0, 5, 1, 16, 27, 40], None), ([0, 5, 1, 16, 27, 40], Some(0.3))];
+        for (first, softcap) in cases {
+            let scale = Scores { scale, softcap };
             for variant in Variant::all_here() {
                 let mut scores = Vec::new();
                 // All six queries in one tile.
@@ -340,6 +364,18 @@ mod tests {
                 for i in 0..6 {
                     let seen = first[i]..visible[i];
                     let want = naive(&qs[i], &f.keys[seen.clone()], &f.values[seen], scale);
+                    if softcap.is_some() {
+                        let uncapped = naive(
+                            &qs[i],
+                            &f.keys[first[i]..visible[i]],
+                            &f.values[first[i]..visible[i]],
+                            Scores { softcap: None, ..scale },
+                        );
+                        assert!(
+                            visible[i] - first[i] == 1 || uncapped.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3),
+                            "the cap changes query {i}"
+                        );
+                    }
                     for (c, (g, w)) in together[i].iter().zip(&want).enumerate() {
                         assert!((*g as f64 - w).abs() < 1e-5, "{variant} d {d} query {i} c {c}: {g} vs {w}");
                     }
