@@ -8,7 +8,8 @@
 //! allocation beyond the output and a worker's scratch. On CUDA our kernels do the same (src/cuda/);
 //! this is their CPU reference.
 
-use super::cpu::paged_attention::{attend_tile, HeadCache, Query, Scores};
+pub use super::cpu::paged_attention::Scores;
+use super::cpu::paged_attention::{attend_tile, HeadCache, Query};
 use super::cpu::{isa, parallel_for, SharedOut};
 use super::rope::Rope;
 use crate::kv::{slot, BlockId, LayerKv, BLOCK_SIZE};
@@ -30,14 +31,12 @@ impl AttnShape {
     }
 }
 
-/// How one layer attends: the rope it rotates q and k by, the scale of its scores, its sliding
-/// window, if it has one (a query at `p` sees keys `p - window + 1..=p`), and a soft-cap of its
-/// scaled scores (`cap * tanh(s / cap)`, Gemma 2).
+/// How one layer attends: the rope it rotates q and k by, its sliding window, if it has one (a
+/// query at `p` sees keys `p - window + 1..=p`), and what its scores are scaled and capped by.
 pub struct LayerAttention<'a> {
     pub rope: &'a Rope,
-    pub scale: f32,
     pub window: Option<usize>,
-    pub softcap: Option<f32>,
+    pub scores: Scores,
 }
 
 /// One sequence's slice of a step: `rows` new tokens at positions `start..start + rows`, its cache
@@ -139,7 +138,7 @@ pub fn attend(
                     });
                 }
             }
-            attend_tile(variant, &cache, &mut tile, Scores { scale: how.scale, softcap: how.softcap }, &mut scores);
+            attend_tile(variant, &cache, &mut tile, how.scores, &mut scores);
         }
     });
     out
@@ -167,7 +166,8 @@ mod tests {
     fn paged_prefill_and_decode_match_naive_attention() {
         let shape = AttnShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
         let rope = Rope::new(8, 10000.0, 64, RopeStyle::Halves, None);
-        let how = LayerAttention { rope: &rope, scale: 1.0 / (8f32).sqrt(), window: None, softcap: None };
+        let how =
+            LayerAttention { rope: &rope, window: None, scores: Scores { scale: 1.0 / (8f32).sqrt(), softcap: None } };
         let row_len = shape.q_dim() + 2 * shape.kv_dim();
         let mut rng = 1u64;
         let mut rand = || {

@@ -7,7 +7,7 @@
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
 //! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
 
-use super::attention::{attend, LayerAttention, SeqRows};
+use super::attention::{attend, LayerAttention, Scores, SeqRows};
 use super::cpu::rowwise::{self, Activation};
 use super::embedding::Embedding;
 use super::linear::{Linear, WeightFormat};
@@ -201,7 +201,8 @@ impl Decoder {
                 (Some(_), Some(local)) => local,
                 _ => &self.rope,
             };
-            let how = LayerAttention { rope, scale: self.cfg.attn_scale, window, softcap: self.cfg.attn_softcap };
+            let scores = Scores { scale: self.cfg.attn_scale, softcap: self.cfg.attn_softcap };
+            let how = LayerAttention { rope, window, scores };
             let attn = attend(shape, &how, &mut qkv, layer_kv, &seqs);
             let mut out = layer.o.forward_rows(&attn, total)?;
             if let Some((post_attn, _)) = &layer.post_norms {
@@ -222,9 +223,7 @@ impl Decoder {
         let h = rowwise::rms_norm(&last, &self.norm.host, eps);
         let mut logits = self.lm_head.forward_rows(&h, inputs.len())?;
         if let Some(cap) = self.cfg.final_logit_softcap {
-            logits.iter_mut().for_each(|v| *v /= cap);
-            rowwise::tanh_in_place(&mut logits);
-            logits.iter_mut().for_each(|v| *v *= cap);
+            rowwise::softcap_in_place(&mut logits, cap);
         }
         Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
     }

@@ -82,6 +82,17 @@ const LLAMA: Differences = Differences {
     softcaps: None,
 };
 
+/// What Gemma 2 and 3 share.
+const GEMMA: Differences = Differences {
+    gguf_rope: RopeStyle::Halves,
+    gguf_rope_freqs: false,
+    sandwich_norms: true,
+    embed_scale: true,
+    activation: Activation::GeluTanh,
+    hf_norm_plus_one: true,
+    ..LLAMA
+};
+
 impl Family {
     pub fn differences(self) -> Differences {
         match self {
@@ -93,29 +104,14 @@ impl Family {
                 Differences { qk_norm: true, gguf_rope: RopeStyle::Halves, gguf_rope_freqs: false, ..LLAMA }
             }
             Family::Gemma2 => Differences {
-                gguf_rope: RopeStyle::Halves,
-                gguf_rope_freqs: false,
-                sandwich_norms: true,
-                embed_scale: true,
-                activation: Activation::GeluTanh,
-                hf_norm_plus_one: true,
                 sliding_pattern: Some(2),
                 default_window: Some(4096),
                 softcaps: Some((50.0, 30.0)),
-                ..LLAMA
+                ..GEMMA
             },
-            Family::Gemma3 => Differences {
-                qk_norm: true,
-                gguf_rope: RopeStyle::Halves,
-                gguf_rope_freqs: false,
-                sandwich_norms: true,
-                embed_scale: true,
-                activation: Activation::GeluTanh,
-                hf_norm_plus_one: true,
-                sliding_pattern: Some(6),
-                local_rope_theta: Some(10_000.0),
-                ..LLAMA
-            },
+            Family::Gemma3 => {
+                Differences { qk_norm: true, sliding_pattern: Some(6), local_rope_theta: Some(10_000.0), ..GEMMA }
+            }
         }
     }
 }

@@ -102,34 +102,28 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
             config["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
         }
-        "gemma2" => {
+        "gemma2" | "gemma3" => {
             let object = config.as_object_mut().unwrap();
             object.remove("hidden_act");
-            for (key, value) in [
+            let shared = [
                 ("hidden_activation", json!("gelu_pytorch_tanh")),
-                ("rope_theta", json!(10_000.0)),
                 ("sliding_window", json!(8)),
                 ("query_pre_attn_scalar", json!(24)),
                 ("final_logit_softcapping", json!(HF_GEMMA3_SOFTCAP)),
-                ("attn_logit_softcapping", json!(HF_GEMMA2_ATTN_SOFTCAP)),
-            ] {
-                object.insert(key.into(), value);
-            }
-        }
-        "gemma3" => {
-            let object = config.as_object_mut().unwrap();
-            object.remove("hidden_act");
-            for (key, value) in [
-                ("hidden_activation", json!("gelu_pytorch_tanh")),
-                ("rope_theta", json!(1_000_000.0)),
-                ("rope_local_base_freq", json!(10_000.0)),
-                ("rope_scaling", json!(null)),
-                ("sliding_window", json!(8)),
-                ("layer_types", json!(["sliding_attention", "full_attention"])),
-                ("query_pre_attn_scalar", json!(24)),
-                ("final_logit_softcapping", json!(HF_GEMMA3_SOFTCAP)),
-                ("attn_logit_softcapping", json!(null)),
-            ] {
+            ];
+            let own = match family {
+                "gemma2" => {
+                    vec![("rope_theta", json!(10_000.0)), ("attn_logit_softcapping", json!(HF_GEMMA2_ATTN_SOFTCAP))]
+                }
+                _ => vec![
+                    ("rope_theta", json!(1_000_000.0)),
+                    ("rope_local_base_freq", json!(10_000.0)),
+                    ("rope_scaling", json!(null)),
+                    ("layer_types", json!(["sliding_attention", "full_attention"])),
+                    ("attn_logit_softcapping", json!(null)),
+                ],
+            };
+            for (key, value) in shared.into_iter().chain(own) {
                 object.insert(key.into(), value);
             }
         }

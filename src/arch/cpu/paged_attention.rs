@@ -114,9 +114,7 @@ fn tile_body<V: F32x16>(cache: &HeadCache<'_>, tile: &mut [Query<'_>], how: Scor
         let skipped = query.first / L * L;
         let s = &mut s[skipped..query.visible.div_ceil(L) * L];
         if let Some(cap) = how.softcap {
-            s.iter_mut().for_each(|v| *v /= cap);
-            super::rowwise::tanh_in_place(s);
-            s.iter_mut().for_each(|v| *v *= cap);
+            super::rowwise::softcap_in_place(s, cap);
         }
         softmax(s, query.first - skipped, query.visible - skipped);
     }

@@ -164,6 +164,13 @@ pub fn tanh_in_place(x: &mut [f32]) {
     tanh_gate_row(isa::variant(), x, None)
 }
 
+/// `x = cap * tanh(x / cap)` (Gemma's soft-capped attention scores and logits), on the calling thread.
+pub fn softcap_in_place(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v /= cap);
+    tanh_in_place(x);
+    x.iter_mut().for_each(|v| *v *= cap);
+}
+
 fn tanh_gate_row(variant: Variant, x: &mut [f32], gate: Option<&[f32]>) {
     match variant {
         // SAFETY: `variant` is one this CPU runs (`isa`).
