@@ -203,15 +203,15 @@ async fn management_refuses_bad_calls_with_its_own_error_shape() {
     let (code, v) = post(json!({"model": "no-such-model", "custom_meta_key": "x"})).await;
     assert_eq!(code, 400, "{v}");
     // A file of a family Wick does not implement is refused now, not at its first request.
-    let granite = dir.path().join("granite.gguf");
-    common::write_tiny_gguf_edited(&granite, 7, 256, |md, _| {
+    let gemma = dir.path().join("gemma.gguf");
+    common::write_tiny_gguf_edited(&gemma, 7, 256, |md, _| {
         md.iter_mut()
             .filter(|(k, _)| k == "general.architecture")
-            .for_each(|(_, v)| *v = candle_core::quantized::gguf_file::Value::String("granite".into()))
+            .for_each(|(_, v)| *v = candle_core::quantized::gguf_file::Value::String("gemma".into()))
     });
-    let (code, v) = post(json!({"model": granite.to_str().unwrap(), "custom_meta_key": "x"})).await;
+    let (code, v) = post(json!({"model": gemma.to_str().unwrap(), "custom_meta_key": "x"})).await;
     assert_eq!(code, 400, "{v}");
-    assert!(v["msg"].as_str().unwrap().contains("`granite` is not implemented"), "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("`gemma` is not implemented"), "{v}");
     let (code, _) = post(json!({"model": tiny_model().to_str().unwrap(), "custom_meta_key": "x", "replicas": 0})).await;
     assert_eq!(code, 400);
     let (code, v) = post(json!({"model": tiny_model().to_str().unwrap(), "custom_meta_key": "x", "idle": 3})).await;

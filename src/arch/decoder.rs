@@ -64,8 +64,6 @@ pub struct Decoder {
     rope: Rope,
     /// The rope of sliding-window layers, where the model has them.
     local_rope: Option<Rope>,
-    /// What embedding rows are multiplied by (Gemma's `sqrt(hidden_size)`).
-    embed_scale: Option<f32>,
     activation: Activation,
     device: Device,
     /// Activations, norms and dense weights: f32 on CPU; on CUDA the checkpoint's bf16 or f16 when
@@ -104,16 +102,27 @@ impl Decoder {
                     local: local_layers.as_ref().is_some_and(|local| local[i]),
                     post_norms: l.post_norms.map(|(a, f)| Ok::<_, anyhow::Error>((norm(a)?, norm(f)?))).transpose()?,
                     attn_norm: norm(l.attn_norm)?,
-                    qkv: Linear::fused(vec![l.q, l.k, l.v], format, dtype, device)?,
+                    qkv: Linear::fused(l.qkv, format, dtype, device)?,
                     qkv_bias: l.qkv_bias.map(norm).transpose()?,
                     qk_norm: l.qk_norm.map(|(q, k)| Ok::<_, anyhow::Error>((norm(q)?, norm(k)?))).transpose()?,
                     o: Linear::fused(vec![l.o], format, dtype, device)?,
                     ffn_norm: norm(l.ffn_norm)?,
-                    gate_up: Linear::fused(vec![l.gate, l.up], format, dtype, device)?,
+                    gate_up: Linear::fused(l.gate_up, format, dtype, device)?,
                     down: Linear::fused(vec![l.down], format, dtype, device)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let shape = cfg.attn_shape();
+        for (i, l) in layers.iter().enumerate() {
+            let (qkv, gate_up) = (shape.q_dim() + 2 * shape.kv_dim(), 2 * cfg.intermediate_size);
+            if l.qkv.out_features != qkv || l.gate_up.out_features != gate_up {
+                bail!(
+                    "layer {i}: q|k|v has {} rows and gate|up {}; the config's heads and FFN size need {qkv} and {gate_up}",
+                    l.qkv.out_features,
+                    l.gate_up.out_features
+                );
+            }
+        }
         let rope = Rope::new(
             cfg.head_dim,
             cfg.rope_theta,
@@ -131,7 +140,6 @@ impl Decoder {
         let differences = cfg.family.differences();
         Ok(Self {
             local_rope,
-            embed_scale: differences.embed_scale.then(|| (cfg.hidden_size as f32).sqrt()),
             activation: differences.activation,
             embed,
             layers,
@@ -180,8 +188,8 @@ impl Decoder {
             inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
 
         let mut x = self.embed.rows(&ids)?;
-        if let Some(scale) = self.embed_scale {
-            x.iter_mut().for_each(|v| *v *= scale);
+        if let Some(scale) = self.cfg.embed_scale {
+            rowwise::scale_in_place(&mut x, scale);
         }
         for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
             let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
@@ -208,7 +216,7 @@ impl Decoder {
             if let Some((post_attn, _)) = &layer.post_norms {
                 out = rowwise::rms_norm(&out, &post_attn.host, eps);
             }
-            rowwise::add_assign(&mut x, &out);
+            self.add_residual(&mut x, &mut out);
 
             let h = rowwise::rms_norm(&x, &layer.ffn_norm.host, eps);
             let act = rowwise::gated(&layer.gate_up.forward_rows(&h, total)?, inter, self.activation);
@@ -216,16 +224,27 @@ impl Decoder {
             if let Some((_, post_ffn)) = &layer.post_norms {
                 out = rowwise::rms_norm(&out, &post_ffn.host, eps);
             }
-            rowwise::add_assign(&mut x, &out);
+            self.add_residual(&mut x, &mut out);
         }
 
         let last: Vec<f32> = last_row_indices(inputs).flat_map(|r| &x[r * hidden..(r + 1) * hidden]).copied().collect();
         let h = rowwise::rms_norm(&last, &self.norm.host, eps);
         let mut logits = self.lm_head.forward_rows(&h, inputs.len())?;
+        if let Some(scale) = self.cfg.logit_scale {
+            rowwise::scale_in_place(&mut logits, scale);
+        }
         if let Some(cap) = self.cfg.final_logit_softcap {
             rowwise::softcap_in_place(&mut logits, cap);
         }
         Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
+    }
+
+    /// `x += out`, `out` scaled first where the model scales its residual branches (Granite).
+    fn add_residual(&self, x: &mut [f32], out: &mut [f32]) {
+        if let Some(scale) = self.cfg.residual_scale {
+            rowwise::scale_in_place(out, scale);
+        }
+        rowwise::add_assign(x, out);
     }
 }
 
@@ -305,8 +324,10 @@ fn missing_on_cuda(cfg: &TextConfig, raw: &RawWeights) -> Option<&'static str> {
         Some("norms after attention and the FFN are")
     } else if cfg.sliding_window.is_some() {
         Some("sliding attention windows are")
-    } else if differences.activation != Activation::Silu || differences.embed_scale {
-        Some("GELU and a scaled embedding are")
+    } else if differences.activation != Activation::Silu {
+        Some("GELU is")
+    } else if cfg.embed_scale.is_some() || cfg.residual_scale.is_some() || cfg.logit_scale.is_some() {
+        Some("scaled embeddings, residual branches and logits are")
     } else if cfg.final_logit_softcap.is_some() || cfg.attn_softcap.is_some() {
         Some("soft-capped logits and attention scores are")
     } else if (cfg.attn_scale - 1.0 / (cfg.head_dim as f32).sqrt()).abs() > f32::EPSILON {
@@ -333,7 +354,7 @@ fn last_rows(inputs: &[StepInput<'_>], device: &Device) -> Result<Tensor> {
 
 /// f32 except on CUDA with dense bf16 or f16 weights (kept in their dtype unless `format` asks for f32).
 fn compute_dtype(raw: &RawWeights, format: WeightFormat, device: &Device) -> DType {
-    let dense = raw.layers.first().and_then(|l| l.q.dense_dtype());
+    let dense = raw.layers.first().and_then(|l| l.qkv.first()?.dense_dtype());
     match dense {
         Some(d @ (DType::BF16 | DType::F16)) if device.is_cuda() && format != WeightFormat::F32 => d,
         _ => DType::F32,

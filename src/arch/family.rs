@@ -26,6 +26,12 @@ pub enum Family {
     /// Gemma 3 (text): Qwen3's q/k norms, and norms after attention and the FFN too, a scaled
     /// embedding, GELU, and a sliding window on most layers with a rope base of their own.
     Gemma3,
+    /// Phi-3 (and Phi-4): llama with q/k/v fused into one weight and gate/up into another, the
+    /// rope on the halves of each head, and a sliding window on every layer where its config sets one.
+    Phi3,
+    /// Granite (3.x dense): llama with four multipliers, on the embedding, on each residual branch,
+    /// on attention scores (in place of `1/sqrt(head_dim)`) and on the logits.
+    Granite,
 }
 
 /// How a family differs from llama, as the loaders and the shared decoder (`arch::decoder`) read it.
@@ -49,13 +55,19 @@ pub struct Differences {
     pub sandwich_norms: bool,
     /// The embedding's rows multiplied by `sqrt(hidden_size)` (Gemma).
     pub embed_scale: bool,
+    /// Granite's embedding, residual, attention and logit multipliers, read from the file or
+    /// config (`TextConfig`'s `embed_scale`, `residual_scale`, `attn_scale`, `logit_scale`).
+    pub multipliers: bool,
+    /// q, k and v in one weight and gate and up in another (Phi-3): `attn_qkv` and a double-height
+    /// `ffn_up` in GGUF, `qkv_proj` and `gate_up_proj` in Hugging Face folders.
+    pub fused_projections: bool,
     pub activation: Activation,
     /// Gemma's norms scale by `1 + w`. llama.cpp's converter adds the 1 into GGUF files, so only a
     /// Hugging Face folder's norm weights get it added at load.
     pub hf_norm_plus_one: bool,
     /// A file that sets a sliding window without saying which layers use it: of every this many
-    /// layers, all but the last slide (Gemma 3: five local, one global). None where the family has
-    /// no sliding window.
+    /// layers, all but the last slide (Gemma 3: five local, one global; 0: every layer slides, as
+    /// in Phi-3). None where the family has no sliding window.
     pub sliding_pattern: Option<usize>,
     /// The window where a GGUF file gives none (llama.cpp's Gemma 2: 4096).
     pub default_window: Option<usize>,
@@ -74,6 +86,8 @@ const LLAMA: Differences = Differences {
     gguf_rope_freqs: true,
     sandwich_norms: false,
     embed_scale: false,
+    multipliers: false,
+    fused_projections: false,
     activation: Activation::Silu,
     hf_norm_plus_one: false,
     sliding_pattern: None,
@@ -112,6 +126,15 @@ impl Family {
             Family::Gemma3 => {
                 Differences { qk_norm: true, sliding_pattern: Some(6), local_rope_theta: Some(10_000.0), ..GEMMA }
             }
+            Family::Phi3 => Differences {
+                fused_projections: true,
+                gguf_rope: RopeStyle::Halves,
+                gguf_rope_freqs: false,
+                sliding_pattern: Some(0),
+                ..LLAMA
+            },
+            // llama.cpp writes Granite's q and k rows permuted as llama's, and reads `rope_freqs`.
+            Family::Granite => Differences { multipliers: true, ..LLAMA },
         }
     }
 }
@@ -128,11 +151,8 @@ const REGISTRY: &[Known] = &[
     Known { gguf: &["llama"], hf: &["llama"], status: Ok(Family::Llama) },
     // llama.cpp writes Mistral 7B as `llama`; the loaders refuse its sliding window where it is set.
     Known { gguf: &["mistral"], hf: &["mistral"], status: Ok(Family::Llama) },
-    Known {
-        gguf: &["granite"],
-        hf: &["granite"],
-        status: Err("its embedding, residual, attention and logit multipliers"),
-    },
+    Known { gguf: &["granite"], hf: &["granite"], status: Ok(Family::Granite) },
+    Known { gguf: &["granitemoe"], hf: &["granitemoe"], status: Err("its mixture of experts") },
     Known { gguf: &["qwen2"], hf: &["qwen2"], status: Ok(Family::Qwen2) },
     Known { gguf: &["qwen3"], hf: &["qwen3"], status: Ok(Family::Qwen3) },
     Known { gguf: &["qwen3moe"], hf: &["qwen3_moe"], status: Err("its mixture of experts") },
@@ -145,7 +165,8 @@ const REGISTRY: &[Known] = &[
     },
     Known { gguf: &["gemma2"], hf: &["gemma2"], status: Ok(Family::Gemma2) },
     Known { gguf: &["gemma"], hf: &["gemma"], status: Err("its (1 + w) norms, embedding scale and GELU") },
-    Known { gguf: &["phi3"], hf: &["phi3"], status: Err("its fused projections and rope scaling") },
+    Known { gguf: &["phi3"], hf: &["phi3"], status: Ok(Family::Phi3) },
+    Known { gguf: &["phimoe"], hf: &["phimoe"], status: Err("its mixture of experts") },
 ];
 
 /// The family of a GGUF file's `general.architecture`.
@@ -173,10 +194,14 @@ fn find(name: &str, known: Option<&Known>) -> Result<Family> {
 /// The model of `cfg.family` over the weights a loader read, with its kernels for `format` on `device`.
 pub fn build(cfg: TextConfig, raw: RawWeights, format: WeightFormat, device: &Device) -> Result<Box<dyn TextModel>> {
     Ok(match cfg.family {
-        // All run the llama decoder; how they differ is in their weights (`Differences`).
-        Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => {
-            Box::new(Decoder::new(cfg, raw, format, device)?)
-        }
+        // All run the one decoder; how they differ is in their weights and settings (`Differences`).
+        Family::Llama
+        | Family::Qwen2
+        | Family::Qwen3
+        | Family::Gemma2
+        | Family::Gemma3
+        | Family::Phi3
+        | Family::Granite => Box::new(Decoder::new(cfg, raw, format, device)?),
     })
 }
 
@@ -193,8 +218,10 @@ mod tests {
     fn known_unimplemented_and_unknown_families_are_told_apart() {
         assert_eq!(from_gguf("llama").unwrap(), Family::Llama);
         assert_eq!(from_hf("mistral").unwrap(), Family::Llama);
-        let granite = from_gguf("granite").unwrap_err().to_string();
-        assert!(granite.contains("not implemented") && granite.contains("multipliers"), "{granite}");
+        assert_eq!(from_gguf("granite").unwrap(), Family::Granite);
+        assert_eq!(from_hf("phi3").unwrap(), Family::Phi3);
+        let granite_moe = from_hf("granitemoe").unwrap_err().to_string();
+        assert!(granite_moe.contains("mixture of experts"), "{granite_moe}");
         assert_eq!(from_hf("qwen2").unwrap(), Family::Qwen2);
         assert_eq!(from_gguf("qwen3").unwrap(), Family::Qwen3);
         assert_eq!(from_gguf("gemma3").unwrap(), Family::Gemma3);

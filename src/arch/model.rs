@@ -39,6 +39,14 @@ pub struct TextConfig {
     pub final_logit_softcap: Option<f32>,
     /// Attention scores (after `attn_scale`) soft-capped the same way (Gemma 2).
     pub attn_softcap: Option<f32>,
+    /// What embedding rows are multiplied by: Gemma's `sqrt(hidden_size)`, Granite's
+    /// `embedding_multiplier`.
+    pub embed_scale: Option<f32>,
+    /// What the attention's and the FFN's outputs are multiplied by before each residual add
+    /// (Granite's `residual_multiplier`).
+    pub residual_scale: Option<f32>,
+    /// What the logits are multiplied by (Granite divides them by its `logits_scaling`).
+    pub logit_scale: Option<f32>,
 }
 
 /// A sliding attention window: a local layer's query at position `p` sees keys `p - size + 1..=p`
@@ -83,13 +91,14 @@ impl TextConfig {
 /// The weights of one layer as a loader found them, before the kernel choice.
 pub struct RawLayer {
     pub attn_norm: Tensor,
-    pub q: RawWeight,
-    pub k: RawWeight,
-    pub v: RawWeight,
+    /// q, k and v stacked along the output (`[q_dim + 2 kv_dim, hidden]`): three weights, or one
+    /// where the file fused them (Phi-3's `qkv_proj`).
+    pub qkv: Vec<RawWeight>,
     pub o: RawWeight,
     pub ffn_norm: Tensor,
-    pub gate: RawWeight,
-    pub up: RawWeight,
+    /// The gate and up projections stacked the same way (`[2 intermediate, hidden]`, the gate
+    /// first): two weights, or Phi-3's one `gate_up_proj`.
+    pub gate_up: Vec<RawWeight>,
     pub down: RawWeight,
     /// Norms of the attention's and the FFN's outputs, for a family with sandwich norms.
     pub post_norms: Option<(Tensor, Tensor)>,

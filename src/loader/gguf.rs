@@ -2,8 +2,9 @@
 //! tokenizer and chat template, all from the one file.
 //!
 //! What the family does not implement is a load error, not an approximation (`arch::family`): an
-//! architecture it does not know, a rope scaling other than linear, a sliding window in a family
-//! without one, and any tensor of the file that the forward would not use (a bias the family has not).
+//! architecture it does not know, a rope scaling other than linear (longrope's factor tensors
+//! included), a rotary embedding on part of each head, a sliding window in a family without one,
+//! and any tensor of the file that the forward would not use (a bias the family has not).
 //! Rope scalings are read as llama.cpp reads them: `rope.scaling.factor` stretches every frequency
 //! unless the type says `none`, and a llama file's `rope_freqs.weight` divides each pair's.
 
@@ -54,34 +55,46 @@ fn weights(
         used.insert(name.to_string());
         Ok(RawWeight::Quantized(content.tensor(reader, name, device).with_context(|| format!("tensor `{name}`"))?))
     };
+    let differences = cfg.family.differences();
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let p = format!("blk.{i}");
+        // llama.cpp takes q, k and v fused into `attn_qkv` in any family's file (Phi-3's converter
+        // writes them so).
+        let fused_qkv = format!("{p}.attn_qkv.weight");
+        let qkv = match content.tensor_infos.contains_key(&fused_qkv) {
+            true => vec![tensor(&fused_qkv)?],
+            false => {
+                ["q", "k", "v"].iter().map(|part| tensor(&format!("{p}.attn_{part}.weight"))).collect::<Result<_>>()?
+            }
+        };
+        // Phi-3's `ffn_up` holds the gate's rows and then up's.
+        let gate_up = match differences.fused_projections {
+            true => vec![tensor(&format!("{p}.ffn_up.weight"))?],
+            false => vec![tensor(&format!("{p}.ffn_gate.weight"))?, tensor(&format!("{p}.ffn_up.weight"))?],
+        };
         layers.push(RawLayer {
             attn_norm: tensor(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
             ffn_norm: tensor(&format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
-            q: tensor(&format!("{p}.attn_q.weight"))?,
-            k: tensor(&format!("{p}.attn_k.weight"))?,
-            v: tensor(&format!("{p}.attn_v.weight"))?,
+            qkv,
             o: tensor(&format!("{p}.attn_output.weight"))?,
-            gate: tensor(&format!("{p}.ffn_gate.weight"))?,
-            up: tensor(&format!("{p}.ffn_up.weight"))?,
+            gate_up,
             down: tensor(&format!("{p}.ffn_down.weight"))?,
-            post_norms: match cfg.family.differences().sandwich_norms {
+            post_norms: match differences.sandwich_norms {
                 true => Some((
                     tensor(&format!("{p}.post_attention_norm.weight"))?.dequantize(device)?,
                     tensor(&format!("{p}.post_ffw_norm.weight"))?.dequantize(device)?,
                 )),
                 false => None,
             },
-            qk_norm: match cfg.family.differences().qk_norm {
+            qk_norm: match differences.qk_norm {
                 true => Some((
                     tensor(&format!("{p}.attn_q_norm.weight"))?.dequantize(device)?,
                     tensor(&format!("{p}.attn_k_norm.weight"))?.dequantize(device)?,
                 )),
                 false => None,
             },
-            qkv_bias: match cfg.family.differences().qkv_bias {
+            qkv_bias: match differences.qkv_bias {
                 true => Some(qkv_bias(|part| tensor(&format!("{p}.attn_{part}.bias"))?.dequantize(device))?),
                 false => None,
             },
@@ -95,7 +108,10 @@ fn weights(
         layers,
         lm_head,
     };
-    if cfg.family.differences().gguf_rope_freqs && content.tensor_infos.contains_key(ROPE_FREQS) {
+    if let Some(name) = LONGROPE_FACTORS.iter().find(|n| content.tensor_infos.contains_key(**n)) {
+        bail!("rope scaling `longrope` (the file's `{name}`, Phi-3's 128k context) is not implemented yet");
+    }
+    if differences.gguf_rope_freqs && content.tensor_infos.contains_key(ROPE_FREQS) {
         let factors = tensor(ROPE_FREQS)?.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?;
         cfg.rope_freq_factors = Some(combined_freq_factors(cfg.rope_freq_factors.take(), factors, cfg.head_dim)?);
     }
@@ -105,6 +121,9 @@ fn weights(
 
 /// Llama 3.1's per-pair rope frequency factors, as llama.cpp's converter writes them.
 const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The per-pair factors of a `longrope` scaling (Phi-3's 128k models), for short and long contexts.
+const LONGROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
 
 /// A file's `rope_freqs.weight` over any linear scaling: llama.cpp divides each pair's frequency by
 /// both.
@@ -172,12 +191,14 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     let u = |k: &str| -> Result<usize> {
         Ok(md.get(&format!("{arch}.{k}")).with_context(|| format!("GGUF has no {arch}.{k}"))?.to_u32()? as usize)
     };
-    let f = |k: &str, default: f32| -> f32 {
-        md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok()).unwrap_or(default)
-    };
+    let optional = |k: &str| md.get(&format!("{arch}.{k}")).and_then(|v| v.to_f32().ok());
+    let f = |k: &str, default: f32| -> f32 { optional(k).unwrap_or(default) };
     let hidden = u("embedding_length")?;
     let heads = u("attention.head_count")?;
     let head_dim = u("attention.key_length").unwrap_or(hidden / heads);
+    if let Some(rotated) = u("rope.dimension_count").ok().filter(|&n| n != head_dim) {
+        bail!("a rotary embedding on {rotated} of each head's {head_dim} values ({arch}.rope.dimension_count) is not implemented yet");
+    }
     let vocab = match md.get(&format!("{arch}.vocab_size")) {
         Some(v) => v.to_u32()? as usize,
         None => md.get("tokenizer.ggml.tokens").context("GGUF has no vocabulary")?.to_vec()?.len(),
@@ -186,6 +207,18 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
     // llama.cpp's Gemma 3: heads of `hidden / heads` set the scale of the 27B (62 layers), whose
     // `query_pre_attn_scalar` is that and not its head size.
     let scale_dim = if family == Family::Gemma3 && num_layers == 62 { hidden / heads } else { head_dim };
+    let differences = family.differences();
+    // Granite's multipliers, as llama.cpp reads them: all but the logits' optional, and 0 where
+    // absent, which means none (the attention's: `1/sqrt(head_dim)`).
+    let multiplier = |k: &str| optional(k).filter(|&m| differences.multipliers && m != 0.0);
+    let logit_scale = match differences.multipliers {
+        true => Some(1.0 / multiplier("logit_scale").with_context(|| format!("GGUF has no {arch}.logit_scale"))?),
+        false => None,
+    };
+    let embed_scale = match differences.embed_scale {
+        true => Some((hidden as f32).sqrt()),
+        false => multiplier("embedding_scale"),
+    };
     Ok(TextConfig {
         family,
         hidden_size: hidden,
@@ -200,10 +233,13 @@ fn config(md: &HashMap<String, Value>) -> Result<TextConfig> {
         context_length: u("context_length")?,
         rope_style: family.differences().gguf_rope,
         rope_freq_factors: linear_rope_scaling(md, &arch)?.map(|factor| vec![factor; head_dim / 2]),
-        attn_scale: 1.0 / (scale_dim as f32).sqrt(),
+        attn_scale: multiplier("attention.scale").unwrap_or(1.0 / (scale_dim as f32).sqrt()),
         sliding_window: sliding_window(md, &arch, family, num_layers)?,
         final_logit_softcap: softcap(md, &arch, "final_logit_softcapping", family.differences().softcaps.map(|c| c.1))?,
         attn_softcap: softcap(md, &arch, "attn_logit_softcapping", family.differences().softcaps.map(|c| c.0))?,
+        embed_scale,
+        residual_scale: multiplier("residual_scale"),
+        logit_scale,
     })
 }
 

@@ -62,6 +62,12 @@ struct HfConfig {
     query_pre_attn_scalar: Option<f32>,
     final_logit_softcapping: Option<f32>,
     attn_logit_softcapping: Option<f32>,
+    /// Granite's multipliers (transformers' defaults are 1: Granite's attention scores are then
+    /// not scaled at all).
+    embedding_multiplier: Option<f32>,
+    residual_multiplier: Option<f32>,
+    attention_multiplier: Option<f32>,
+    logits_scaling: Option<f32>,
 }
 
 impl HfConfig {
@@ -77,6 +83,24 @@ impl HfConfig {
 
     fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// What attention scores are multiplied by: Granite's `attention_multiplier`, else
+    /// `query_pre_attn_scalar^-0.5` (Gemma), else `head_dim^-0.5`.
+    fn attn_scale(&self, family: Family) -> f32 {
+        match family.differences().multipliers {
+            true => self.attention_multiplier.unwrap_or(1.0),
+            false => 1.0 / self.query_pre_attn_scalar.unwrap_or(self.head_dim() as f32).sqrt(),
+        }
+    }
+
+    /// Gemma's `sqrt(hidden_size)`, Granite's `embedding_multiplier`.
+    fn embed_scale(&self, family: Family) -> Option<f32> {
+        let differences = family.differences();
+        match differences.embed_scale {
+            true => Some((self.hidden_size as f32).sqrt()),
+            false => self.embedding_multiplier.filter(|_| differences.multipliers),
+        }
     }
 
     /// The rope's base and its frequency factors (`arch::rope`), from `rope_parameters` where
@@ -214,10 +238,13 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
         context_length: hf.max_position_embeddings,
         rope_style: RopeStyle::Halves,
         rope_freq_factors,
-        attn_scale: 1.0 / hf.query_pre_attn_scalar.unwrap_or(hf.head_dim() as f32).sqrt(),
+        attn_scale: hf.attn_scale(family),
         sliding_window: hf.sliding_window(family)?,
         final_logit_softcap: hf.final_logit_softcapping,
         attn_softcap: hf.attn_logit_softcapping,
+        embed_scale: hf.embed_scale(family),
+        residual_scale: hf.residual_multiplier.filter(|_| differences.multipliers),
+        logit_scale: hf.logits_scaling.filter(|_| differences.multipliers).map(|s| 1.0 / s),
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -257,12 +284,18 @@ pub fn load(dir: &Path, format: WeightFormat, device: &Device) -> Result<LoadedM
                 )),
                 false => None,
             },
-            q: dense(&format!("{p}.self_attn.q_proj.weight"))?,
-            k: dense(&format!("{p}.self_attn.k_proj.weight"))?,
-            v: dense(&format!("{p}.self_attn.v_proj.weight"))?,
+            qkv: match differences.fused_projections {
+                true => vec![dense(&format!("{p}.self_attn.qkv_proj.weight"))?],
+                false => ["q", "k", "v"]
+                    .iter()
+                    .map(|part| dense(&format!("{p}.self_attn.{part}_proj.weight")))
+                    .collect::<Result<_>>()?,
+            },
             o: dense(&format!("{p}.self_attn.o_proj.weight"))?,
-            gate: dense(&format!("{p}.mlp.gate_proj.weight"))?,
-            up: dense(&format!("{p}.mlp.up_proj.weight"))?,
+            gate_up: match differences.fused_projections {
+                true => vec![dense(&format!("{p}.mlp.gate_up_proj.weight"))?],
+                false => vec![dense(&format!("{p}.mlp.gate_proj.weight"))?, dense(&format!("{p}.mlp.up_proj.weight"))?],
+            },
             down: dense(&format!("{p}.mlp.down_proj.weight"))?,
             qk_norm: match differences.qk_norm {
                 true => Some((

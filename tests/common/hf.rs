@@ -11,7 +11,12 @@ use std::path::Path;
 /// The variants `write_tiny_hf_folder` writes: each family, and llama with each rope scaling Wick
 /// implements (Llama 3's in the `rope_scaling` form most checkpoints carry, linear in transformers
 /// 5's `rope_parameters` form).
-pub const TINY_HF_FAMILIES: [&str; 7] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2"];
+pub const TINY_HF_FAMILIES: [&str; 9] =
+    ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2", "granite", "phi3"];
+
+/// The tiny granite folder's `embedding_multiplier`, `residual_multiplier`, `attention_multiplier`
+/// and `logits_scaling`.
+pub const HF_GRANITE_MULTIPLIERS: [f32; 4] = [2.0, 0.6, 0.4, 1.25];
 
 /// The vocabulary of the model (the tokenizer's 264 tokens, and ids above them that only the model
 /// knows, as real checkpoints pad theirs).
@@ -32,6 +37,8 @@ pub const HF_GEMMA2_ATTN_SOFTCAP: f32 = 1.0;
 /// own rope base, and a logit soft-cap about the logits' spread, in the config form the hub's Gemma 3
 /// checkpoints carry. gemma2 is gemma3 without q/k norms or a local rope base, its window on every
 /// other layer as its older configs imply (no `layer_types`), and its attention scores capped.
+/// granite sets its four multipliers away from 1 (`HF_GRANITE_MULTIPLIERS`); phi3 has q, k and v in
+/// one `qkv_proj` and gate and up in one `gate_up_proj`, and a sliding window of 8 on every layer.
 pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
     assert!(TINY_HF_FAMILIES.contains(&family), "no tiny {family} folder");
     let (hidden, inter, layers, heads, kv_heads) = (64usize, 128usize, 2usize, 4usize, 2usize);
@@ -63,12 +70,21 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
             t.insert(format!("{p}.pre_feedforward_layernorm.weight"), random(&[hidden], 0.3, 0.0));
             t.insert(format!("{p}.post_feedforward_layernorm.weight"), random(&[hidden], 0.3, 0.0));
         }
-        t.insert(format!("{p}.self_attn.q_proj.weight"), random(&[q_dim, hidden], 0.2, 0.0));
-        t.insert(format!("{p}.self_attn.k_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
-        t.insert(format!("{p}.self_attn.v_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
+        // Drawn in the same order for every family, fused or not.
+        if family == "phi3" {
+            t.insert(format!("{p}.self_attn.qkv_proj.weight"), random(&[q_dim + 2 * kv_dim, hidden], 0.2, 0.0));
+        } else {
+            t.insert(format!("{p}.self_attn.q_proj.weight"), random(&[q_dim, hidden], 0.2, 0.0));
+            t.insert(format!("{p}.self_attn.k_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
+            t.insert(format!("{p}.self_attn.v_proj.weight"), random(&[kv_dim, hidden], 0.2, 0.0));
+        }
         t.insert(format!("{p}.self_attn.o_proj.weight"), random(&[hidden, q_dim], 0.2, 0.0));
-        t.insert(format!("{p}.mlp.gate_proj.weight"), random(&[inter, hidden], 0.2, 0.0));
-        t.insert(format!("{p}.mlp.up_proj.weight"), random(&[inter, hidden], 0.2, 0.0));
+        if family == "phi3" {
+            t.insert(format!("{p}.mlp.gate_up_proj.weight"), random(&[2 * inter, hidden], 0.2, 0.0));
+        } else {
+            t.insert(format!("{p}.mlp.gate_proj.weight"), random(&[inter, hidden], 0.2, 0.0));
+            t.insert(format!("{p}.mlp.up_proj.weight"), random(&[inter, hidden], 0.2, 0.0));
+        }
         t.insert(format!("{p}.mlp.down_proj.weight"), random(&[hidden, inter], 0.2, 0.0));
         if family == "qwen2" {
             for (part, len) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim)] {
@@ -87,6 +103,8 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
         "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
         "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
+        "granite" => ("GraniteForCausalLM", "granite"),
+        "phi3" => ("Phi3ForCausalLM", "phi3"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut config = json!({
@@ -126,6 +144,18 @@ pub fn write_tiny_hf_folder(dir: &Path, family: &str, seed: u64) {
             for (key, value) in shared.into_iter().chain(own) {
                 object.insert(key.into(), value);
             }
+        }
+        "granite" => {
+            let [embedding, residual, attention, logits] = HF_GRANITE_MULTIPLIERS;
+            config["embedding_multiplier"] = json!(embedding);
+            config["residual_multiplier"] = json!(residual);
+            config["attention_multiplier"] = json!(attention);
+            config["logits_scaling"] = json!(logits);
+        }
+        "phi3" => {
+            config["sliding_window"] = json!(8);
+            // Phi-3's default pad id (32000) lies outside the tiny vocabulary.
+            config["pad_token_id"] = json!(null);
         }
         "llama-linear" => {
             let object = config.as_object_mut().unwrap();

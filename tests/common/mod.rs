@@ -141,7 +141,8 @@ pub fn write_tiny_gguf_edited(
 }
 
 /// The families `write_tiny_family_gguf` writes.
-pub const TINY_FAMILIES: [&str; 7] = ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2"];
+pub const TINY_FAMILIES: [&str; 9] =
+    ["llama", "qwen2", "qwen3", "llama3", "llama-linear", "gemma3", "gemma2", "granite", "phi3"];
 
 /// The tiny model as a file of `family` (one of `TINY_FAMILIES`), as llama.cpp's converter would
 /// write it: its architecture's metadata keys and pre-tokenizer; for qwen2 random q, k and v biases
@@ -154,9 +155,9 @@ pub const TINY_FAMILIES: [&str; 7] = ["llama", "qwen2", "qwen3", "llama3", "llam
 /// base of 10,000 against 1,000,000 on layer 1, and soft-capped logits (a cap of
 /// `GEMMA3_SOFTCAP`, about the logits' own spread); its GELU and embedding scale act on any weights.
 /// `gemma2` is gemma3 without the q/k norms, its window on every other layer by the family's
-/// default pattern with the global rope, and its attention scores capped (`GEMMA2_ATTN_SOFTCAP`).
-/// The q/k rows stay as they are: random weights need no un-permuting, and each family reads them in
-/// its own rope layout.
+/// default pattern, and its attention scores capped too. `granite` sets each of its four
+/// multipliers away from 1 (`GRANITE_MULTIPLIERS`); `phi3` has q, k and v fused into `attn_qkv` and
+/// gate and up into a double-height `ffn_up`, as llama.cpp's converter writes Phi-3.
 pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
     assert!(TINY_FAMILIES.contains(&family), "no tiny {family} model");
     let architecture = if family.starts_with("llama") { "llama" } else { family };
@@ -178,73 +179,125 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
                 *key = format!("{architecture}.{rest}");
             }
         }
-        if family == "qwen2" {
-            let kv_dim = KV_HEADS * HIDDEN / HEADS;
-            for i in 0..LAYERS {
-                for (n, (part, len)) in [("q", HIDDEN), ("k", kv_dim), ("v", kv_dim)].into_iter().enumerate() {
-                    let bias = Tensor::from_vec(values(seed * 7919 + (3 * i + n) as u64, len, 0.5), len, &Device::Cpu);
-                    ts.push((
-                        format!("blk.{i}.attn_{part}.bias"),
-                        QTensor::quantize(&bias.unwrap(), GgmlDType::F32).unwrap(),
-                    ));
+        match family {
+            "qwen2" => add_qkv_biases(ts, seed),
+            "qwen3" => widen_heads(md, ts, architecture, seed, true),
+            "gemma3" | "gemma2" => {
+                add_gemma_settings(md, ts, architecture, seed);
+                widen_heads(md, ts, architecture, seed, family == "gemma3");
+            }
+            "granite" => {
+                let [embedding, residual, attention, logits] = GRANITE_MULTIPLIERS;
+                for (key, value) in [
+                    ("embedding_scale", embedding),
+                    ("residual_scale", residual),
+                    ("attention.scale", attention),
+                    ("logit_scale", logits),
+                ] {
+                    md.push((format!("granite.{key}"), Value::F32(value)));
                 }
             }
-        }
-        if family == "gemma3" || family == "gemma2" {
-            md.push((format!("{architecture}.attention.sliding_window"), Value::U32(8)));
-            md.push((format!("{architecture}.final_logit_softcapping"), Value::F32(GEMMA3_SOFTCAP)));
-            if family == "gemma3" {
-                md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
-            } else {
-                // Gemma 2's own pattern (every other layer) is the default; its scores are capped.
-                md.push(("gemma2.attn_logit_softcapping".into(), Value::F32(GEMMA2_ATTN_SOFTCAP)));
-            }
-            for (key, value) in md.iter_mut() {
-                if key == &format!("{architecture}.rope.freq_base") {
-                    *value = Value::F32(1_000_000.0);
+            "phi3" => {
+                for i in 0..LAYERS {
+                    fuse(
+                        ts,
+                        &["q", "k", "v"].map(|p| format!("blk.{i}.attn_{p}.weight")),
+                        &format!("blk.{i}.attn_qkv.weight"),
+                    );
+                    fuse(
+                        ts,
+                        &["gate", "up"].map(|p| format!("blk.{i}.ffn_{p}.weight")),
+                        &format!("blk.{i}.ffn_up.weight"),
+                    );
                 }
             }
-            // A wider final norm spreads the logits (std over 1) for the cap to act on.
-            let wide = Tensor::from_vec(vec![1.6f32; HIDDEN], HIDDEN, &Device::Cpu).unwrap();
-            ts.retain(|(name, _)| name != "output_norm.weight");
-            ts.push(("output_norm.weight".into(), QTensor::quantize(&wide, GgmlDType::F32).unwrap()));
-            for i in 0..LAYERS {
-                for (n, name) in ["post_attention_norm", "post_ffw_norm"].into_iter().enumerate() {
-                    let v: Vec<f32> = values(seed * 15_485_863 + (2 * i + n) as u64, HIDDEN, 0.5)
-                        .into_iter()
-                        .map(|x| x + 1.0)
-                        .collect();
-                    let t = Tensor::from_vec(v, HIDDEN, &Device::Cpu).unwrap();
-                    ts.push((format!("blk.{i}.{name}.weight"), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-                }
-            }
-        }
-        if family == "qwen3" || family == "gemma3" || family == "gemma2" {
-            let head_dim = 32;
-            md.push((format!("{architecture}.attention.key_length"), Value::U32(head_dim as u32)));
-            md.push((format!("{architecture}.attention.value_length"), Value::U32(head_dim as u32)));
-            let seeded = |n: u64, rows: usize, cols: usize, dtype: GgmlDType, offset: f32| {
-                let v: Vec<f32> =
-                    values(seed * 104_729 + n, rows * cols, 0.2).into_iter().map(|x| x + offset).collect();
-                let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-                QTensor::quantize(&if rows == 1 { t.flatten_all().unwrap() } else { t }, dtype).unwrap()
-            };
-            let (q_dim, kv_dim) = (HEADS * head_dim, KV_HEADS * head_dim);
-            ts.retain(|(name, _)| !["attn_q.", "attn_k.", "attn_v.", "attn_output."].iter().any(|p| name.contains(p)));
-            for i in 0..LAYERS {
-                let n = 10 * i as u64;
-                ts.push((format!("blk.{i}.attn_q.weight"), seeded(n, q_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
-                ts.push((format!("blk.{i}.attn_k.weight"), seeded(n + 1, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
-                ts.push((format!("blk.{i}.attn_v.weight"), seeded(n + 2, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
-                ts.push((format!("blk.{i}.attn_output.weight"), seeded(n + 3, HIDDEN, q_dim, GgmlDType::Q4_1, 0.0)));
-                // Norm weights around 1, one of `head_dim` for all heads.
-                if family != "gemma2" {
-                    ts.push((format!("blk.{i}.attn_q_norm.weight"), seeded(n + 4, 1, head_dim, GgmlDType::F32, 1.0)));
-                    ts.push((format!("blk.{i}.attn_k_norm.weight"), seeded(n + 5, 1, head_dim, GgmlDType::F32, 1.0)));
-                }
-            }
+            _ => {}
         }
     })
+}
+
+/// The tiny granite model's embedding, residual, attention and logit multipliers (the logits are
+/// divided by the last), each far enough from 1 (or from `1/sqrt(head_dim)`) to move the logits.
+pub const GRANITE_MULTIPLIERS: [f32; 4] = [2.0, 0.6, 0.4, 0.8];
+
+/// Replaces the weights `parts` by one, `into`, with their rows stacked in order.
+fn fuse(ts: &mut GgufTensors, parts: &[String], into: &str) {
+    let dequantized: Vec<Tensor> = parts
+        .iter()
+        .map(|name| ts.iter().find(|(n, _)| n == name).expect("a part to fuse").1.dequantize(&Device::Cpu).unwrap())
+        .collect();
+    let dtype = ts.iter().find(|(n, _)| n == &parts[0]).unwrap().1.dtype();
+    ts.retain(|(n, _)| !parts.contains(n));
+    let stacked = Tensor::cat(&dequantized, 0).unwrap();
+    ts.push((into.into(), QTensor::quantize(&stacked, dtype).unwrap()));
+}
+
+/// Qwen2's random q, k and v biases.
+fn add_qkv_biases(ts: &mut GgufTensors, seed: u64) {
+    let kv_dim = KV_HEADS * HIDDEN / HEADS;
+    for i in 0..LAYERS {
+        for (n, (part, len)) in [("q", HIDDEN), ("k", kv_dim), ("v", kv_dim)].into_iter().enumerate() {
+            let bias = Tensor::from_vec(values(seed * 7919 + (3 * i + n) as u64, len, 0.5), len, &Device::Cpu);
+            ts.push((format!("blk.{i}.attn_{part}.bias"), QTensor::quantize(&bias.unwrap(), GgmlDType::F32).unwrap()));
+        }
+    }
+}
+
+/// Gemma's sliding window, soft-caps, rope base, a wider final norm and the norms after attention
+/// and the FFN.
+fn add_gemma_settings(md: &mut GgufMetadata, ts: &mut GgufTensors, architecture: &str, seed: u64) {
+    md.push((format!("{architecture}.attention.sliding_window"), Value::U32(8)));
+    md.push((format!("{architecture}.final_logit_softcapping"), Value::F32(GEMMA3_SOFTCAP)));
+    if architecture == "gemma3" {
+        md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
+    } else {
+        // Gemma 2's own pattern (every other layer) is the default; its scores are capped.
+        md.push(("gemma2.attn_logit_softcapping".into(), Value::F32(GEMMA2_ATTN_SOFTCAP)));
+    }
+    for (key, value) in md.iter_mut() {
+        if key == &format!("{architecture}.rope.freq_base") {
+            *value = Value::F32(1_000_000.0);
+        }
+    }
+    // A wider final norm spreads the logits (std over 1) for the cap to act on.
+    let wide = Tensor::from_vec(vec![1.6f32; HIDDEN], HIDDEN, &Device::Cpu).unwrap();
+    ts.retain(|(name, _)| name != "output_norm.weight");
+    ts.push(("output_norm.weight".into(), QTensor::quantize(&wide, GgmlDType::F32).unwrap()));
+    for i in 0..LAYERS {
+        for (n, name) in ["post_attention_norm", "post_ffw_norm"].into_iter().enumerate() {
+            let v: Vec<f32> =
+                values(seed * 15_485_863 + (2 * i + n) as u64, HIDDEN, 0.5).into_iter().map(|x| x + 1.0).collect();
+            let t = Tensor::from_vec(v, HIDDEN, &Device::Cpu).unwrap();
+            ts.push((format!("blk.{i}.{name}.weight"), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        }
+    }
+}
+
+/// Heads of 32 on the hidden size of 64 (wider than hidden/heads), with random per-head q and k
+/// norms where `qk_norm`.
+fn widen_heads(md: &mut GgufMetadata, ts: &mut GgufTensors, architecture: &str, seed: u64, qk_norm: bool) {
+    let head_dim = 32;
+    md.push((format!("{architecture}.attention.key_length"), Value::U32(head_dim as u32)));
+    md.push((format!("{architecture}.attention.value_length"), Value::U32(head_dim as u32)));
+    let seeded = |n: u64, rows: usize, cols: usize, dtype: GgmlDType, offset: f32| {
+        let v: Vec<f32> = values(seed * 104_729 + n, rows * cols, 0.2).into_iter().map(|x| x + offset).collect();
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&if rows == 1 { t.flatten_all().unwrap() } else { t }, dtype).unwrap()
+    };
+    let (q_dim, kv_dim) = (HEADS * head_dim, KV_HEADS * head_dim);
+    ts.retain(|(name, _)| !["attn_q.", "attn_k.", "attn_v.", "attn_output."].iter().any(|p| name.contains(p)));
+    for i in 0..LAYERS {
+        let n = 10 * i as u64;
+        ts.push((format!("blk.{i}.attn_q.weight"), seeded(n, q_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+        ts.push((format!("blk.{i}.attn_k.weight"), seeded(n + 1, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+        ts.push((format!("blk.{i}.attn_v.weight"), seeded(n + 2, kv_dim, HIDDEN, GgmlDType::Q4_1, 0.0)));
+        ts.push((format!("blk.{i}.attn_output.weight"), seeded(n + 3, HIDDEN, q_dim, GgmlDType::Q4_1, 0.0)));
+        // Norm weights around 1, one of `head_dim` for all heads.
+        if qk_norm {
+            ts.push((format!("blk.{i}.attn_q_norm.weight"), seeded(n + 4, 1, head_dim, GgmlDType::F32, 1.0)));
+            ts.push((format!("blk.{i}.attn_k_norm.weight"), seeded(n + 5, 1, head_dim, GgmlDType::F32, 1.0)));
+        }
+    }
 }
 
 /// The tiny gemma3 and gemma2 models' logit soft-cap.

@@ -26,18 +26,20 @@ pub struct ReferenceStep {
     pub top: Vec<(u32, f32)>,
 }
 
-/// What a check found: the largest log-probability difference, and how many greedy steps went the
-/// other way on a near tie.
+/// What a check found: the largest log-probability difference, how many greedy steps went the
+/// other way on a near tie, and the smallest standard deviation of the model's logits over the
+/// steps (what the difference is relative to: a tolerance means little on flat logits).
 pub struct Agreement {
     pub worst: f32,
     pub ties: usize,
+    pub spread: f32,
 }
 
 /// Runs `model` over each of `runs` step by step, feeding the reference's token after each, and
 /// panics at the first log-probability further than `tolerance` from the reference's, or the first
 /// greedy token that differs without a near tie (the two best within `tolerance`).
 pub fn check_runs(model: &dyn TextModel, runs: &[ReferenceRun], tolerance: f32, label: &str) -> Agreement {
-    let mut agreement = Agreement { worst: 0.0, ties: 0 };
+    let mut agreement = Agreement { worst: 0.0, ties: 0, spread: f32::INFINITY };
     for run in runs {
         let (mut kv, _) = model.new_kv(256).unwrap();
         let blocks: Vec<u32> = (0..16).collect(); // 256 positions
@@ -48,6 +50,9 @@ pub fn check_runs(model: &dyn TextModel, runs: &[ReferenceRun], tolerance: f32, 
             let logits = model.forward(&mut kv, &[input]).unwrap().pop().unwrap();
             let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let log_sum = logits.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+            let mean = logits.iter().sum::<f32>() / logits.len() as f32;
+            let variance = logits.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / logits.len() as f32;
+            agreement.spread = agreement.spread.min(variance.sqrt());
             let at = || format!("{label}, prompt of {} tokens, step {i}", run.prompt.len());
             for &(id, want) in &step.top {
                 let got = logits[id as usize] - log_sum;

@@ -93,6 +93,11 @@ pub fn add_to_rows(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// `x *= scale`, elementwise.
+pub fn scale_in_place(x: &mut [f32], scale: f32) {
+    x.iter_mut().for_each(|v| *v *= scale);
+}
+
 /// `x += y`, elementwise.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len());
