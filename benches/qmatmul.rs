@@ -6,7 +6,8 @@
 //!     cargo bench --bench qmatmul                 (WICK_CPU_VARIANT=avx2 or portable forces a variant)
 //!
 //! Shapes: Gemma 3 270M's gate|up (2 x 2048 x 640) and down (640 x 2048), SmolLM2's gate|up
-//! (2 x 1536 x 576); a type is timed only where its block fits the shape (the K-quants need inputs in
+//! (2 x 1536 x 576), and 131,072 x 640 (half of Gemma's output head: read from memory, not
+//! cache); a type is timed only where its block fits the shape (the K-quants need inputs in
 //! whole 256-weight super-blocks, which is why llama.cpp stores 640-wide matrices as Q5_0).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -34,7 +35,20 @@ fn ours(q: &QTensor) -> anyhow::Result<(Matmul, usize)> {
             (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
         }
         t => {
-            let m = BlockMatrix::new(data, Format::of(t).expect("a type qblocks reads"), n, k)?;
+            let format = Format::of(t).expect("a type qblocks reads");
+            // As `arch::linear` stores them: Q4_0 and Q5_0 as Q4_1's form where a lanes layout
+            // applies, else as Q8_0 (both the same values); the K-quants in ggml's layout.
+            if let Some(m) = Q4_1Matrix::lanes_from(format, &data, n, k, wick::arch::cpu::isa::variant()) {
+                let m = m?;
+                let bytes = m.bytes();
+                return Ok((Box::new(move |x, rows| m.matmul(x, rows)), bytes));
+            }
+            if let Some(q8_0) = format.exactly_as_q8_0(&data) {
+                let m = Q8_0Matrix::new(q8_0, n, k)?;
+                let bytes = m.bytes();
+                return Ok((Box::new(move |x, rows| m.matmul(x, rows)), bytes));
+            }
+            let m = BlockMatrix::new(data, format, n, k)?;
             (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
         }
     })
@@ -77,7 +91,8 @@ fn main() -> anyhow::Result<()> {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
-    for (n, k) in [(4096, 640), (640, 2048), (3072, 576)] {
+    // The last: half of Gemma 3 270M's output head, 89 MB as Q8_0, far more than the caches hold.
+    for (n, k) in [(4096, 640), (640, 2048), (3072, 576), (131072, 640)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
         for dtype in types {
             if !k.is_multiple_of(dtype.block_size()) {

@@ -86,10 +86,12 @@ struct Piece {
 
 enum Kernel {
     Candle(QMatMul),
-    /// Our kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product.
+    /// Our kernel (`cpu::q4_1`): candle has no fast Q4_1 dot product. Q4_0 and Q5_0 run here too
+    /// where a lanes layout applies (AVX2, AVX-512), written as Q4_1's form with the same values.
     Q4_1(Q4_1Matrix),
-    /// Our kernel (`cpu::q8_0`): candle's is scalar unless built for the host's SIMD. Q4_0 and
-    /// Q5_0 run here too, their blocks written as Q8_0 with the same values (`Format::exactly_as_q8_0`).
+    /// Our kernel (`cpu::q8_0`): candle's is scalar unless built for the host's SIMD. Elsewhere
+    /// Q4_0 and Q5_0 run here, their blocks written as Q8_0 with the same values
+    /// (`Format::exactly_as_q8_0`).
     Q8_0(Q8_0Matrix),
     /// Our kernel (`cpu::qblocks`) for Q4_K, Q5_K and Q6_K, for the same reason.
     Blocks(BlockMatrix),
@@ -197,9 +199,14 @@ impl Piece {
             Some(t) if device.is_cpu() && Format::of(t).is_some() => {
                 let format = Format::of(t).expect("checked");
                 let bytes = stacked_bytes(parts, t, device)?;
-                match format.exactly_as_q8_0(&bytes) {
-                    Some(q8_0) => Kernel::Q8_0(Q8_0Matrix::new(q8_0, n, k)?),
-                    None => Kernel::Blocks(BlockMatrix::new(bytes, format, n, k)?),
+                // Q4_0 and Q5_0 as Q4_1's form where a lanes layout applies, else as Q8_0: both
+                // the same values, read faster than this type's own kernel reads them.
+                match Q4_1Matrix::lanes_from(format, &bytes, n, k, crate::arch::cpu::isa::variant()) {
+                    Some(lanes) => Kernel::Q4_1(lanes?),
+                    None => match format.exactly_as_q8_0(&bytes) {
+                        Some(q8_0) => Kernel::Q8_0(Q8_0Matrix::new(q8_0, n, k)?),
+                        None => Kernel::Blocks(BlockMatrix::new(bytes, format, n, k)?),
+                    },
                 }
             }
             Some(t) => Kernel::Candle(QMatMul::from_qtensor(stack_quantized(parts, t, device)?)?),

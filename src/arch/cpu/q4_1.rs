@@ -12,9 +12,17 @@
 //! - a column count that is not a multiple of the width: ggml's own layout with `maddubs`;
 //! - `portable`: the scalar reference.
 //!
+//! Q4_0 and Q5_0 are Q4_1's form with a fixed min (`d * (q - 8)` is `d * q + m` with `m = -8d`,
+//! exact in f16), Q5_0 with a fifth bit per weight. `Q4_1Matrix::lanes_from` writes them so at load
+//! and reads them with these kernels: Q4_0 as Q4_1 blocks, Q5_0 8 columns wide with the fifth bits
+//! in a plane of their own (`repack_lanes5`; on AVX-512 CPUs too, which have no faster form of it
+//! yet). Where no lanes layout applies (`portable`, a column count not a multiple of 8) they go to
+//! `cpu::q8_0` instead (`qblocks::Format::exactly_as_q8_0`).
+//!
 //! Every path is batch-invariant (see `quant`).
 
 use super::isa::Variant;
+use super::qblocks::Format;
 use super::quant::{by_column, by_lane_group, f16_at, interleave_lanes, lane_width, Activations, Row, BLOCK};
 
 /// ggml's block_q4_1: 32 weights `d * q + m`, q in 0..16, two per byte (low nibbles first), f16 d and m.
@@ -32,12 +40,20 @@ enum Layout {
     Ggml(Vec<u8>, Variant),
     /// Columns in groups of `lane_width(variant)`, one per vector lane (see `repack_lanes`).
     Lanes(Vec<u8>, Variant),
+    /// Q5_0 as Q4_1's form with a fifth bit per weight, in groups of 8 columns for the avx2 kernel
+    /// (see `repack_lanes5`).
+    Lanes5(Vec<u8>),
 }
 
 /// Bytes of one block of one group of `w` columns in the `Lanes` layout: `w` f16 scales, `w` f16
 /// mins, and 4 x `4w` bytes of nibbles.
 const fn lane_block_bytes(w: usize) -> usize {
     20 * w
+}
+
+/// As `lane_block_bytes`, with the `4w` bytes of the fifth bits after the nibbles (`Lanes5`).
+const fn lane5_block_bytes(w: usize) -> usize {
+    24 * w
 }
 
 /// The 4-bit value of weight `j` (0..32) of a ggml block.
@@ -53,7 +69,40 @@ impl Q4_1Matrix {
     /// Bytes of the packed weights.
     pub fn bytes(&self) -> usize {
         match &self.layout {
-            Layout::Ggml(b, _) | Layout::Lanes(b, _) => b.len(),
+            Layout::Ggml(b, _) | Layout::Lanes(b, _) | Layout::Lanes5(b) => b.len(),
+        }
+    }
+
+    /// A Q4_0 or Q5_0 matrix (`data`, ggml blocks row after row) in a lanes layout as Q4_1's form,
+    /// the same values; None where `variant` has no lanes layout (`portable`, or `n` not a multiple
+    /// of 8), or for another format.
+    pub fn lanes_from(
+        format: Format,
+        data: &[u8],
+        n: usize,
+        k: usize,
+        variant: Variant,
+    ) -> Option<anyhow::Result<Self>> {
+        let lanes = matches!(variant, Variant::Avx2 | Variant::Avx512) && n.is_multiple_of(8);
+        if !lanes || !matches!(format, Format::Q4_0 | Format::Q5_0) || !k.is_multiple_of(BLOCK) {
+            return None;
+        }
+        if data.len() != n * k / BLOCK * format.bytes() {
+            return Some(Err(anyhow::anyhow!("{format:?} data has {} bytes for {n}x{k}", data.len())));
+        }
+        match format {
+            // A Q4_0 block is a Q4_1 block whose min is -8 times its scale.
+            Format::Q4_0 => {
+                let mut q4_1 = Vec::with_capacity(data.len() / 18 * BLOCK_BYTES);
+                for block in data.chunks_exact(18) {
+                    q4_1.extend_from_slice(&block[0..2]);
+                    q4_1.extend_from_slice(&scaled_f16(&block[0..2], -8.0));
+                    q4_1.extend_from_slice(&block[2..18]);
+                }
+                Some(Self::for_variant(q4_1, n, k, variant))
+            }
+            Format::Q5_0 => Some(Ok(Self { n, k, layout: Layout::Lanes5(repack_lanes5(data, n)) })),
+            _ => None,
         }
     }
 
@@ -103,6 +152,18 @@ impl Q4_1Matrix {
                     )
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            Layout::Lanes5(data) => {
+                let group = self.k / BLOCK * lane5_block_bytes(8);
+                let w = |g: usize| &data[g * group..(g + 1) * group];
+                // SAFETY (both): `Lanes5` is only built for a variant that runs avx2.
+                by_lane_group(
+                    self.n,
+                    &acts,
+                    |g, rows| unsafe { avx2::lanes5(w(g), rows) },
+                    |g, row| unsafe { avx2::lanes5(w(g), &[row]) }[0],
+                )
+            }
             Layout::Ggml(data, variant) => {
                 let row_bytes = self.k / BLOCK * BLOCK_BYTES;
                 let w = |j: usize| &data[j * row_bytes..(j + 1) * row_bytes];
@@ -124,7 +185,7 @@ impl Q4_1Matrix {
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Layout::Lanes(..) => unreachable!("the lanes layout is x86-64 only"),
+            Layout::Lanes(..) | Layout::Lanes5(..) => unreachable!("the lanes layouts are x86-64 only"),
         }
     }
 
@@ -159,8 +220,44 @@ impl Q4_1Matrix {
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("the lanes layout is x86-64 only ({}, {lane})", w.len())
             }
+            Layout::Lanes5(data) => {
+                let group = blocks * lane5_block_bytes(8);
+                let w = &data[j / 8 * group..(j / 8 + 1) * group];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Lanes5` is only built for a variant that runs avx2.
+                return unsafe { avx2::lanes5(w, &[a])[0][j % 8] };
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("the lanes layouts are x86-64 only ({})", w.len())
+            }
         }
     }
+}
+
+/// The f16 at `b` times `factor`, as f16 bytes (exact for the powers of two it is used with).
+fn scaled_f16(b: &[u8], factor: f32) -> [u8; 2] {
+    half::f16::from_f32(f16_at(b) * factor).to_le_bytes()
+}
+
+/// Repacks ggml Q5_0 blocks (an f16 scale `d`, 32 fifth bits `qh`, then 16 bytes of nibbles paired
+/// as Q4_1's) into Q4_1's lanes layout 8 columns wide, with `-16 d` for the min and a fifth vector
+/// per block after the nibbles: its byte 4c + j holds, in bit t, the fifth bit of column c's weight
+/// 4t + j and in bit 4 + t that of weight 16 + 4t + j (t = 0..4), the weights whose nibbles sit in
+/// byte 4c + j of nibble vector t. Each column's block is first written as 24 bytes in Q4_1's order
+/// with those 4 plane bytes last; `interleave_lanes` then moves every 4 bytes as Q4_1's.
+fn repack_lanes5(data: &[u8], n: usize) -> Vec<u8> {
+    const Q5_0_BYTES: usize = 22;
+    let mut affine = Vec::with_capacity(data.len() / Q5_0_BYTES * 24);
+    for block in data.chunks_exact(Q5_0_BYTES) {
+        let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+        let bit = |i: usize| ((qh >> i) & 1) as u8;
+        affine.extend_from_slice(&block[0..2]);
+        affine.extend_from_slice(&scaled_f16(&block[0..2], -16.0));
+        affine.extend_from_slice(&block[6..22]);
+        for j in 0..4 {
+            affine.push((0..4).map(|t| bit(4 * t + j) << t | bit(16 + 4 * t + j) << (4 + t)).sum());
+        }
+    }
+    interleave_lanes(&affine, n, 24, 2, 8, 0)
 }
 
 /// Repacks ggml blocks so that `w` columns sit side by side, one per 32-bit vector lane. Per group
@@ -277,6 +374,68 @@ mod avx2 {
         }
         out
     }
+
+    /// `R` activation rows times one 8-column group of the `Lanes5` layout (Q5_0): 8 results per row.
+    /// Each step's nibbles get their fifth bit from the plane (`repack_lanes5`), shifted one bit
+    /// further each step. 16-bit sums hold 8 products of at most 31 x 127 (31,496), so every two
+    /// steps go on to 32 bits. Each row goes through the same operations whatever `R` is.
+    ///
+    /// # Safety
+    /// The CPU must run the avx2 variant.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn lanes5<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
+        let block_bytes = super::lane5_block_bytes(8);
+        let blocks = w.len() / block_bytes;
+        for (q, ad, s) in a {
+            assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
+        }
+        let mask = _mm256_set1_epi8(0x0F);
+        let fifth = _mm256_set1_epi8(0x10);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offset = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            let wb = w.as_ptr().add(b * block_bytes);
+            let scales = _mm256_cvtph_ps(_mm_loadu_si128(wb as *const __m128i));
+            let mins = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(16) as *const __m128i));
+            let mut plane = _mm256_loadu_si256(wb.add(160) as *const __m256i);
+            let mut lo = [_mm256_setzero_si256(); 4];
+            let mut hi = [_mm256_setzero_si256(); 4];
+            for t in 0..4 {
+                let packed = _mm256_loadu_si256(wb.add(32 + 32 * t) as *const __m256i);
+                // Bit t of each plane byte is now its bit 0 (lo's fifth bit) and bit 4 + t its bit 4
+                // (hi's); a 16-bit shift carries bits across bytes only into places masked off.
+                let lo_fifth = _mm256_and_si256(_mm256_slli_epi16(plane, 4), fifth);
+                let hi_fifth = _mm256_and_si256(plane, fifth);
+                lo[t] = _mm256_or_si256(_mm256_and_si256(packed, mask), lo_fifth);
+                hi[t] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask), hi_fifth);
+                plane = _mm256_srli_epi16(plane, 1);
+            }
+            for r in 0..R {
+                let q = a[r].0.as_ptr().add(b * BLOCK);
+                let mut isum = _mm256_setzero_si256();
+                for pair in 0..2 {
+                    let mut sums = _mm256_setzero_si256();
+                    for t in 2 * pair..2 * pair + 2 {
+                        let x_lo = _mm256_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
+                        let x_hi = _mm256_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
+                        sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(lo[t], x_lo));
+                        sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(hi[t], x_hi));
+                    }
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(sums, ones));
+                }
+                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(a[r].1[b]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+                offset[r] = _mm256_fmadd_ps(mins, _mm256_set1_ps(a[r].2[b]), offset[r]);
+            }
+        }
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], offset[r]));
+        }
+        out
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -336,6 +495,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::cpu::q8_0::Q8_0Matrix;
     use crate::arch::cpu::quant::testing::{self, quantized, random};
     use candle_core::quantized::GgmlDType;
 
@@ -370,5 +530,59 @@ mod tests {
     #[test]
     fn rows_do_not_depend_on_their_batch_in_any_variant() {
         testing::rows_do_not_depend_on_their_batch(GgmlDType::Q4_1, &build);
+    }
+
+    /// Q4_0 or Q5_0 as `linear` builds it: Q4_1's lanes where they apply, else Q8_0.
+    fn build_affine(format: Format) -> impl Fn(Vec<u8>, usize, usize, Variant) -> testing::Matmul {
+        move |data, n, k, v| match Q4_1Matrix::lanes_from(format, &data, n, k, v) {
+            Some(q) => {
+                let q = q.unwrap();
+                Box::new(move |x, m| q.matmul(x, m))
+            }
+            None => {
+                let q = Q8_0Matrix::for_variant(format.exactly_as_q8_0(&data).unwrap(), n, k, v).unwrap();
+                Box::new(move |x, m| q.matmul(x, m))
+            }
+        }
+    }
+
+    #[test]
+    fn q4_0_and_q5_0_as_q4_1_match_dense_matmul_and_do_not_depend_on_their_batch() {
+        for (dtype, format) in [(GgmlDType::Q4_0, Format::Q4_0), (GgmlDType::Q5_0, Format::Q5_0)] {
+            testing::every_variant_matches_dense(dtype, &build_affine(format));
+            testing::rows_do_not_depend_on_their_batch(dtype, &build_affine(format));
+        }
+    }
+
+    #[test]
+    fn q4_0_and_q5_0_as_q4_1_equal_their_values_as_q8_0() {
+        // The same weights through Q8_0's scalar reference: equal up to float rounding. 8 and 32
+        // columns take a lanes layout under avx2 and avx512; 12 and the portable variant none.
+        for variant in Variant::all_here() {
+            for (dtype, format) in [(GgmlDType::Q4_0, Format::Q4_0), (GgmlDType::Q5_0, Format::Q5_0)] {
+                for (n, k) in [(32, 96), (8, 576), (8, 1536), (12, 576)] {
+                    let (data, _) = quantized(dtype, n, k);
+                    let as_q8_0 = format.exactly_as_q8_0(&data).unwrap();
+                    let Some(q) = Q4_1Matrix::lanes_from(format, &data, n, k, variant) else {
+                        assert!(variant == Variant::Portable || n % 8 != 0, "{variant} {n}: no lanes layout");
+                        continue;
+                    };
+                    let q = q.unwrap();
+                    let acts = Activations::quantize(&random(k, 4), k);
+                    let row_bytes = k / BLOCK * crate::arch::cpu::q8_0::BLOCK_BYTES;
+                    for j in 0..n {
+                        let want = crate::arch::cpu::q8_0::dot_ggml_scalar(
+                            &as_q8_0[j * row_bytes..(j + 1) * row_bytes],
+                            acts.row(0),
+                        );
+                        let got = q.dot(j, acts.row(0));
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{dtype:?} {variant} k={k}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
