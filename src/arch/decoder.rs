@@ -1,25 +1,24 @@
 //! The decoder every family runs, batched: one forward runs any mix of prefills and decodes of
 //! independent sequences. A family differs from llama in what its weights carry (Qwen2's q/k/v
-//! biases, per-head q/k norms, Gemma's norms after attention and the FFN) and in a few settings
-//! (`family::Differences`, `TextConfig`): the activation, an embedding scale, sliding windows with
-//! a rope of their own, soft-capped logits. One layer loop reads them all.
+//! biases, per-head q/k norms, Gemma's norms after attention and the FFN, Phi-3's fused projections)
+//! and in a few settings (`family::Differences`, `TextConfig`): the activation, scales on the
+//! embedding, residual branches and logits, sliding windows with a rope of their own, soft-caps.
+//! One layer loop (`Decoder::step`) reads them all, over the ops of a device (`step_ops`): the CPU's
+//! and CUDA's run the same loop.
 //!
 //! All new tokens of a step are flattened into one `[tokens, hidden]` matrix, so every weight matmul is
-//! one call however many sequences share the step; only attention is per sequence (`attention::attend`).
+//! one call however many sequences share the step; only attention is per sequence.
 
-use super::attention::{attend, LayerAttention, Scores, SeqRows};
-use super::cpu::rowwise::{self, Activation};
+use super::attention::{LayerAttention, Scores};
+use super::cpu::rowwise::Activation;
 use super::embedding::Embedding;
 use super::linear::{Linear, WeightFormat};
 use super::model::{RawWeights, StepInput, TextConfig, TextModel};
 use super::rope::Rope;
+use super::step_ops::{CpuStep, PerFeature, StepOps};
 use crate::kv::{pool_blocks, CpuKv, KvStore, BLOCK_SIZE};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-
-#[cfg(feature = "cuda")]
-#[path = "decoder_gpu.rs"]
-mod gpu;
 
 struct Layer {
     attn_norm: PerFeature,
@@ -35,24 +34,6 @@ struct Layer {
     post_norms: Option<(PerFeature, PerFeature)>,
     /// Whether this layer attends over the sliding window, with the local rope.
     local: bool,
-}
-
-/// A vector over features (an RMS norm's weight, a bias): on the model's device in its dtype (the
-/// CUDA step), and as host f32 (the CPU step, which works on plain slices).
-struct PerFeature {
-    weight: Tensor,
-    host: Vec<f32>,
-}
-
-impl PerFeature {
-    fn new(weight: Tensor, dtype: DType, device: &Device) -> Result<Self> {
-        let host = weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        Ok(Self { weight: weight.to_dtype(dtype)?.to_device(device)?, host })
-    }
-
-    fn bytes(&self) -> usize {
-        self.weight.elem_count() * self.weight.dtype().size_in_bytes()
-    }
 }
 
 pub struct Decoder {
@@ -146,7 +127,7 @@ impl Decoder {
             norm: norm(raw.norm)?,
             lm_head,
             #[cfg(feature = "cuda")]
-            gpu_rope: gpu::rope_tables(&rope, device)?,
+            gpu_rope: super::step_ops_cuda::rope_tables(&rope, device)?,
             rope,
             cfg,
             device: device.clone(),
@@ -174,77 +155,68 @@ impl Decoder {
         Ok(())
     }
 
-    /// The CPU step, on plain row-major slices: our matmul kernels (`Linear::forward_rows`), the
-    /// row-wise ops of `cpu::rowwise`, attention over `kv` with `attention::attend`.
-    fn forward_cpu(&self, kv: &mut CpuKv, inputs: &[StepInput<'_>]) -> Result<Vec<Vec<f32>>> {
-        if let Some(&b) = inputs.iter().flat_map(|i| i.blocks).max() {
-            kv.cover(b as usize + 1);
-        }
-        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
-        let total = ids.len();
-        let (hidden, inter, eps) = (self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.rms_norm_eps);
-        let shape = self.cfg.attn_shape();
-        let seqs: Vec<SeqRows<'_>> =
-            inputs.iter().map(|i| SeqRows { blocks: i.blocks, start: i.start, rows: i.tokens.len() }).collect();
-
-        let mut x = self.embed.rows(&ids)?;
+    /// One step over `ops`, a device's operations: the layer loop every family and device runs.
+    fn step<O: StepOps>(&self, ops: &mut O) -> Result<Vec<Vec<f32>>> {
+        let (inter, eps) = (self.cfg.intermediate_size, self.cfg.rms_norm_eps);
+        let mut x = ops.embed(&self.embed)?;
         if let Some(scale) = self.cfg.embed_scale {
-            rowwise::scale_in_place(&mut x, scale);
+            x = ops.scale(x, scale)?;
         }
-        for (layer, layer_kv) in self.layers.iter().zip(kv.layers.iter_mut()) {
-            let h = rowwise::rms_norm(&x, &layer.attn_norm.host, eps);
-            let mut qkv = layer.qkv.forward_rows(&h, total)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = ops.rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut qkv = ops.linear(&layer.qkv, &h)?;
             if let Some(bias) = &layer.qkv_bias {
-                rowwise::add_to_rows(&mut qkv, &bias.host);
+                qkv = ops.add_bias(qkv, bias)?;
             }
             if let Some((q_norm, k_norm)) = &layer.qk_norm {
-                let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
-                for row in qkv.chunks_exact_mut(q_dim + 2 * kv_dim) {
-                    rowwise::rms_norm_in_place(&mut row[..q_dim], &q_norm.host, eps);
-                    rowwise::rms_norm_in_place(&mut row[q_dim..q_dim + kv_dim], &k_norm.host, eps);
-                }
+                qkv = ops.head_norms(qkv, q_norm, k_norm, eps)?;
             }
-            let window = self.cfg.sliding_window.as_ref().filter(|_| layer.local).map(|w| w.size);
-            let rope = match (window, &self.local_rope) {
-                (Some(_), Some(local)) => local,
-                _ => &self.rope,
-            };
-            let scores = Scores { scale: self.cfg.attn_scale, softcap: self.cfg.attn_softcap };
-            let how = LayerAttention { rope, window, scores };
-            let attn = attend(shape, &how, &mut qkv, layer_kv, &seqs);
-            let mut out = layer.o.forward_rows(&attn, total)?;
+            let attn = ops.attend(i, &self.layer_attention(layer), qkv)?;
+            let mut out = ops.linear(&layer.o, &attn)?;
             if let Some((post_attn, _)) = &layer.post_norms {
-                out = rowwise::rms_norm(&out, &post_attn.host, eps);
+                out = ops.rms_norm(&out, post_attn, eps)?;
             }
-            self.add_residual(&mut x, &mut out);
+            x = self.add_residual(ops, x, out)?;
 
-            let h = rowwise::rms_norm(&x, &layer.ffn_norm.host, eps);
-            let act = rowwise::gated(&layer.gate_up.forward_rows(&h, total)?, inter, self.activation);
-            let mut out = layer.down.forward_rows(&act, total)?;
+            let h = ops.rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate_up = ops.linear(&layer.gate_up, &h)?;
+            let act = ops.gated(&gate_up, inter, self.activation)?;
+            let mut out = ops.linear(&layer.down, &act)?;
             if let Some((_, post_ffn)) = &layer.post_norms {
-                out = rowwise::rms_norm(&out, &post_ffn.host, eps);
+                out = ops.rms_norm(&out, post_ffn, eps)?;
             }
-            self.add_residual(&mut x, &mut out);
+            x = self.add_residual(ops, x, out)?;
         }
 
-        let last: Vec<f32> = last_row_indices(inputs).flat_map(|r| &x[r * hidden..(r + 1) * hidden]).copied().collect();
-        let h = rowwise::rms_norm(&last, &self.norm.host, eps);
-        let mut logits = self.lm_head.forward_rows(&h, inputs.len())?;
+        let last = ops.last_rows(&x)?;
+        let h = ops.rms_norm(&last, &self.norm, eps)?;
+        let mut logits = ops.linear(&self.lm_head, &h)?;
         if let Some(scale) = self.cfg.logit_scale {
-            rowwise::scale_in_place(&mut logits, scale);
+            logits = ops.scale(logits, scale)?;
         }
         if let Some(cap) = self.cfg.final_logit_softcap {
-            rowwise::softcap_in_place(&mut logits, cap);
+            logits = ops.softcap(logits, cap)?;
         }
-        Ok(logits.chunks_exact(self.lm_head.out_features).map(<[f32]>::to_vec).collect())
+        ops.host_logits(logits)
     }
 
-    /// `x += out`, `out` scaled first where the model scales its residual branches (Granite).
-    fn add_residual(&self, x: &mut [f32], out: &mut [f32]) {
-        if let Some(scale) = self.cfg.residual_scale {
-            rowwise::scale_in_place(out, scale);
-        }
-        rowwise::add_assign(x, out);
+    /// How `layer` attends: its rope, window and score settings.
+    fn layer_attention(&self, layer: &Layer) -> LayerAttention<'_> {
+        let window = self.cfg.sliding_window.as_ref().filter(|_| layer.local).map(|w| w.size);
+        let rope = match (window, &self.local_rope) {
+            (Some(_), Some(local)) => local,
+            _ => &self.rope,
+        };
+        LayerAttention { rope, window, scores: Scores { scale: self.cfg.attn_scale, softcap: self.cfg.attn_softcap } }
+    }
+
+    /// `x + out`, `out` scaled first where the model scales its residual branches (Granite).
+    fn add_residual<O: StepOps>(&self, ops: &mut O, x: O::Rows, out: O::Rows) -> Result<O::Rows> {
+        let out = match self.cfg.residual_scale {
+            Some(scale) => ops.scale(out, scale)?,
+            None => out,
+        };
+        ops.add(x, &out)
     }
 }
 
@@ -307,15 +279,28 @@ impl TextModel for Decoder {
         }
         self.check_step(inputs)?;
         match kv {
-            KvStore::Cpu(kv) => self.forward_cpu(kv, inputs),
+            KvStore::Cpu(kv) => self.step(&mut CpuStep::new(kv, inputs, self.cfg.attn_shape())),
             #[cfg(feature = "cuda")]
-            KvStore::Cuda(kv) => self.forward_cuda(kv, inputs),
+            KvStore::Cuda(kv) => {
+                let rope = self.gpu_rope.as_ref().expect("rope tables are made for every CUDA model");
+                let c = &self.cfg;
+                let shape = c.attn_shape();
+                self.step(&mut super::step_ops_cuda::CudaStep::new(
+                    kv,
+                    inputs,
+                    rope,
+                    c.rope_style,
+                    shape,
+                    self.dtype,
+                    &self.device,
+                )?)
+            }
         }
     }
 }
 
-/// What the CUDA step (`decoder_gpu.rs`) lacks for this model, if anything: it runs llama with
-/// Qwen2's biases.
+/// What the CUDA step (`step_ops_cuda.rs`) lacks for this model, if anything: it runs llama with
+/// Qwen2's biases and Phi-3's fused weights.
 fn missing_on_cuda(cfg: &TextConfig, raw: &RawWeights) -> Option<&'static str> {
     let differences = cfg.family.differences();
     if raw.layers.iter().any(|l| l.qk_norm.is_some()) {
@@ -335,21 +320,6 @@ fn missing_on_cuda(cfg: &TextConfig, raw: &RawWeights) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// The row of each input's last token in the step's flattened rows.
-fn last_row_indices<'a>(inputs: &'a [StepInput<'_>]) -> impl Iterator<Item = usize> + 'a {
-    inputs.iter().scan(0, |row, input| {
-        *row += input.tokens.len();
-        Some(*row - 1)
-    })
-}
-
-/// `last_row_indices` as an index tensor on `device` (the CUDA step).
-#[cfg(feature = "cuda")]
-fn last_rows(inputs: &[StepInput<'_>], device: &Device) -> Result<Tensor> {
-    let rows: Vec<u32> = last_row_indices(inputs).map(|r| r as u32).collect();
-    Ok(Tensor::from_vec(rows, inputs.len(), device)?)
 }
 
 /// f32 except on CUDA with dense bf16 or f16 weights (kept in their dtype unless `format` asks for f32).

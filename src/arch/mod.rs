@@ -1,8 +1,8 @@
 //! Model code. `model` is the seam the engine sees (`TextModel`); `family` names the model families
 //! (which architectures Wick implements, what each differs in, and why the others are refused) and
 //! builds one; `decoder` is the one batched layer loop every family runs, over sequences of
-//! different lengths; `attention`, `rope`, `embedding` and `linear` its parts (`cpu/` their CPU
-//! kernels); `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
+//! different lengths, on the ops of a device (`step_ops`: the CPU's; `step_ops_cuda`: CUDA's);
+//! `attention`, `rope`, `embedding` and `linear` its parts (`cpu/` their CPU kernels); `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
 
 pub mod attention;
 pub mod cpu;
@@ -12,6 +12,9 @@ pub mod family;
 pub mod linear;
 pub mod model;
 pub mod rope;
+mod step_ops;
+#[cfg(feature = "cuda")]
+mod step_ops_cuda;
 pub mod vits;
 
 /// Deterministic pseudo-random values in [-0.5, 0.5), for tests of the model code.
