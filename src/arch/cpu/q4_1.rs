@@ -147,8 +147,8 @@ impl Q4_1Matrix {
                     by_lane_group(
                         self.n,
                         &acts,
-                        |g, rows| unsafe { avx2::lanes(w(g), rows) },
-                        |g, row| unsafe { avx2::lanes(w(g), &[row]) }[0],
+                        |g, rows| unsafe { avx2::lanes::<_, false>(w(g), rows) },
+                        |g, row| unsafe { avx2::lanes::<_, false>(w(g), &[row]) }[0],
                     )
                 }
             }
@@ -160,8 +160,8 @@ impl Q4_1Matrix {
                 by_lane_group(
                     self.n,
                     &acts,
-                    |g, rows| unsafe { avx2::lanes5(w(g), rows) },
-                    |g, row| unsafe { avx2::lanes5(w(g), &[row]) }[0],
+                    |g, rows| unsafe { avx2::lanes::<_, true>(w(g), rows) },
+                    |g, row| unsafe { avx2::lanes::<_, true>(w(g), &[row]) }[0],
                 )
             }
             Layout::Ggml(data, variant) => {
@@ -214,7 +214,7 @@ impl Q4_1Matrix {
                     if *variant == Variant::Avx512 {
                         avx512::lanes(w, &[a])[0][lane]
                     } else {
-                        avx2::lanes(w, &[a])[0][lane]
+                        avx2::lanes::<_, false>(w, &[a])[0][lane]
                     }
                 };
                 #[cfg(not(target_arch = "x86_64"))]
@@ -225,7 +225,7 @@ impl Q4_1Matrix {
                 let w = &data[j / 8 * group..(j / 8 + 1) * group];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Lanes5` is only built for a variant that runs avx2.
-                return unsafe { avx2::lanes5(w, &[a])[0][j % 8] };
+                return unsafe { avx2::lanes::<_, true>(w, &[a])[0][j % 8] };
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("the lanes layouts are x86-64 only ({})", w.len())
             }
@@ -323,73 +323,24 @@ mod avx2 {
         std::array::from_fn(|r| hsum256(acc[r]) + offset[r])
     }
 
-    /// `R` activation rows times one 8-column group (`Lanes` layout, 8 wide): 8 results per row.
-    /// Each row goes through the same operations whatever `R` is, so results do not depend on the
-    /// batch.
+    /// `R` activation rows times one 8-column group: 8 results per row, from the `Lanes` layout (8
+    /// wide), or with `FIFTH` the `Lanes5` layout (Q5_0), whose nibbles get their fifth bit from the
+    /// plane after them (`repack_lanes5`), shifted one bit further each step. Each row goes through
+    /// the same operations whatever `R` is, so results do not depend on the batch.
     ///
     /// # Safety
     /// The CPU must run the avx2 variant.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn lanes<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
-        let block_bytes = super::lane_block_bytes(8);
+    pub unsafe fn lanes<const R: usize, const FIFTH: bool>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
+        let block_bytes = if FIFTH { super::lane5_block_bytes(8) } else { super::lane_block_bytes(8) };
         let blocks = w.len() / block_bytes;
         for (q, ad, s) in a {
             assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
         }
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut offset = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            let wb = w.as_ptr().add(b * block_bytes);
-            let scales = _mm256_cvtph_ps(_mm_loadu_si128(wb as *const __m128i));
-            let mins = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(16) as *const __m128i));
-            let mut lo = [_mm256_setzero_si256(); 4];
-            let mut hi = [_mm256_setzero_si256(); 4];
-            for t in 0..4 {
-                let packed = _mm256_loadu_si256(wb.add(32 + 32 * t) as *const __m256i);
-                lo[t] = _mm256_and_si256(packed, mask);
-                hi[t] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-            }
-            for r in 0..R {
-                let q = a[r].0.as_ptr().add(b * BLOCK);
-                // 16-bit sums: 16 products of a nibble (at most 15) and an i8 stay below 32,767.
-                let mut sums = _mm256_setzero_si256();
-                for t in 0..4 {
-                    let x_lo = _mm256_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
-                    let x_hi = _mm256_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
-                    sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(lo[t], x_lo));
-                    sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(hi[t], x_hi));
-                }
-                let isum = _mm256_madd_epi16(sums, ones);
-                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(a[r].1[b]));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-                offset[r] = _mm256_fmadd_ps(mins, _mm256_set1_ps(a[r].2[b]), offset[r]);
-            }
-        }
-        let mut out = [[0f32; 8]; R];
-        for r in 0..R {
-            _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(acc[r], offset[r]));
-        }
-        out
-    }
-
-    /// `R` activation rows times one 8-column group of the `Lanes5` layout (Q5_0): 8 results per row.
-    /// Each step's nibbles get their fifth bit from the plane (`repack_lanes5`), shifted one bit
-    /// further each step. 16-bit sums hold 8 products of at most 31 x 127 (31,496), so every two
-    /// steps go on to 32 bits. Each row goes through the same operations whatever `R` is.
-    ///
-    /// # Safety
-    /// The CPU must run the avx2 variant.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn lanes5<const R: usize>(w: &[u8], a: &[Row<'_>; R]) -> [[f32; 8]; R] {
-        let block_bytes = super::lane5_block_bytes(8);
-        let blocks = w.len() / block_bytes;
-        for (q, ad, s) in a {
-            assert!(q.len() == blocks * BLOCK && ad.len() == blocks && s.len() == blocks);
-        }
+        // 16-bit sums hold 16 products of a nibble and an i8 (at most 15 x 127 each: 30,480), but only
+        // 8 of five bits (31 x 127: 31,496), so those go on to 32 bits every two steps.
+        let steps_per_sum = if FIFTH { 2 } else { 4 };
         let mask = _mm256_set1_epi8(0x0F);
         let fifth = _mm256_set1_epi8(0x10);
         let ones = _mm256_set1_epi16(1);
@@ -399,25 +350,28 @@ mod avx2 {
             let wb = w.as_ptr().add(b * block_bytes);
             let scales = _mm256_cvtph_ps(_mm_loadu_si128(wb as *const __m128i));
             let mins = _mm256_cvtph_ps(_mm_loadu_si128(wb.add(16) as *const __m128i));
-            let mut plane = _mm256_loadu_si256(wb.add(160) as *const __m256i);
+            let mut plane =
+                if FIFTH { _mm256_loadu_si256(wb.add(160) as *const __m256i) } else { _mm256_setzero_si256() };
             let mut lo = [_mm256_setzero_si256(); 4];
             let mut hi = [_mm256_setzero_si256(); 4];
             for t in 0..4 {
                 let packed = _mm256_loadu_si256(wb.add(32 + 32 * t) as *const __m256i);
-                // Bit t of each plane byte is now its bit 0 (lo's fifth bit) and bit 4 + t its bit 4
-                // (hi's); a 16-bit shift carries bits across bytes only into places masked off.
-                let lo_fifth = _mm256_and_si256(_mm256_slli_epi16(plane, 4), fifth);
-                let hi_fifth = _mm256_and_si256(plane, fifth);
-                lo[t] = _mm256_or_si256(_mm256_and_si256(packed, mask), lo_fifth);
-                hi[t] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), mask), hi_fifth);
-                plane = _mm256_srli_epi16(plane, 1);
+                lo[t] = _mm256_and_si256(packed, mask);
+                hi[t] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+                if FIFTH {
+                    // Bit t of each plane byte is now its bit 0 (lo's fifth bit) and bit 4 + t its
+                    // bit 4 (hi's); a 16-bit shift carries bits across bytes only into places masked off.
+                    lo[t] = _mm256_or_si256(lo[t], _mm256_and_si256(_mm256_slli_epi16(plane, 4), fifth));
+                    hi[t] = _mm256_or_si256(hi[t], _mm256_and_si256(plane, fifth));
+                    plane = _mm256_srli_epi16(plane, 1);
+                }
             }
             for r in 0..R {
                 let q = a[r].0.as_ptr().add(b * BLOCK);
                 let mut isum = _mm256_setzero_si256();
-                for pair in 0..2 {
+                for first in (0..4).step_by(steps_per_sum) {
                     let mut sums = _mm256_setzero_si256();
-                    for t in 2 * pair..2 * pair + 2 {
+                    for t in first..first + steps_per_sum {
                         let x_lo = _mm256_set1_epi32((q.add(4 * t) as *const i32).read_unaligned());
                         let x_hi = _mm256_set1_epi32((q.add(16 + 4 * t) as *const i32).read_unaligned());
                         sums = _mm256_add_epi16(sums, _mm256_maddubs_epi16(lo[t], x_lo));
