@@ -163,22 +163,24 @@ fn a_tensor_type_wick_cannot_read_is_refused_by_name() {
 
 /// How far a log-probability may be from llama.cpp's. Both quantize a Q4_1 matmul's activations to 8
 /// bits per 32-value block, but round and sum differently, and llama.cpp keeps its KV cache in f16.
-/// Measured (2026-12-02): median about 0.01, largest 0.063 (llama, the 44-token prompt; the test
-/// prints each family's largest). The tiny models' distributions are flat, so a greedy step whose two
-/// best tokens are closer than this may go either way; the test follows llama.cpp's token after it.
-/// Broken on purpose: Qwen2 read with llama's rope layout is 2.2 off, Qwen2 without its biases picks
-/// another token at the first step, Qwen3 without its k norm is 0.18 off; `rope_freqs.weight`
-/// ignored picks another token at step 5 (llama3), the linear factor ignored is 0.43 off
-/// (llama-linear). Gemma 3 (2026-12-07, largest 0.031): without its embedding scale 3.1 off, its
-/// norms after attention and the FFN 0.30, its logit soft-cap 1.13, its sliding window 0.14 (from
-/// the step whose position passes the window of 8), its local rope base 0.14, with SiLU for GELU
-/// 0.14. Gemma 2 (largest 0.017): without its attention soft-cap 0.11 off, without its window
-/// (every other layer, the family's default pattern) 0.14. Granite (2026-12-07, largest 0.058, the
-/// logits' std at least 1.12): without its embedding or its residual multiplier 0.13 off, with
-/// `1/sqrt(head_dim)` for its attention multiplier 0.47, without its logit scale 0.45. Phi-3
-/// (0.037): its rope read as llama's interleaved pairs 0.58 off, gate and up swapped 1.0. (Tiny
-/// models' logits have a std of 0.8 to 1.8; the test prints each family's.)
-const LOGPROB_TOLERANCE: f32 = 0.1;
+/// Measured over 32 greedy steps of 3 prompts (2026-12-07; the test prints each family's largest and
+/// its logits' smallest std, 0.81 to 1.21): largest 0.107 (llama3, whose factors up to 8 reach
+/// positions past 60), the others 0.030 to 0.070. Over the first 6 steps, all that the fixture held
+/// before, the largest was 0.063 and the tolerance 0.1. The tiny models' distributions are flat, so a
+/// greedy step whose two best tokens are closer than this may go either way; the test follows
+/// llama.cpp's token after it.
+/// Broken on purpose, each failing at this tolerance over 32 steps (2026-12-07): Qwen3 without its k
+/// norm 0.18 off; Gemma 3 without its sliding window 0.44 (from the step whose position passes the
+/// window of 8), its local rope base 0.18, SiLU for its GELU 0.18; Gemma 2 without its attention
+/// soft-cap 0.18, without its window (every other layer, the family's default pattern) 0.18; Granite
+/// without its embedding multiplier 0.24, its residual multiplier 0.16. Measured over 6 steps when
+/// each was written, and larger than this: Qwen2 read with llama's rope layout 2.2, Qwen2 without its
+/// biases another token at the first step, the linear factor ignored 0.43 (llama-linear); Gemma 3
+/// without its embedding scale 3.1, its norms after attention and the FFN 0.30, its logit soft-cap
+/// 1.13; Granite with `1/sqrt(head_dim)` for its attention multiplier 0.47, without its logit scale
+/// 0.45; Phi-3's rope read as llama's interleaved pairs 0.58, its gate and up swapped 1.0. A llama
+/// file's `rope_freqs.weight` left unread is refused as an unused tensor.
+const LOGPROB_TOLERANCE: f32 = 0.15;
 
 #[test]
 fn each_family_matches_llama_cpp_on_the_same_random_weights() {
