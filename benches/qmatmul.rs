@@ -1,4 +1,4 @@
-//! The quantized matmuls alone: our kernel for each ggml type (`cpu::q4_1`, `cpu::q8_0`,
+//! The quantized matmuls alone: our kernel for each ggml type as `arch::linear` stores it (`cpu::q4_1`, `cpu::q8_0`,
 //! `cpu::qblocks`, the variant `isa` chose) against candle's own `QMatMul` as this build compiles it,
 //! at a decoder's shapes. `arch::linear` picks between them from these figures. Weight bytes read per
 //! second tell how close a 1-row call is to the memory's speed.
@@ -11,47 +11,19 @@
 //! whole 256-weight super-blocks, which is why llama.cpp stores 640-wide matrices as Q5_0).
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::time::Instant;
-use wick::arch::cpu::q4_1::Q4_1Matrix;
-use wick::arch::cpu::q8_0::Q8_0Matrix;
-use wick::arch::cpu::qblocks::{BlockMatrix, Format};
+use wick::arch::linear::{Linear, RawWeight, WeightFormat};
 
 /// A matmul: `[rows, k]` in, `[rows, n]` out.
 type Matmul = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
 
-/// Our kernel for `q`, and its bytes.
-fn ours(q: &QTensor) -> anyhow::Result<(Matmul, usize)> {
-    let (n, k) = q.shape().dims2()?;
-    let data = q.data()?.into_owned();
-    let bytes = data.len();
-    Ok(match q.dtype() {
-        GgmlDType::Q4_1 => {
-            let m = Q4_1Matrix::new(data, n, k)?;
-            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
-        }
-        GgmlDType::Q8_0 => {
-            let m = Q8_0Matrix::new(data, n, k)?;
-            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
-        }
-        t => {
-            let format = Format::of(t).expect("a type qblocks reads");
-            // As `arch::linear` stores them: Q4_0 and Q5_0 as Q4_1's form where a lanes layout
-            // applies, else as Q8_0 (both the same values); the K-quants in ggml's layout.
-            if let Some(m) = Q4_1Matrix::lanes_from(format, &data, n, k, wick::arch::cpu::isa::variant()) {
-                let m = m?;
-                let bytes = m.bytes();
-                return Ok((Box::new(move |x, rows| m.matmul(x, rows)), bytes));
-            }
-            if let Some(q8_0) = format.exactly_as_q8_0(&data) {
-                let m = Q8_0Matrix::new(q8_0, n, k)?;
-                let bytes = m.bytes();
-                return Ok((Box::new(move |x, rows| m.matmul(x, rows)), bytes));
-            }
-            let m = BlockMatrix::new(data, format, n, k)?;
-            (Box::new(move |x, rows| m.matmul(x, rows)), bytes)
-        }
-    })
+/// Our kernel for `q` as the server stores it (`Linear`, `WeightFormat::Native`: Q4_0 and Q5_0 in
+/// Q4_1's lanes form or as Q8_0, the K-quants in ggml's layout), and its bytes.
+fn ours(q: QTensor) -> anyhow::Result<(Matmul, usize)> {
+    let linear = Linear::fused(vec![RawWeight::Quantized(q)], WeightFormat::Native, DType::F32, &Device::Cpu)?;
+    let bytes = linear.bytes();
+    Ok((Box::new(move |x, rows| linear.forward_rows(x, rows).expect("a CPU matmul")), bytes))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -98,9 +70,8 @@ fn main() -> anyhow::Result<()> {
             if !k.is_multiple_of(dtype.block_size()) {
                 continue;
             }
-            let q = QTensor::quantize(&w, dtype)?;
-            let (ours, bytes) = ours(&q)?;
-            let candle = QMatMul::from_qtensor(q)?;
+            let (ours, bytes) = ours(QTensor::quantize(&w, dtype)?)?;
+            let candle = QMatMul::from_qtensor(QTensor::quantize(&w, dtype)?)?;
             for rows in [1, 4, 16] {
                 let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, k), &dev)?.flatten_all()?.to_vec1()?;
                 let xt = Tensor::from_slice(&x, (rows, k), &dev)?;
