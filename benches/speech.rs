@@ -2,6 +2,8 @@
 //! real time), for the sentences of tests/fixtures/joe_parity.json, warm, median of 5.
 //!
 //!     cargo bench --bench speech            (benches/speech_compare.sh also runs onnxruntime)
+//!     cargo bench --bench speech -- voice   (the voice alone; `kernel`: the convolution alone,
+//!                                            for profiling or pairing two builds in farm-bench)
 //!
 //! Alone: one sentence per forward. Batched: the three sentences in one forward (as concurrent
 //! requests are batched), RTF over their total audio.
@@ -17,6 +19,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The one argument that is not a flag of cargo's (`--bench`) names a part.
+    let part = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    if part.as_deref() != Some("kernel") {
+        voice_speed()?;
+    }
+    if part.as_deref() != Some("voice") {
+        conv_kernel_speed();
+    }
+    Ok(())
+}
+
+fn voice_speed() -> anyhow::Result<()> {
     let threads = candle_core::utils::get_num_threads();
     println!("{}", wick::arch::cpu::isa::describe());
     let entry = wick::catalog::Catalog::builtin().default_speech();
@@ -60,32 +74,51 @@ fn main() -> anyhow::Result<()> {
         all.iter().map(Vec::len).sum::<usize>(),
         t / audio
     );
-    conv_kernel_speed();
     Ok(())
 }
 
-/// GFLOP/s of our fused resblock convolution at the decoder's shapes for a ~2 s sentence (channels,
-/// samples, kernel, dilation), median of 5.
+/// GFLOP/s of our fused resblock convolution (direct-form operations over time; Winograd's form
+/// does fewer), median of 5, at two kinds of shape:
+/// - a ~2 s sentence's whole stages on the pool's threads (channels, samples, kernel, dilation), as
+///   `leaky_conv` runs the flow's and text encoder's convolutions;
+/// - one decoder window on one thread (1,024 steps and the block's margin), as the decoder runs
+///   its resblocks: there the activations stay in the core's cache, and the arithmetic shows.
 fn conv_kernel_speed() {
-    use wick::arch::cpu::conv1d::{leaky_conv, PackedConv};
-    println!("\nresblock conv1d kernel (src/arch/cpu/conv1d/), median of 5");
-    println!("| channels x samples | kernel, dilation | ms | GFLOP/s |");
-    println!("|---|---|---|---|");
-    for (ch, len, kernel, dilation) in [(128, 1600, 3, 1), (64, 12800, 7, 3), (32, 51200, 11, 5)] {
-        let x: Vec<f32> = (0..ch * len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    use wick::arch::cpu::conv1d::{leaky_conv, leaky_conv_here, PackedConv, Rows};
+    let conv = |ch: usize, kernel: usize, dilation: usize| {
         let w: Vec<f32> = (0..ch * ch * kernel).map(|i| ((i * 104729) % 1000) as f32 / 5e4 - 0.01).collect();
-        let bias = vec![0f32; ch];
-        let conv = PackedConv::same(&w, &bias, kernel, dilation);
-        let _ = leaky_conv(&x, len, len, 0.1, &conv, Some(&x));
+        PackedConv::same(&w, &vec![0f32; ch], kernel, dilation)
+    };
+    let input = |ch: usize, len: usize| -> Vec<f32> {
+        (0..ch * len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+    };
+    let row = |ch: usize, len: usize, kernel: usize, dilation: usize, calls: usize, run: &dyn Fn()| {
+        run();
         let times = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                let _ = leaky_conv(&x, len, len, 0.1, &conv, Some(&x));
-                t.elapsed().as_secs_f64()
+                (0..calls).for_each(|_| run());
+                t.elapsed().as_secs_f64() / calls as f64
             })
             .collect();
         let t = median(times);
         let flop = 2.0 * (ch * ch * kernel * len) as f64;
-        println!("| {ch} x {len} | {kernel}, {dilation} | {:.1} | {:.0} |", t * 1e3, flop / t / 1e9);
+        println!("| {ch} x {len} | {kernel}, {dilation} | {:.2} | {:.0} |", t * 1e3, flop / t / 1e9);
+    };
+    println!("\nresblock conv1d kernel (src/arch/cpu/conv1d/), median of 5");
+    println!("| channels x samples | kernel, dilation | ms | GFLOP/s |");
+    println!("|---|---|---|---|");
+    println!("| **whole stages, {} threads** | | | |", candle_core::utils::get_num_threads());
+    for (ch, len, kernel, dilation) in [(128, 1600, 3, 1), (64, 12800, 7, 3), (32, 51200, 11, 5)] {
+        let (x, conv) = (input(ch, len), conv(ch, kernel, dilation));
+        row(ch, len, kernel, dilation, 1, &|| drop(leaky_conv(&x, len, len, 0.1, &conv, Some(&x))));
+    }
+    println!("| **a decoder window, 1 thread** | | | |");
+    for (ch, kernel, dilation) in [(128, 3, 1), (128, 7, 3), (128, 11, 5), (64, 7, 3), (32, 11, 5)] {
+        let conv = conv(ch, kernel, dilation);
+        let len = 1024 + 2 * conv.reach();
+        let x = input(ch, len);
+        let run = || drop(leaky_conv_here(Rows::whole(&x, len), len, 0..len, 0.1, &conv, Some(Rows::whole(&x, len))));
+        row(ch, len, kernel, dilation, 10, &run);
     }
 }

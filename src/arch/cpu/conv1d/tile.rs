@@ -1,20 +1,20 @@
 //! The micro tiles of `conv1d`: one block of `OUT_BLOCK` output channels over a strip of time
 //! steps, per instruction set.
 //!
-//! Within a block the work is register-blocked: `OUT_BLOCK` output channels times `MICRO` time
+//! Within a block the work is register-blocked: `OUT_BLOCK` output channels times a strip of time
 //! steps of accumulators stay in vector registers while the loop runs over every input channel and
 //! kernel tap, so each loaded input vector feeds `OUT_BLOCK` fused multiply-adds and nothing is
 //! stored until the end. (An accumulator in memory instead, one output channel at a time, cost two
 //! loads and a store per multiply-add and ran at about a third of this speed: BENCHMARKS.md.)
 //!
 //! The micro tile has one variant per instruction set (`isa`):
-//! - `avx512`: intrinsics, sixteen 512-bit accumulators. The compiler's own vectors stop at 256 bits
+//! - `avx512`: intrinsics, 6 x 3 512-bit accumulators. The compiler's own vectors stop at 256 bits
 //!   on such CPUs (LLVM's tuning for them), which halves the peak, and onnxruntime's use the full width;
-//! - `avx2`: intrinsics, the tile in passes of 4 x 2 256-bit accumulators, which with the inputs and
-//!   a broadcast weight leave registers to spare. (4 x 3 needs all 16, and LLVM then spilled one
-//!   accumulator and shuffled four more through copies every iteration: 67 against 94 GFLOP/s on
-//!   Zen 3, BENCHMARKS.md);
-//! - `portable`: plain Rust over 8 time steps at a time (4 x 8 accumulators: eight SSE or NEON
+//! - `avx2`: intrinsics, 6 x 2 256-bit accumulators, two inputs and a broadcast weight: 15 of the 16
+//!   registers. (4 x 3 needed all 16, and LLVM then spilled one accumulator and shuffled four more
+//!   through copies every iteration: 67 against 94 GFLOP/s on Zen 3; 6 x 2 ran at 1.2-1.4x the
+//!   4 x 2 it replaced, BENCHMARKS.md);
+//! - `portable`: plain Rust over 8 time steps at a time (6 x 8 accumulators: twelve SSE or NEON
 //!   registers), which the compiler vectorises for the baseline.
 
 use super::{MICRO, OUT_BLOCK};
@@ -140,7 +140,7 @@ mod avx2 {
     const VECS: usize = 2;
     pub const STRIP: usize = 8 * VECS;
 
-    /// The micro tile in AVX2: up to `VECS` vectors per output channel (8 accumulators, 2 inputs,
+    /// The micro tile in AVX2: up to `VECS` vectors per output channel (12 accumulators, 2 inputs,
     /// 1 broadcast weight); only the vectors that cover `steps` are computed.
     pub unsafe fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, f: Finish) {
         check_tile_bounds(a, w, t0, STRIP);
@@ -200,8 +200,8 @@ mod avx512 {
     const VECS: usize = MICRO / 16;
     pub const STRIP: usize = MICRO;
 
-    /// The micro tile in AVX-512: 16 accumulators; per input channel and tap, `VECS` loads of the
-    /// input and `OUT_BLOCK` broadcast weights feed 16 fused multiply-adds. A tile at the end of a
+    /// The micro tile in AVX-512: 18 accumulators; per input channel and tap, `VECS` loads of the
+    /// input and `OUT_BLOCK` broadcast weights feed 18 fused multiply-adds. A tile at the end of a
     /// short input (the encoder's phonemes, the flow's frames) computes only the vectors it needs.
     pub unsafe fn micro_tile(a: &Activations, w: &[f32], t0: usize, steps: usize, f: Finish) {
         check_tile_bounds(a, w, t0, STRIP);
@@ -212,7 +212,6 @@ mod avx512 {
             match steps.div_ceil(16) {
                 1 => tile::<1>(a, w, t0, f),
                 2 => tile::<2>(a, w, t0, f),
-                3 => tile::<3>(a, w, t0, f),
                 _ => tile::<VECS>(a, w, t0, f),
             }
         }
@@ -277,7 +276,7 @@ mod tests {
         let residual = values(7, OUT_BLOCK * r_stride);
         for variant in Variant::all_here() {
             let (tile, strip) = micro_tile_for(variant);
-            for steps in [MICRO, 49, 48, 24, 20, 16, 9, 8, 1].into_iter().filter(|&n| n <= strip) {
+            for steps in [MICRO, 47, 33, 32, 24, 20, 16, 9, 8, 1].into_iter().filter(|&n| n <= strip) {
                 let mut got = [[f32::NAN; MICRO]; OUT_BLOCK];
                 // SAFETY: `got` holds a whole strip per row.
                 unsafe { tile(&input, &w, t0, steps, Finish::sums_into(&mut got)) };
