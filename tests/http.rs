@@ -207,6 +207,88 @@ async fn bad_requests_get_openai_errors_naming_the_param() {
     }
 }
 
+/// Nothing a client sends is silently ignored: a field Wick does not know is refused in OpenAI's
+/// words, one it knows and does not serve is refused by name, and the values that ask for nothing
+/// Wick lacks are accepted. (tests/clients/test_openai_python.py checks every field the official
+/// client knows.)
+#[tokio::test]
+async fn every_field_is_served_or_refused_by_name() {
+    let s = TestServer::tiny().await;
+    let with = |extra: Value| {
+        let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, param) in [
+        (json!({"temprature": 0.5}), "temprature"),
+        (json!({"stream_options": {"include_usage": true, "usage": 1}, "stream": true}), "stream_options.usage"),
+    ] {
+        let (status, err) = s.chat(with(extra)).await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["message"], format!("Unrecognized request argument supplied: {param}"));
+        assert_openai_error(&err, "invalid_request_error", Some(param), None);
+    }
+    let (status, err) =
+        s.chat(json!({"model": "tiny", "messages": [{"role": "user", "content": "hi", "nmae": "x"}]})).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("messages[0].nmae")), "{err}");
+
+    let refused = [
+        (json!({"tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
+        (json!({"tool_choice": "none"}), "tool_choice"),
+        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (json!({"store": true}), "store"),
+        (json!({"service_tier": "priority"}), "service_tier"),
+        (json!({"prediction": {"type": "content", "content": "x"}}), "prediction"),
+        (json!({"web_search_options": {}}), "web_search_options"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (json!({"min_p": 1.5}), "min_p"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"min_tokens": 5}), "min_tokens"),
+    ];
+    for (extra, param) in refused {
+        let (status, err) = s.chat(with(extra.clone())).await;
+        assert_eq!(status, 400, "{extra} -> {err}");
+        assert_openai_error(&err, "invalid_request_error", Some(param), None);
+        assert!(!err["error"]["message"].as_str().unwrap().starts_with("Unrecognized"), "{err}");
+    }
+    let message_field = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi", "name": "ann"}]});
+    let (status, err) = s.chat(message_field).await;
+    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("messages[0].name")), "{err}");
+
+    let harmless = json!({
+        "response_format": {"type": "text"}, "modalities": ["text"], "store": false, "service_tier": "auto",
+        "prompt_cache_key": "k", "user": "u", "safety_identifier": "s", "tools": null,
+        "stream_options": null, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1,
+    });
+    let (status, body) = s.chat(with(harmless)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `ignore_eos` and `min_tokens` (what benchmark harnesses send) hold the end tokens back: here
+/// `logit_bias` makes an end token the likeliest at every step.
+#[tokio::test]
+async fn ignore_eos_and_min_tokens_hold_the_end_back() {
+    let s = TestServer::tiny().await;
+    let run = |extra: Value| {
+        let mut body = json!({
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
+            "logit_bias": {ENDOFTEXT.to_string(): 100, IM_END.to_string(): 100},
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let s = &s;
+        async move {
+            let (status, body) = s.chat(body).await;
+            assert_eq!(status, 200, "{body}");
+            (body["usage"]["completion_tokens"].as_u64().unwrap(), body["choices"][0]["finish_reason"].clone())
+        }
+    };
+    assert_eq!(run(json!({})).await, (1, json!("stop")), "the end token comes first");
+    assert_eq!(run(json!({"ignore_eos": true})).await, (6, json!("length")));
+    assert_eq!(run(json!({"min_tokens": 3})).await, (4, json!("stop")), "three tokens, then the end");
+    assert_eq!(run(json!({"ignore_eos": false, "min_tokens": 0})).await, (1, json!("stop")));
+}
+
 #[tokio::test]
 async fn unknown_model_is_404_and_long_prompts_exceed_the_context() {
     let s = TestServer::tiny().await;

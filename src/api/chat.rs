@@ -6,6 +6,7 @@ use super::generation::{
 };
 use super::json::AppJson;
 use super::openai::*;
+use super::unsupported::{none, refuse, refuse_in, Refusal};
 use crate::auth::Caller;
 use crate::engine::{Engine, FinishReason};
 use crate::error::ApiError;
@@ -23,13 +24,71 @@ struct Checked {
     generation: Generation,
 }
 
+/// Chat's fields that Wick knows and does not serve, with the values that ask for nothing it lacks.
+fn refusals(req: &ChatCompletionRequest) -> Vec<Refusal<'_>> {
+    const TOOLS: &str = "tool calling is not implemented yet.";
+    const TEXT_ONLY: &str = "its chat models answer in text only.";
+    let field = |param, value, harmless, why| Refusal { param, value, harmless, why };
+    vec![
+        field("tools", &req.tools, none, TOOLS),
+        field("tool_choice", &req.tool_choice, none, TOOLS),
+        field("parallel_tool_calls", &req.parallel_tool_calls, none, TOOLS),
+        field("functions", &req.functions, none, TOOLS),
+        field("function_call", &req.function_call, none, TOOLS),
+        field(
+            "response_format",
+            &req.response_format,
+            |v| v["type"] == "text",
+            "only {\"type\": \"text\"}; structured outputs (json_object, json_schema) are not implemented yet.",
+        ),
+        field("audio", &req.audio, none, TEXT_ONLY),
+        field("modalities", &req.modalities, |v| *v == serde_json::json!(["text"]), TEXT_ONLY),
+        field("prediction", &req.prediction, none, "predicted outputs are not implemented."),
+        field("web_search_options", &req.web_search_options, none, "it has no web search."),
+        field("reasoning_effort", &req.reasoning_effort, none, "its models have no reasoning setting."),
+        field("verbosity", &req.verbosity, none, "its models have no verbosity setting."),
+        field("store", &req.store, |v| *v == false, "it does not store completions."),
+        field("metadata", &req.metadata, none, "metadata is kept with stored completions, and it stores none."),
+        field(
+            "service_tier",
+            &req.service_tier,
+            |v| v == "auto" || v == "default",
+            "it has one service tier ('auto' and 'default' are accepted).",
+        ),
+        field("moderation", &req.moderation, none, "it does not moderate."),
+        field(
+            "prompt_cache_retention",
+            &req.prompt_cache_retention,
+            |v| v == "in_memory",
+            "its prefix cache is in memory only.",
+        ),
+        field("prompt_cache_options", &req.prompt_cache_options, none, "its prefix cache takes no options."),
+    ]
+}
+
+/// A message's fields that Wick knows and does not serve.
+fn message_refusals(m: &ChatMessage) -> [Refusal<'_>; 6] {
+    const TOOLS: &str = "tool calling is not implemented yet.";
+    let field = |param, value, why| Refusal { param, value, harmless: none, why };
+    [
+        field("name", &m.name, "the model's chat template has no place for a participant's name."),
+        field("tool_calls", &m.tool_calls, TOOLS),
+        field("tool_call_id", &m.tool_call_id, TOOLS),
+        field("function_call", &m.function_call, TOOLS),
+        field("audio", &m.audio, "its chat models take text only."),
+        field("refusal", &m.refusal, "an assistant's refusal has no place in the model's chat template."),
+    ]
+}
+
 fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     let bad = |msg: String, param: &str| Err(ApiError::invalid_request(msg, Some(param)));
+    refuse(&refusals(req))?;
     if req.messages.is_empty() {
         return bad("'messages' must contain at least one message.".into(), "messages");
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
+        refuse_in(&format!("messages[{i}]"), &message_refusals(m))?;
         let role = match m.role.as_str() {
             "developer" => "system",
             r @ ("system" | "user" | "assistant" | "tool") => r,
@@ -73,11 +132,19 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     if req.logprobs == Some(true) {
         return bad("'logprobs' is not supported yet.".into(), "logprobs");
     }
+    if req.top_logprobs.is_some() {
+        return bad("'top_logprobs' is not supported yet.".into(), "top_logprobs");
+    }
     let generation = check_sampling(SamplingFields {
         n: req.n,
         temperature: req.temperature,
         top_p: req.top_p,
         top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        min_tokens: req.min_tokens,
+        ignore_eos: req.ignore_eos,
+        max_tokens,
         presence_penalty: req.presence_penalty,
         frequency_penalty: req.frequency_penalty,
         seed: req.seed,
@@ -122,6 +189,8 @@ pub async fn chat_completions(
         "chat",
         request_id = %head.id,
         model = %req.model,
+        user = req.user.as_deref(),
+        safety_identifier = req.safety_identifier.as_deref(),
         prompt_tokens = field::Empty,
         completion_tokens = field::Empty,
         ttft_ms = field::Empty,

@@ -5,6 +5,7 @@
 use super::generation::{check_max_tokens, check_sampling, generate, text_deployment, Head, SamplingFields, Wire};
 use super::json::AppJson;
 use super::openai::*;
+use super::unsupported::{none, refuse, Refusal};
 use crate::auth::Caller;
 use crate::engine::{Engine, FinishReason};
 use crate::error::ApiError;
@@ -26,12 +27,15 @@ fn bad<T>(message: impl Into<String>, param: &str) -> Result<T, ApiError> {
 
 /// Fields Wick does not implement are refused, naming them, rather than accepted and ignored.
 fn refuse_unsupported(req: &CompletionRequest, n: usize) -> Result<(), ApiError> {
-    if req.logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-        return bad("'logprobs' is not supported yet.", "logprobs");
-    }
-    if req.suffix.as_ref().is_some_and(|v| !v.is_null()) {
-        return bad("'suffix' is not supported: inserting text needs a fill-in-the-middle model.", "suffix");
-    }
+    refuse(&[
+        Refusal { param: "logprobs", value: &req.logprobs, harmless: none, why: "log probabilities come later." },
+        Refusal {
+            param: "suffix",
+            value: &req.suffix,
+            harmless: none,
+            why: "inserting text needs a fill-in-the-middle model.",
+        },
+    ])?;
     match req.best_of {
         None | Some(1) => Ok(()),
         Some(b) if b == n as i64 => Ok(()),
@@ -116,6 +120,11 @@ pub async fn completions(
         temperature: req.temperature,
         top_p: req.top_p,
         top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        min_tokens: req.min_tokens,
+        ignore_eos: req.ignore_eos,
+        max_tokens: Some(max_tokens),
         presence_penalty: req.presence_penalty,
         frequency_penalty: req.frequency_penalty,
         seed: req.seed,
@@ -136,6 +145,7 @@ pub async fn completions(
         "completion",
         request_id = %head.id,
         model = %req.model,
+        user = req.user.as_deref(),
         prompt_tokens = field::Empty,
         completion_tokens = field::Empty,
         ttft_ms = field::Empty,

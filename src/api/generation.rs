@@ -29,7 +29,15 @@ pub struct SamplingFields<'a> {
     pub n: Option<i64>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
+    /// The peers' extensions (vLLM's; llama.cpp's too but `min_tokens`); `SamplingParams` says what
+    /// each does.
     pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<i64>,
+    pub ignore_eos: Option<bool>,
+    /// The request's token limit, which `min_tokens` may not pass.
+    pub max_tokens: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
@@ -78,6 +86,23 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
     in_range(f.top_p, 0.0, 1.0, "top_p")?;
     in_range(f.presence_penalty, -2.0, 2.0, "presence_penalty")?;
     in_range(f.frequency_penalty, -2.0, 2.0, "frequency_penalty")?;
+    in_range(f.min_p, 0.0, 1.0, "min_p")?;
+    let repetition_penalty = f.repetition_penalty.unwrap_or(1.0);
+    if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+        return bad(
+            format!("Invalid 'repetition_penalty': {repetition_penalty}. It must be above 0."),
+            "repetition_penalty",
+        );
+    }
+    let min_tokens = match (f.min_tokens, f.max_tokens) {
+        (Some(m), _) if m < 0 => {
+            return bad(format!("Invalid 'min_tokens': {m}. It must be at least 0."), "min_tokens")
+        }
+        (Some(m), Some(max)) if m as usize > max => {
+            return bad(format!("Invalid 'min_tokens': {m}. It must not exceed the token limit, {max}."), "min_tokens")
+        }
+        (m, _) => m.unwrap_or(0) as usize,
+    };
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -120,6 +145,10 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
             frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
             logit_bias,
             seed: f.seed.map(|s| s as u64),
+            repetition_penalty,
+            min_p: f.min_p.unwrap_or(0.0),
+            min_tokens,
+            ignore_eos: f.ignore_eos.unwrap_or(false),
         },
         stream,
         include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),

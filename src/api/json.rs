@@ -48,6 +48,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
+        // A field the request type does not list: OpenAI's own words for it.
+        // The path ends with the field itself, except inside a value deserialized by hand
+        // (`MessageContent`), where it stops at that value.
+        if let Some(field) = inner.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+            let param = if path.ends_with(field) { path } else { format!("{path}.{field}") };
+            return ApiError::invalid_request(format!("Unrecognized request argument supplied: {param}"), Some(&param));
+        }
         // serde reports a missing field at its parent's path; name the field itself.
         let param = match inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
             Some(field) if path == "." => field.to_string(),
@@ -68,12 +75,14 @@ mod tests {
     use serde::Deserialize;
 
     #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Req {
         model: String,
         messages: Vec<Msg>,
     }
     #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Msg {
         role: String,
@@ -87,6 +96,11 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("model"));
         let e = parse::<Req>(br#"{"model": "m", "messages": [{}]}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = parse::<Req>(br#"{"model": "m", "messages": [], "temprature": 1}"#).unwrap_err();
+        assert_eq!(e.message, "Unrecognized request argument supplied: temprature");
+        assert_eq!(e.param.as_deref(), Some("temprature"));
+        let e = parse::<Req>(br#"{"model": "m", "messages": [{"role": "user", "nme": "x"}]}"#).unwrap_err();
+        assert_eq!(e.message, "Unrecognized request argument supplied: messages[0].nme");
         let e = parse::<Req>(b"{not json").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.param.is_none());

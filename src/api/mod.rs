@@ -9,6 +9,7 @@ pub mod json;
 pub mod models;
 pub mod openai;
 pub mod speech;
+pub mod unsupported;
 
 use crate::auth;
 use crate::error::ApiError;

@@ -1,11 +1,19 @@
 //! OpenAI's wire types for the endpoints Wick serves: the one copy in the codebase.
-//! Request fields that may be `null` are `Option`s; unknown fields are ignored, as benchmark
-//! harnesses send extra ones.
+//!
+//! Request fields that may be `null` are `Option`s. Every request type lists every field of OpenAI's
+//! (as the official Python client types them) and refuses the rest (`deny_unknown_fields`, answered
+//! as OpenAI answers: "Unrecognized request argument supplied"). A field Wick knows but does not
+//! serve is an `Unsupported`, refused by name when present (`api::unsupported`). The extensions that
+//! peers take and benchmark harnesses send (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`,
+//! `ignore_eos`) are implemented.
 
+use super::unsupported::Unsupported;
+use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
@@ -15,21 +23,57 @@ pub struct ChatCompletionRequest {
     pub max_completion_tokens: Option<i64>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
-    /// Not OpenAI's; vLLM's and llama.cpp's extension. 0 or -1: no cut.
-    pub top_k: Option<i64>,
     pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
     pub n: Option<i64>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<HashMap<String, f32>>,
-    pub user: Option<String>,
     pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    /// Identify the end user; recorded in the request's log line.
+    pub user: Option<String>,
+    pub safety_identifier: Option<String>,
+    /// A hint for OpenAI's prompt cache. Wick's prefix cache finds shared prefixes by their tokens,
+    /// with no key needed, so the hint is satisfied without one.
+    pub prompt_cache_key: Option<String>,
+    // What peers (vLLM, llama.cpp) take beyond OpenAI's fields, as `CompletionRequest` does
+    // (`SamplingFields` says what each does). Listed in each request, not flattened from one
+    // struct: serde cannot refuse unknown fields beside a flattened one.
+    /// 0 or -1: no cut.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<i64>,
+    pub ignore_eos: Option<bool>,
+    // Fields Wick knows and does not serve (yet): each is refused by name when present, except
+    // for the values that ask for nothing Wick lacks (`check` in chat.rs).
+    pub tools: Unsupported,
+    pub tool_choice: Unsupported,
+    pub parallel_tool_calls: Unsupported,
+    pub functions: Unsupported,
+    pub function_call: Unsupported,
+    pub response_format: Unsupported,
+    pub audio: Unsupported,
+    pub modalities: Unsupported,
+    pub prediction: Unsupported,
+    pub web_search_options: Unsupported,
+    pub reasoning_effort: Unsupported,
+    pub verbosity: Unsupported,
+    pub store: Unsupported,
+    pub metadata: Unsupported,
+    pub service_tier: Unsupported,
+    pub moderation: Unsupported,
+    pub prompt_cache_retention: Unsupported,
+    pub prompt_cache_options: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
+    /// Whether stream chunks carry an obfuscation field to pad their size; Wick's never do.
+    pub include_obfuscation: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,24 +84,50 @@ pub enum StopSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
     pub content: Option<MessageContent>,
-    pub name: Option<String>,
+    /// A participant's name: refused, since a chat template has no place for it.
+    pub name: Unsupported,
+    pub tool_calls: Unsupported,
+    pub tool_call_id: Unsupported,
+    pub function_call: Unsupported,
+    pub audio: Unsupported,
+    pub refusal: Unsupported,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
+/// A string or a list of parts, told apart by hand rather than by `#[serde(untagged)]`, whose one
+/// error ("did not match any variant") would hide which field of which part was wrong.
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Self::Text(s)),
+            parts @ serde_json::Value::Array(_) => {
+                serde_json::from_value(parts).map(Self::Parts).map_err(D::Error::custom)
+            }
+            other => Err(D::Error::custom(format!("expected a string or an array of content parts, got {other}"))),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// The other kinds' payloads, present so that a part is refused by its kind (`check`).
+    pub image_url: Unsupported,
+    pub input_audio: Unsupported,
+    pub file: Unsupported,
+    pub refusal: Unsupported,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +203,7 @@ pub struct Delta {
 
 /// `POST /v1/completions`: OpenAI's legacy Completions API, for base models and raw prompts.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
@@ -141,8 +212,12 @@ pub struct CompletionRequest {
     pub max_tokens: Option<i64>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
-    /// Not OpenAI's; the same extension as chat's.
+    /// The peers' extensions, as in `ChatCompletionRequest`.
     pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<i64>,
+    pub ignore_eos: Option<bool>,
     pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
     pub n: Option<i64>,
@@ -154,11 +229,10 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Refused unless absent, 1 or equal to `n`: Wick does not rank candidates.
     pub best_of: Option<i64>,
-    /// Refused when present: log probabilities come later. Any JSON, so that the refusal (not a
-    /// type error) names it.
-    pub logprobs: Option<serde_json::Value>,
+    /// Refused when present: log probabilities come later.
+    pub logprobs: Unsupported,
     /// Refused when present: insertion needs a fill-in-the-middle model.
-    pub suffix: Option<serde_json::Value>,
+    pub suffix: Unsupported,
 }
 
 /// A completion prompt in each shape OpenAI takes: one text, several, one list of token ids, or
@@ -214,6 +288,7 @@ pub struct ModelCard {
 
 /// `POST /v1/audio/speech`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpeechRequest {
     pub model: String,
     pub input: String,
@@ -222,7 +297,7 @@ pub struct SpeechRequest {
     pub speed: Option<f64>,
     /// `audio` (a chunked body, the default) or `sse`.
     pub stream_format: Option<String>,
-    /// gpt-4o-mini-tts's style instructions; a Piper voice has one style, so they are accepted and unused.
+    /// gpt-4o-mini-tts's style instructions: refused unless empty, since a Piper voice has one style.
     pub instructions: Option<String>,
 }
 

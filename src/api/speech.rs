@@ -83,6 +83,12 @@ pub async fn speech(
     if !(0.25..=4.0).contains(&speed) {
         return Err(bad(format!("Invalid 'speed': {speed}. It must be between 0.25 and 4.0."), "speed"));
     }
+    if req.instructions.as_deref().is_some_and(|i| !i.trim().is_empty()) {
+        return Err(bad(
+            "'instructions' is not supported by this server: a Piper voice speaks in one style.".into(),
+            "instructions",
+        ));
+    }
     let sse = match req.stream_format.as_deref() {
         None | Some("audio") => false,
         Some("sse") => true,

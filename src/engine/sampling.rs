@@ -1,8 +1,8 @@
-//! Turning logits into the next token: logit_bias, presence/frequency penalties, temperature,
-//! top-k, top-p, and a seeded random draw. Temperature 0 is greedy.
+//! Turning logits into the next token: logit_bias, the presence, frequency and repetition
+//! penalties, temperature, top-k, top-p, min-p, and a seeded random draw. Temperature 0 is greedy.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -14,6 +14,18 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
+    /// Not OpenAI's (vLLM's and Hugging Face's): a token already in the prompt or the output has its
+    /// logit divided by this when positive, multiplied when negative. 1 is none.
+    pub repetition_penalty: f32,
+    /// Not OpenAI's (vLLM's and llama.cpp's): after temperature, tokens less likely than `min_p`
+    /// times the likeliest are cut. 0 is none.
+    pub min_p: f32,
+    /// Not OpenAI's (vLLM's): the end-of-generation tokens are forbidden until this many tokens are
+    /// generated.
+    pub min_tokens: usize,
+    /// Not OpenAI's (vLLM's and llama.cpp's): the end-of-generation tokens are forbidden throughout,
+    /// so a choice runs to its token limit (what benchmark harnesses ask for).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -27,7 +39,18 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: None,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
+            min_tokens: 0,
+            ignore_eos: false,
         }
+    }
+}
+
+impl SamplingParams {
+    /// Whether the end-of-generation tokens are forbidden once `generated` tokens exist.
+    pub fn forbids_end(&self, generated: usize) -> bool {
+        self.ignore_eos || generated < self.min_tokens
     }
 }
 
@@ -36,17 +59,24 @@ pub struct Sampler {
     rng: StdRng,
     /// How often each token has been generated so far (for the penalties).
     counts: HashMap<u32, u32>,
+    /// The prompt's distinct tokens, for the repetition penalty (empty when it is 1).
+    prompt: HashSet<u32>,
 }
 
 impl Sampler {
     /// `stream` tells the choices of one request apart, so `n` choices with one seed differ from each
     /// other yet repeat across identical requests.
-    pub fn new(params: SamplingParams, stream: u64) -> Self {
+    pub fn new(params: SamplingParams, stream: u64, prompt: &[u32]) -> Self {
         let rng = match params.seed {
             Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             None => StdRng::from_entropy(),
         };
-        Self { params, rng, counts: HashMap::new() }
+        let prompt = if params.repetition_penalty != 1.0 { prompt.iter().copied().collect() } else { HashSet::new() };
+        Self { params, rng, counts: HashMap::new(), prompt }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
     }
 
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
@@ -60,6 +90,14 @@ impl Sampler {
             for (&id, &count) in &self.counts {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l -= p.presence_penalty + p.frequency_penalty * count as f32;
+                }
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let seen = self.prompt.iter().chain(self.counts.keys().filter(|id| !self.prompt.contains(id)));
+            for &id in seen {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
                 }
             }
         }
@@ -96,6 +134,10 @@ impl Sampler {
                 probs.truncate(keep);
             }
         }
+        if p.min_p > 0.0 {
+            // `max` was subtracted before exp: the likeliest token's weight is 1.
+            probs.retain(|x| x.1 >= p.min_p);
+        }
         let total: f32 = probs.iter().map(|x| x.1).sum();
         let mut target = self.rng.gen::<f32>() * total;
         for &(id, w) in &probs {
@@ -131,7 +173,7 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_largest_and_the_first_of_ties() {
-        let mut s = Sampler::new(params(|p| p.temperature = 0.0), 0);
+        let mut s = Sampler::new(params(|p| p.temperature = 0.0), 0, &[]);
         assert_eq!(s.sample(&mut [0.1, 3.0, 3.0, -1.0]), 1);
     }
 
@@ -139,7 +181,7 @@ mod tests {
     fn same_seed_same_draws_and_choices_differ() {
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = |stream| {
-            let mut s = Sampler::new(params(|_| {}), stream);
+            let mut s = Sampler::new(params(|_| {}), stream, &[]);
             (0..30).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
         };
         assert_eq!(run(0), run(0));
@@ -148,7 +190,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut s = Sampler::new(params(|p| p.top_k = 1), 0);
+        let mut s = Sampler::new(params(|p| p.top_k = 1), 0, &[]);
         for _ in 0..20 {
             assert_eq!(s.sample(&mut [0.0, 1.0, 0.9, 0.5]), 1);
         }
@@ -157,7 +199,7 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // Token 2 holds ~0.99 of the mass: top_p 0.5 must always pick it.
-        let mut s = Sampler::new(params(|p| p.top_p = 0.5), 0);
+        let mut s = Sampler::new(params(|p| p.top_p = 0.5), 0, &[]);
         for _ in 0..50 {
             assert_eq!(s.sample(&mut [0.0, 0.0, 8.0, 0.0]), 2);
         }
@@ -165,7 +207,7 @@ mod tests {
 
     #[test]
     fn logit_bias_can_force_and_forbid() {
-        let mut s = Sampler::new(params(|p| p.logit_bias = vec![(3, 100.0)]), 0);
+        let mut s = Sampler::new(params(|p| p.logit_bias = vec![(3, 100.0)]), 0, &[]);
         assert_eq!(s.sample(&mut [5.0, 5.0, 5.0, 0.0]), 3);
         let mut s = Sampler::new(
             params(|p| {
@@ -173,6 +215,7 @@ mod tests {
                 p.logit_bias = vec![(0, -100.0)];
             }),
             0,
+            &[],
         );
         assert_eq!(s.sample(&mut [5.0, 4.0]), 1);
     }
@@ -185,6 +228,7 @@ mod tests {
                 p.frequency_penalty = 2.0;
             }),
             0,
+            &[],
         );
         assert_eq!(s.sample(&mut [1.0, 0.5]), 0);
         // Token 0 now has count 1: 1.0 - 2.0 < 0.5.
@@ -195,6 +239,7 @@ mod tests {
                 p.presence_penalty = 0.4;
             }),
             0,
+            &[],
         );
         assert_eq!(s.sample(&mut [1.0, 0.7]), 0);
         assert_eq!(s.sample(&mut [1.0, 0.7]), 1);
@@ -202,9 +247,47 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution() {
-        let mut s = Sampler::new(params(|_| {}), 0);
+        let mut s = Sampler::new(params(|_| {}), 0, &[]);
         let logits = [0f32, (3f32).ln()]; // probabilities 1/4 and 3/4
         let ones = (0..4000).filter(|_| s.sample(&mut logits.clone()) == 1).count();
         assert!((2800..3200).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn repetition_penalty_reaches_the_prompt_and_the_output() {
+        let greedy = |penalty| {
+            params(|p| {
+                p.temperature = 0.0;
+                p.repetition_penalty = penalty;
+            })
+        };
+        // Tokens 0 and 3 are in the prompt: 2.0 / 2.5 < 1.0.
+        let mut s = Sampler::new(greedy(2.5), 0, &[0, 3, 0]);
+        assert_eq!(s.sample(&mut [2.0, 1.0, -1.0]), 1);
+        // Now 1 was generated too, and a negative logit is pushed further down: 3's -0.5 becomes
+        // -1.25, below the unseen 2's -1.1.
+        assert_eq!(s.sample(&mut [-1.0, -1.0, -1.1, -0.5]), 2);
+        let mut s = Sampler::new(greedy(1.0), 0, &[0]);
+        assert_eq!(s.sample(&mut [2.0, 1.0]), 0, "1 is no penalty");
+    }
+
+    #[test]
+    fn min_p_cuts_the_unlikely_tail() {
+        // Token 1 has e^-3 (~0.05) of token 0's weight: min_p 0.1 cuts it, 0.01 keeps it.
+        let draws = |min_p| {
+            let mut s = Sampler::new(params(|p| p.min_p = min_p), 0, &[]);
+            (0..2000).filter(|_| s.sample(&mut [3.0, 0.0]) == 1).count()
+        };
+        assert_eq!(draws(0.1), 0);
+        assert!(draws(0.01) > 40, "{}", draws(0.01));
+    }
+
+    #[test]
+    fn end_tokens_are_forbidden_until_min_tokens_and_always_with_ignore_eos() {
+        let p = params(|p| p.min_tokens = 3);
+        assert!(p.forbids_end(2) && !p.forbids_end(3));
+        let p = params(|p| p.ignore_eos = true);
+        assert!(p.forbids_end(1000));
+        assert!(!params(|_| {}).forbids_end(0));
     }
 }

@@ -49,7 +49,7 @@ impl Sequence {
             table: BlockTable::default(),
             cached: 0,
             cached_prompt: None,
-            sampler: Sampler::new(req.sampling.clone(), choice as u64),
+            sampler: Sampler::new(req.sampling.clone(), choice as u64, &req.prompt),
             utf8: Utf8Stream::default(),
             stop: StopMatcher::new(req.stop.clone()),
             events: req.events.clone(),
@@ -74,6 +74,13 @@ impl Sequence {
     /// Samples the next token from this step's logits and sends the text it completes.
     /// `context` is the model's context length: a sequence ends when it is full.
     pub fn advance(&mut self, logits: &mut [f32], tokenizer: &TextTokenizer, context: usize) {
+        if self.sampler.params().forbids_end(self.generated()) {
+            for &id in tokenizer.end_of_generation_ids() {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let token = self.sampler.sample(logits);
         self.tokens.push(token);
         if tokenizer.is_end_of_generation(token) {

@@ -272,6 +272,11 @@ impl TextTokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The tokens that end a turn or the text, sorted.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }

@@ -6,6 +6,9 @@ import os
 
 import openai
 import pytest
+from openai.types import completion_create_params
+from openai.types.audio import speech_create_params
+from openai.types.chat import completion_create_params as chat_create_params
 
 BASE_URL = os.environ["WICK_BASE_URL"]
 MODEL = os.environ["WICK_MODEL"]
@@ -146,3 +149,66 @@ def test_speech_bad_voice_is_a_bad_request(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
     assert e.value.param == "voice"
+
+
+# Every field the official client can send is either served or refused by name: none is unknown
+# to the server (which would be refused as "Unrecognized request argument supplied") and none is
+# silently ignored. Each field is sent with a value no field takes (an object with an unknown key),
+# so a served field answers with a type error naming it (or, for an object field, the unknown key
+# within it), and a refused one with its refusal.
+PROBE = {"probe": [1]}
+
+
+def _refusal(client, path, body):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.post(path, body=body, cast_to=object)
+    return e.value.param, e.value.body["message"]
+
+
+def _every_field(params_type, required):
+    return sorted(set(params_type.__annotations__) - set(required))
+
+
+@pytest.mark.parametrize(
+    "path, params_type, body",
+    [
+        (
+            "/chat/completions",
+            chat_create_params.CompletionCreateParamsBase,
+            {"model": MODEL, "messages": QUESTION},
+        ),
+        ("/completions", completion_create_params.CompletionCreateParamsBase, {"model": MODEL, "prompt": PROMPT}),
+        (
+            "/audio/speech",
+            speech_create_params.SpeechCreateParams,
+            {"model": "tts-1", "voice": "alloy", "input": "Hi."},
+        ),
+    ],
+)
+def test_every_field_of_the_client_is_known(client, path, params_type, body):
+    fields = _every_field(params_type, body)
+    if path != "/audio/speech":
+        fields.append("stream")  # in the client's streaming and non-streaming subtypes, not the base
+    assert len(fields) >= 4
+    for field in fields:
+        param, message = _refusal(client, path, {**body, field: PROBE})
+        assert message != f"Unrecognized request argument supplied: {field}", message
+        assert param == field or param.startswith(field + "."), (field, param, message)
+    param, message = _refusal(client, path, {**body, "no_such_field": 1})
+    assert message == "Unrecognized request argument supplied: no_such_field"
+
+
+def test_every_field_of_every_message_is_known(client):
+    kinds = {
+        "system": openai.types.chat.ChatCompletionSystemMessageParam,
+        "developer": openai.types.chat.ChatCompletionDeveloperMessageParam,
+        "user": openai.types.chat.ChatCompletionUserMessageParam,
+        "assistant": openai.types.chat.ChatCompletionAssistantMessageParam,
+        "tool": openai.types.chat.ChatCompletionToolMessageParam,
+    }
+    for role, params_type in kinds.items():
+        for field in _every_field(params_type, ["role", "content"]) + ["content"]:
+            message = {"role": role, "content": "Hi.", field: PROBE}
+            param, text = _refusal(client, "/chat/completions", {"model": MODEL, "messages": [message]})
+            assert text != f"Unrecognized request argument supplied: messages[0].{field}", (role, text)
+            assert param.startswith(f"messages[0].{field}"), (role, field, param, text)
