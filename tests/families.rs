@@ -188,7 +188,7 @@ fn each_family_matches_llama_cpp_on_the_same_random_weights() {
     let dir = tempfile::tempdir().unwrap();
     for family in common::TINY_FAMILIES {
         let path = dir.path().join(format!("tiny-{family}.gguf"));
-        common::write_tiny_family_gguf(&path, family, REFERENCE_SEED);
+        common::write_tiny_family_gguf(&path, family, common::FAMILY_REFERENCE_SEED);
         let loaded =
             ModelSource::parse(path.to_str().unwrap()).unwrap().load(WeightFormat::Native, &Device::Cpu).unwrap();
         let Agreement { worst, ties, spread } =
@@ -204,9 +204,6 @@ fn each_family_matches_llama_cpp_on_the_same_random_weights() {
 fn write_reference_models() {
     let dir = std::path::PathBuf::from(std::env::var("WICK_FIXTURE_DIR").expect("WICK_FIXTURE_DIR"));
     for family in common::TINY_FAMILIES {
-        common::write_tiny_family_gguf(&dir.join(format!("tiny-{family}.gguf")), family, REFERENCE_SEED);
+        common::write_tiny_family_gguf(&dir.join(format!("tiny-{family}.gguf")), family, common::FAMILY_REFERENCE_SEED);
     }
 }
-
-/// The seed of the reference models; the fixture holds llama.cpp's answers for these weights.
-const REFERENCE_SEED: u64 = 11;

@@ -94,7 +94,8 @@ async fn openai_default_is_mp3_and_a_deployment_may_choose_its_own() {
     assert_eq!(content_type, "audio/wav");
     assert_eq!(&bytes[..4], b"RIFF");
     for model in ["tts-1-hd", "gpt-4o-mini-tts"] {
-        let (status, _, _) = speak(&s, json!({"model": model, "voice": "nova", "input": "Hi.", "instructions": ""})).await;
+        let (status, _, _) =
+            speak(&s, json!({"model": model, "voice": "nova", "input": "Hi.", "instructions": ""})).await;
         assert_eq!(status, 200, "{model}");
     }
     // A Piper voice has one style: instructions for another are refused, not ignored.

@@ -2,13 +2,14 @@
 //! the generation that chat shares with `/v1/completions` (`generation.rs`), in chat's wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, generate, text_deployment, Generation, Head, SamplingFields, Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, text_deployment, token_text, Answer, Generation, Head,
+    SamplingFields, Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
 use super::unsupported::{none, refuse, refuse_in, Refusal};
 use crate::auth::Caller;
-use crate::engine::{Engine, FinishReason};
+use crate::engine::{Engine, FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::loader::chat_template::TemplateMessage;
 use crate::AppState;
@@ -16,6 +17,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 use tracing::{field, Instrument};
+
+/// OpenAI's limit on `top_logprobs`.
+const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// A request checked against OpenAI's ranges, before it meets a model.
 struct Checked {
@@ -129,12 +133,17 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
         Some(_) => check_max_tokens(req.max_completion_tokens, "max_completion_tokens")?,
         None => check_max_tokens(req.max_tokens, "max_tokens")?,
     };
-    if req.logprobs == Some(true) {
-        return bad("'logprobs' is not supported yet.".into(), "logprobs");
-    }
-    if req.top_logprobs.is_some() {
-        return bad("'top_logprobs' is not supported yet.".into(), "top_logprobs");
-    }
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => {
+            return bad(
+                format!("Invalid 'top_logprobs': {k}. It must be between 0 and {MAX_TOP_LOGPROBS}."),
+                "top_logprobs",
+            )
+        }
+        (false, Some(_)) => return bad("'top_logprobs' needs 'logprobs' set to true.".into(), "top_logprobs"),
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, None) => None,
+    };
     let generation = check_sampling(SamplingFields {
         n: req.n,
         temperature: req.temperature,
@@ -145,6 +154,7 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
         min_tokens: req.min_tokens,
         ignore_eos: req.ignore_eos,
         max_tokens,
+        logprobs,
         presence_penalty: req.presence_penalty,
         frequency_penalty: req.frequency_penalty,
         seed: req.seed,
@@ -209,9 +219,36 @@ struct ChatWire;
 const CHUNK_OBJECT: &str = "chat.completion.chunk";
 
 impl ChatWire {
-    fn delta(head: &Head, index: usize, delta: Delta, finish: Option<FinishReason>) -> String {
-        let choice = ChunkChoice { index, delta, logprobs: None, finish_reason: finish.map(FinishReason::as_str) };
+    fn delta(
+        head: &Head,
+        index: usize,
+        delta: Delta,
+        logprobs: Option<ChatLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> String {
+        let choice = ChunkChoice { index, delta, logprobs, finish_reason: finish.map(FinishReason::as_str) };
         head.chunk(CHUNK_OBJECT, vec![choice], None)
+    }
+
+    fn logprobs(tokens: &[TokenLogprob]) -> ChatLogprobs {
+        let content = tokens
+            .iter()
+            .map(|t| ChatTokenLogprob {
+                token: token_text(&t.bytes),
+                logprob: finite_logprob(t.logprob),
+                bytes: t.bytes.clone(),
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|(bytes, logprob)| TopLogprob {
+                        token: token_text(bytes),
+                        logprob: finite_logprob(*logprob),
+                        bytes: bytes.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        ChatLogprobs { content, refusal: None }
     }
 }
 
@@ -219,30 +256,30 @@ impl Wire for ChatWire {
     const PROMPT_PARAM: &'static str = "messages";
 
     fn opening(&self, head: &Head, index: usize) -> Option<String> {
-        Some(Self::delta(head, index, Delta { role: Some("assistant"), content: Some(String::new()) }, None))
+        Some(Self::delta(head, index, Delta { role: Some("assistant"), content: Some(String::new()) }, None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String) -> String {
-        Self::delta(head, index, Delta { role: None, content: Some(text) }, None)
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String {
+        Self::delta(head, index, Delta { role: None, content: Some(text) }, logprobs.map(Self::logprobs), None)
     }
 
     fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String {
-        Self::delta(head, index, Delta::default(), Some(reason))
+        Self::delta(head, index, Delta::default(), None, Some(reason))
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {
         head.chunk::<ChunkChoice>(CHUNK_OBJECT, vec![], Some(usage))
     }
 
-    fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response {
-        let choices = choices
+    fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response {
+        let choices = answers
             .into_iter()
             .enumerate()
-            .map(|(index, (content, reason))| Choice {
+            .map(|(index, a)| Choice {
                 index,
-                message: ResponseMessage { role: "assistant", content, refusal: None },
-                logprobs: None,
-                finish_reason: reason.as_str(),
+                message: ResponseMessage { role: "assistant", content: a.text, refusal: None },
+                logprobs: a.logprobs.as_deref().map(Self::logprobs),
+                finish_reason: a.reason.as_str(),
             })
             .collect();
         axum::Json(ChatCompletion {

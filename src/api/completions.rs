@@ -2,16 +2,20 @@
 //! base models can be served. Tokenizes the prompts and hands them to the generation that it shares
 //! with chat (`generation.rs`), in the `text_completion` wire shape.
 
-use super::generation::{check_max_tokens, check_sampling, generate, text_deployment, Head, SamplingFields, Wire};
+use super::generation::{
+    check_max_tokens, check_sampling, finite_logprob, generate, text_deployment, token_text, Answer, Head,
+    SamplingFields, Wire,
+};
 use super::json::AppJson;
 use super::openai::*;
 use super::unsupported::{none, refuse, Refusal};
 use crate::auth::Caller;
-use crate::engine::{Engine, FinishReason};
+use crate::engine::{Engine, FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use std::sync::Mutex;
 use std::time::Instant;
 use tracing::{field, Instrument};
 
@@ -20,6 +24,8 @@ const OBJECT: &str = "text_completion";
 
 /// OpenAI's default `max_tokens` for completions (chat's is the rest of the context).
 const DEFAULT_MAX_TOKENS: usize = 16;
+/// OpenAI's limit on the legacy `logprobs`.
+const MAX_LOGPROBS: i64 = 5;
 
 fn bad<T>(message: impl Into<String>, param: &str) -> Result<T, ApiError> {
     Err(ApiError::invalid_request(message, Some(param)))
@@ -27,15 +33,18 @@ fn bad<T>(message: impl Into<String>, param: &str) -> Result<T, ApiError> {
 
 /// Fields Wick does not implement are refused, naming them, rather than accepted and ignored.
 fn refuse_unsupported(req: &CompletionRequest, n: usize) -> Result<(), ApiError> {
-    refuse(&[
-        Refusal { param: "logprobs", value: &req.logprobs, harmless: none, why: "log probabilities come later." },
-        Refusal {
-            param: "suffix",
-            value: &req.suffix,
-            harmless: none,
-            why: "inserting text needs a fill-in-the-middle model.",
-        },
-    ])?;
+    refuse(&[Refusal {
+        param: "suffix",
+        value: &req.suffix,
+        harmless: none,
+        why: "inserting text needs a fill-in-the-middle model.",
+    }])?;
+    if req.echo == Some(true) && req.logprobs.is_some() {
+        return bad(
+            "'logprobs' with 'echo' is not supported: the prompt's log-probabilities are not computed.",
+            "logprobs",
+        );
+    }
     match req.best_of {
         None | Some(1) => Ok(()),
         Some(b) if b == n as i64 => Ok(()),
@@ -115,6 +124,12 @@ pub async fn completions(
     let started = Instant::now();
     let prompts = prompts(&req.prompt)?;
     let max_tokens = check_max_tokens(req.max_tokens, "max_tokens")?.unwrap_or(DEFAULT_MAX_TOKENS);
+    let logprobs = match req.logprobs {
+        Some(k) if !(0..=MAX_LOGPROBS).contains(&k) => {
+            return bad(format!("Invalid 'logprobs': {k}. It must be between 0 and {MAX_LOGPROBS}."), "logprobs")
+        }
+        k => k.map(|k| k as usize),
+    };
     let generation = check_sampling(SamplingFields {
         n: req.n,
         temperature: req.temperature,
@@ -125,6 +140,7 @@ pub async fn completions(
         min_tokens: req.min_tokens,
         ignore_eos: req.ignore_eos,
         max_tokens: Some(max_tokens),
+        logprobs,
         presence_penalty: req.presence_penalty,
         frequency_penalty: req.frequency_penalty,
         seed: req.seed,
@@ -154,7 +170,8 @@ pub async fn completions(
     let (echo, n) = (req.echo.unwrap_or(false), generation.n);
     let prepare = |engine: &Engine| -> Result<_, ApiError> {
         let (ids, texts): (Vec<_>, Vec<_>) = tokenize(engine, prompts)?.into_iter().unzip();
-        Ok((ids, TextWire { echo: echo.then_some(texts), n }))
+        let choices = ids.len() * n;
+        Ok((ids, TextWire::new(echo.then_some(texts), n, choices)))
     };
     generate(&state, deployment, head, started, Some(max_tokens), generation, prepare).instrument(span).await
 }
@@ -165,12 +182,40 @@ struct TextWire {
     echo: Option<Vec<String>>,
     /// Choices per prompt: choice `i` belongs to prompt `i / n`.
     n: usize,
+    /// Each streamed choice's characters so far, where its next token's `text_offset` is.
+    offsets: Mutex<Vec<usize>>,
 }
 
 impl TextWire {
-    fn piece(head: &Head, index: usize, text: String, finish: Option<FinishReason>) -> String {
-        let choice = TextChoice { text, index, logprobs: None, finish_reason: finish.map(FinishReason::as_str) };
+    fn new(echo: Option<Vec<String>>, n: usize, choices: usize) -> Self {
+        Self { echo, n, offsets: Mutex::new(vec![0; choices]) }
+    }
+
+    fn piece(
+        head: &Head,
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish: Option<FinishReason>,
+    ) -> String {
+        let choice = TextChoice { text, index, logprobs, finish_reason: finish.map(FinishReason::as_str) };
         head.chunk(OBJECT, vec![choice], None)
+    }
+
+    /// The legacy shape of `tokens`, the first starting at character `offset` of the choice's text;
+    /// returns the offset after the last.
+    fn logprobs(tokens: &[TokenLogprob], mut offset: usize) -> (CompletionLogprobs, usize) {
+        let mut out = CompletionLogprobs::default();
+        for t in tokens {
+            let token = token_text(&t.bytes);
+            out.text_offset.push(offset);
+            offset += token.chars().count();
+            out.tokens.push(token);
+            out.token_logprobs.push(finite_logprob(t.logprob));
+            let top = t.top.iter().map(|(bytes, logprob)| (token_text(bytes), finite_logprob(*logprob)));
+            out.top_logprobs.push(TokenMap(top.collect()));
+        }
+        (out, offset)
     }
 
     fn echoed(&self, index: usize) -> Option<&str> {
@@ -183,33 +228,41 @@ impl Wire for TextWire {
 
     /// With `echo`, each choice's stream starts with its prompt.
     fn opening(&self, head: &Head, index: usize) -> Option<String> {
-        self.echoed(index).map(|prompt| Self::piece(head, index, prompt.to_string(), None))
+        let prompt = self.echoed(index)?;
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner())[index] = prompt.chars().count();
+        Some(Self::piece(head, index, prompt.to_string(), None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String) -> String {
-        Self::piece(head, index, text, None)
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String {
+        let logprobs = logprobs.map(|tokens| {
+            let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+            let (logprobs, next) = Self::logprobs(tokens, offsets[index]);
+            offsets[index] = next;
+            logprobs
+        });
+        Self::piece(head, index, text, logprobs, None)
     }
 
     fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String {
-        Self::piece(head, index, String::new(), Some(reason))
+        Self::piece(head, index, String::new(), None, Some(reason))
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {
         head.chunk::<TextChoice>(OBJECT, vec![], Some(usage))
     }
 
-    fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response {
-        let choices = choices
+    fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response {
+        let choices = answers
             .into_iter()
             .enumerate()
-            .map(|(index, (completion, reason))| TextChoice {
-                text: match self.echoed(index) {
-                    Some(prompt) => format!("{prompt}{completion}"),
-                    None => completion,
-                },
-                index,
-                logprobs: None,
-                finish_reason: Some(reason.as_str()),
+            .map(|(index, a)| {
+                let prompt = self.echoed(index).unwrap_or("");
+                TextChoice {
+                    logprobs: a.logprobs.map(|tokens| Self::logprobs(&tokens, prompt.chars().count()).0),
+                    text: format!("{prompt}{}", a.text),
+                    index,
+                    finish_reason: Some(a.reason.as_str()),
+                }
             })
             .collect();
         axum::Json(TextCompletion {

@@ -7,7 +7,7 @@ use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, U
 use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::sampling::SamplingParams;
-use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError};
+use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError, TokenLogprob};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -38,6 +38,9 @@ pub struct SamplingFields<'a> {
     pub ignore_eos: Option<bool>,
     /// The request's token limit, which `min_tokens` may not pass.
     pub max_tokens: Option<usize>,
+    /// Log-probabilities asked for, with this many of the likeliest tokens' (checked by the
+    /// endpoint: each has its own field and range).
+    pub logprobs: Option<usize>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
@@ -149,6 +152,7 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
             min_p: f.min_p.unwrap_or(0.0),
             min_tokens,
             ignore_eos: f.ignore_eos.unwrap_or(false),
+            logprobs: f.logprobs,
         },
         stream,
         include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
@@ -197,20 +201,41 @@ impl Head {
     }
 }
 
+/// One choice's whole answer.
+pub struct Answer {
+    pub text: String,
+    pub reason: FinishReason,
+    /// Each generated token's, when the request asked for them.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// A token as the API names it: its bytes as text (a token that ends inside a UTF-8 character
+/// shows U+FFFD; its `bytes` are exact).
+pub fn token_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// OpenAI reports a token the model cannot produce (its logit masked) as -9999, as JSON has no
+/// minus infinity.
+pub fn finite_logprob(logprob: f32) -> f32 {
+    logprob.max(-9999.0)
+}
+
 /// One endpoint's shape on the wire.
 pub trait Wire: Send + Sync + 'static {
     /// The request field a too-long prompt is blamed on.
     const PROMPT_PARAM: &'static str;
     /// What a streamed choice opens with, if anything (chat: its role).
     fn opening(&self, head: &Head, index: usize) -> Option<String>;
-    /// A streamed piece of choice `index`'s text.
-    fn text(&self, head: &Head, index: usize, text: String) -> String;
+    /// A streamed piece of choice `index`'s text, with its tokens' log-probabilities when the
+    /// request asked for them.
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String;
     /// The streamed chunk that ends choice `index`.
     fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String;
     /// The streamed chunk with the usage and no choices.
     fn usage(&self, head: &Head, usage: Usage) -> String;
-    /// The whole answer: each choice's generated text and why it ended, in index order.
-    fn body(&self, head: &Head, choices: Vec<(String, FinishReason)>, usage: Usage) -> Response;
+    /// The whole answer: each choice's, in index order.
+    fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response;
 }
 
 /// Sends the prompts to the leased replica's engine, `n` choices each, and answers. The choices of
@@ -285,6 +310,7 @@ pub async fn generate<W: Wire>(
         receivers.push(rx);
     }
     let reply = Reply {
+        logprobs: generation.sampling.logprobs.is_some(),
         choices: receivers.len() * n,
         n,
         head,
@@ -309,7 +335,7 @@ fn merge(receivers: Vec<mpsc::UnboundedReceiver<Event>>, n: usize) -> BoxStream<
         let first = prompt * n;
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
             .map(move |event| match event {
-                Event::Text { choice, text } => Event::Text { choice: first + choice, text },
+                Event::Text { choice, text, logprobs } => Event::Text { choice: first + choice, text, logprobs },
                 Event::Done { choice, reason, completion_tokens, cached_prompt_tokens } => {
                     Event::Done { choice: first + choice, reason, completion_tokens, cached_prompt_tokens }
                 }
@@ -325,6 +351,8 @@ fn merge(receivers: Vec<mpsc::UnboundedReceiver<Event>>, n: usize) -> BoxStream<
 struct Reply<W: Wire> {
     head: Head,
     wire: W,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
     /// Choices in all, and per prompt.
     choices: usize,
     n: usize,
@@ -386,13 +414,15 @@ impl<W: Wire> Reply<W> {
 
     async fn collect(self, mut events: BoxStream<'static, Event>) -> Result<Response, ApiError> {
         let mut texts = vec![String::new(); self.choices];
+        let mut logprobs = vec![Vec::new(); self.choices];
         let mut reasons = vec![None; self.choices];
         let mut completion_tokens = 0;
         while reasons.iter().any(Option::is_none) {
             match events.next().await {
-                Some(Event::Text { choice, text }) => {
+                Some(Event::Text { choice, text, logprobs: l }) => {
                     self.record_text();
                     texts[choice].push_str(&text);
+                    logprobs[choice].extend(l);
                 }
                 Some(Event::Done { choice, reason, completion_tokens: c, cached_prompt_tokens }) => {
                     reasons[choice] = Some(reason);
@@ -404,8 +434,17 @@ impl<W: Wire> Reply<W> {
             }
         }
         self.record_end(completion_tokens);
-        let choices = texts.into_iter().zip(reasons).map(|(text, reason)| (text, reason.expect("all done"))).collect();
-        Ok(self.wire.body(&self.head, choices, self.usage(completion_tokens)))
+        let answers = texts
+            .into_iter()
+            .zip(reasons)
+            .zip(logprobs)
+            .map(|((text, reason), logprobs)| Answer {
+                text,
+                reason: reason.expect("all done"),
+                logprobs: self.logprobs.then_some(logprobs),
+            })
+            .collect();
+        Ok(self.wire.body(&self.head, answers, self.usage(completion_tokens)))
     }
 
     /// OpenAI's stream: each choice's opening, text chunks, a finish chunk per choice, the usage
@@ -452,9 +491,10 @@ impl<W: Wire> StreamState<W> {
             }
             let r = &self.reply;
             match self.events.next().await {
-                Some(Event::Text { choice, text }) => {
+                Some(Event::Text { choice, text, logprobs }) => {
                     r.record_text();
-                    self.queue.push_back(r.wire.text(&r.head, choice, text));
+                    let logprobs = r.logprobs.then_some(logprobs.as_slice());
+                    self.queue.push_back(r.wire.text(&r.head, choice, text, logprobs));
                 }
                 Some(Event::Done { choice, reason, completion_tokens, cached_prompt_tokens }) => {
                     self.completion_tokens += completion_tokens;

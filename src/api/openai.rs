@@ -159,7 +159,7 @@ pub struct ChatCompletion {
 pub struct Choice {
     pub index: usize,
     pub message: ResponseMessage,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: &'static str,
 }
 
@@ -189,7 +189,7 @@ pub struct StreamChunk<'a, C> {
 pub struct ChunkChoice {
     pub index: usize,
     pub delta: Delta,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -229,8 +229,8 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Refused unless absent, 1 or equal to `n`: Wick does not rank candidates.
     pub best_of: Option<i64>,
-    /// Refused when present: log probabilities come later.
-    pub logprobs: Unsupported,
+    /// How many of the likeliest tokens to report beside each sampled one's log-probability (0 to 5).
+    pub logprobs: Option<i64>,
     /// Refused when present: insertion needs a fill-in-the-middle model.
     pub suffix: Unsupported,
 }
@@ -262,9 +262,51 @@ pub struct TextCompletion {
 pub struct TextChoice {
     pub text: String,
     pub index: usize,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<CompletionLogprobs>,
     /// Null in a streamed chunk until the choice's last one.
     pub finish_reason: Option<&'static str>,
+}
+
+/// A choice's (or a chunk's) log-probabilities in chat's shape.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// The legacy Completions API's log-probabilities: one entry per token in each list.
+#[derive(Debug, Serialize, Default)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<TokenMap>,
+    /// Where each token starts in the choice's `text`, in characters (the echoed prompt included).
+    pub text_offset: Vec<usize>,
+}
+
+/// Tokens and their log-probabilities as one JSON object, likeliest first.
+#[derive(Debug)]
+pub struct TokenMap(pub Vec<(String, f32)>);
+
+impl Serialize for TokenMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(token, logprob)| (token, logprob)))
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -37,10 +37,10 @@ impl FinishReason {
 /// What a request hears back, per choice.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Text {
-        choice: usize,
-        text: String,
-    },
+    /// A piece of a choice's text, with the log-probabilities of the tokens sampled since the last
+    /// piece (when the request asked for them; a token's text may be held back for a while, by a
+    /// partial UTF-8 character or a possible stop string, so the two need not line up).
+    Text { choice: usize, text: String, logprobs: Vec<TokenLogprob> },
     Done {
         choice: usize,
         reason: FinishReason,
@@ -50,6 +50,16 @@ pub enum Event {
     },
     /// The step failed; the request's choices are over.
     Error(String),
+}
+
+/// A sampled token's log-probability in the model's distribution after logit_bias and the
+/// penalties, before temperature and the cuts (`sampling::token_logprobs`), with the likeliest
+/// tokens' when asked for. Tokens are their bytes, as the vocabulary holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 #[derive(Debug)]

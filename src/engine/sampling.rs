@@ -26,6 +26,8 @@ pub struct SamplingParams {
     /// Not OpenAI's (vLLM's and llama.cpp's): the end-of-generation tokens are forbidden throughout,
     /// so a choice runs to its token limit (what benchmark harnesses ask for).
     pub ignore_eos: bool,
+    /// Report each sampled token's log-probability, with this many of the likeliest tokens'.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -43,6 +45,7 @@ impl Default for SamplingParams {
             min_p: 0.0,
             min_tokens: 0,
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -148,6 +151,24 @@ impl Sampler {
         }
         probs.last().map_or(0, |x| x.0)
     }
+}
+
+/// `token`'s log-probability under `logits` (a log-softmax), and the `top` likeliest tokens' in
+/// descending order (the lower id first on a tie). `Sampler::sample` leaves its `logits` with the
+/// bias and penalties applied and nothing else, so this is the distribution OpenAI reports: after
+/// logit_bias and penalties, before temperature, top-k, top-p and min-p.
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let mut best: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l - log_sum)).collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let top = top.min(best.len());
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top - 1, order);
+    }
+    best.truncate(top);
+    best.sort_unstable_by(order);
+    (logits[token as usize] - log_sum, best)
 }
 
 /// Index of the largest logit; the lowest index wins a tie (as llama.cpp's greedy sampler).
@@ -280,6 +301,32 @@ mod tests {
         };
         assert_eq!(draws(0.1), 0);
         assert!(draws(0.01) > 40, "{}", draws(0.01));
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax_before_temperature() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let (lp, top) = token_logprobs(&logits, 2, 3);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((lp - (2f32.exp() / total).ln()).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2], "descending, lower id first on a tie");
+        assert_eq!(token_logprobs(&logits, 0, 0).1, []);
+        // What `sample` leaves behind is the biased distribution, whatever the temperature.
+        let biased = |temperature| {
+            let mut s = Sampler::new(
+                params(|p| {
+                    p.temperature = temperature;
+                    p.logit_bias = vec![(0, 5.0)];
+                }),
+                0,
+                &[],
+            );
+            let mut l = logits;
+            let token = s.sample(&mut l);
+            token_logprobs(&l, token, 4).1
+        };
+        assert_eq!(biased(0.0), biased(1.7));
+        assert_eq!(biased(0.0)[0].0, 0);
     }
 
     #[test]

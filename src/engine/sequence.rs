@@ -2,9 +2,9 @@
 //! tokens into text for the client.
 
 use super::detok::Utf8Stream;
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::{token_logprobs, Sampler, SamplingParams};
 use super::stop::StopMatcher;
-use super::{Event, FinishReason};
+use super::{Event, FinishReason, TokenLogprob};
 use crate::kv::BlockTable;
 use crate::loader::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::UnboundedSender;
@@ -35,6 +35,8 @@ pub struct Sequence {
     sampler: Sampler,
     utf8: Utf8Stream,
     stop: StopMatcher,
+    /// Log-probabilities of tokens whose text has not been sent yet (when asked for).
+    logprobs: Vec<TokenLogprob>,
     pub events: UnboundedSender<Event>,
     pub finish: Option<FinishReason>,
 }
@@ -52,6 +54,7 @@ impl Sequence {
             sampler: Sampler::new(req.sampling.clone(), choice as u64, &req.prompt),
             utf8: Utf8Stream::default(),
             stop: StopMatcher::new(req.stop.clone()),
+            logprobs: Vec::new(),
             events: req.events.clone(),
             finish: None,
         }
@@ -87,9 +90,15 @@ impl Sequence {
             self.flush_text();
             return self.finish(FinishReason::Stop);
         }
+        if let Some(top) = self.sampler.params().logprobs {
+            let (logprob, best) = token_logprobs(logits, token, top);
+            let bytes = |id: u32| tokenizer.token_bytes(id).to_vec();
+            let top = best.into_iter().map(|(id, lp)| (bytes(id), lp)).collect();
+            self.logprobs.push(TokenLogprob { bytes: bytes(token), logprob, top });
+        }
         let text = self.utf8.push(tokenizer.token_bytes(token));
         let step = self.stop.push(&text);
-        self.send_text(step.emit);
+        self.send_text(step.emit, step.stopped);
         if step.stopped {
             return self.finish(FinishReason::Stop);
         }
@@ -113,7 +122,7 @@ impl Sequence {
         if !step.stopped {
             text.push_str(&self.stop.flush());
         }
-        self.send_text(text);
+        self.send_text(text, true);
     }
 
     fn finish(&mut self, reason: FinishReason) {
@@ -126,9 +135,12 @@ impl Sequence {
         });
     }
 
-    fn send_text(&self, text: String) {
-        if !text.is_empty() {
-            let _ = self.events.send(Event::Text { choice: self.choice, text });
+    /// Sends `text` with the log-probabilities gathered since the last piece. The `last` piece
+    /// carries them even with no text, so that every token generated is reported.
+    fn send_text(&mut self, text: String, last: bool) {
+        if !text.is_empty() || (last && !self.logprobs.is_empty()) {
+            let logprobs = std::mem::take(&mut self.logprobs);
+            let _ = self.events.send(Event::Text { choice: self.choice, text, logprobs });
         }
     }
 }

@@ -54,6 +54,20 @@ def test_stream_with_usage(client):
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_logprobs(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=8, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob == t.top_logprobs[0].logprob <= 0 for t in content)
+    assert all(bytes(t.bytes).decode("utf-8", "replace") == t.token for t in content)
+    text = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0, max_tokens=4, logprobs=3)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) > 0
+    assert lp.text_offset[0] == 0 and "".join(lp.tokens) == text.choices[0].text
+
+
 def test_stop_is_not_emitted(client):
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32, stop=["Paris"])
     assert "Paris" not in r.choices[0].message.content

@@ -216,6 +216,10 @@ pub fn write_tiny_family_gguf(path: &Path, family: &str, seed: u64) {
     })
 }
 
+/// The seed of the tiny family models whose llama.cpp answers tests/fixtures/family_logits.json
+/// holds (tests/families.rs, tests/logprobs.rs).
+pub const FAMILY_REFERENCE_SEED: u64 = 11;
+
 /// The tiny granite model's embedding, residual, attention and logit multipliers (the logits are
 /// divided by the last), each far enough from 1 (or from `1/sqrt(head_dim)`) to move the logits.
 pub const GRANITE_MULTIPLIERS: [f32; 4] = [2.0, 0.6, 0.4, 0.8];
