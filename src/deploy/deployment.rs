@@ -8,6 +8,7 @@
 use super::replica::Replica;
 use super::spec::DeploymentSpec;
 use super::usage::{Cost, Usage, UsageSnapshot};
+use crate::engine::embedding::EmbeddingEngine;
 use crate::engine::speech::SpeechEngine;
 use crate::engine::{Engine, EngineStats};
 use crate::error::ApiError;
@@ -430,6 +431,11 @@ impl Lease {
     /// The speech engine; `None` when the deployment is a chat model.
     pub fn speech(&self) -> Option<&SpeechEngine> {
         self.replica().speech()
+    }
+
+    /// The embedding engine; `None` unless the deployment is an embedding model.
+    pub fn embeddings(&self) -> Option<&EmbeddingEngine> {
+        self.replica().embeddings()
     }
 
     pub fn deployment(&self) -> &Arc<Deployment> {
