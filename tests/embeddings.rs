@@ -114,17 +114,18 @@ fn vectors_match_sentence_transformers_alone_and_batched() {
         assert_eq!(got.len(), dims);
         let c = cosine(got, &floats(&input["embedding"]));
         worst = worst.min(c);
-        eprintln!("cosine {c:.9} ({} tokens) {:.40}", input["tokens"], text);
+        eprintln!("1 - cosine = {:.2e} ({} tokens) {:.40}", 1.0 - c, input["tokens"], text);
         assert!(c >= 0.9999, "cosine {c} for {text:?}");
         let norm = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "not normalized: {norm}");
     }
-    eprintln!("lowest cosine against sentence-transformers: {worst:.9}");
+    eprintln!("lowest cosine against sentence-transformers: {worst:.12}");
 
     // Each alone, as a plain string: the same vector as in the batch.
     for (text, together) in texts.iter().zip(&batched) {
         let alone = &server.vectors(json!({"model": MODEL, "input": text}))[0];
         let diff = max_abs_diff(alone, together);
+        eprintln!("alone vs batched: max |diff| {diff:.2e} for {text:.40}");
         assert!(diff < 1e-6, "{diff} between alone and batched for {text:?}");
     }
 
