@@ -203,6 +203,9 @@ fn refusals_follow_openai_and_usage_is_per_deployment() {
     // The number of inputs is capped at OpenAI's 2048.
     let many = vec!["a"; 2049];
     assert_refused(&server, json!({"model": MODEL, "input": many}), "input", "2049 inputs; the maximum is 2048");
+    // ... in a body over axum's default 2 MB limit, which this route lifts (to 16 MiB).
+    let many = vec!["word ".repeat(220); 2049];
+    assert_refused(&server, json!({"model": MODEL, "input": many}), "input", "2049 inputs; the maximum is 2048");
     // Empty input, as OpenAI refuses it.
     assert_refused(&server, json!({"model": MODEL, "input": ""}), "input", "empty string");
     assert_refused(&server, json!({"model": MODEL, "input": []}), "input", "empty array");

@@ -18,6 +18,8 @@ use std::sync::Arc;
 /// OpenAI's limits: inputs per request, and tokens over all of them.
 pub const MAX_INPUTS: usize = 2048;
 pub const MAX_REQUEST_TOKENS: usize = 300_000;
+/// The largest body the route reads: room for 2,048 inputs of 256 tokens of long words, or as token ids.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 fn bad(message: String, param: &str) -> ApiError {
     ApiError::invalid_request(message, Some(param))
