@@ -423,12 +423,12 @@ impl Lease {
         self.replica.as_ref().expect("held until drop")
     }
 
-    /// The chat engine; `None` when the deployment is a voice.
+    /// The chat engine; `None` unless the deployment is a text model.
     pub fn chat(&self) -> Option<&Engine> {
         self.replica().chat()
     }
 
-    /// The speech engine; `None` when the deployment is a chat model.
+    /// The speech engine; `None` unless the deployment is a voice.
     pub fn speech(&self) -> Option<&SpeechEngine> {
         self.replica().speech()
     }
