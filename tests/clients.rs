@@ -8,10 +8,12 @@ use common::process::WickProcess;
 use std::process::Command;
 
 const MODEL: &str = "smollm2-135m-instruct";
+const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
 const KEY: &str = "sk-client-test-0123456789";
 
 fn start_server(data_dir: &std::path::Path) -> Option<WickProcess> {
-    if !common::real_model_pulled(MODEL) {
+    // The server serves the default deployments, and --no-pull needs each of them pulled.
+    if !common::real_model_pulled(MODEL) || !common::real_model_pulled(EMBEDDING_MODEL) {
         return None;
     }
     Some(WickProcess::start(&["--api-key", KEY, "--no-pull"], data_dir))
@@ -27,6 +29,7 @@ fn run_client(program: &str, args: &[&str]) {
         .env("WICK_BASE_URL", format!("{}/v1", server.url))
         .env("WICK_API_KEY", KEY)
         .env("WICK_MODEL", MODEL)
+        .env("WICK_EMBEDDING_MODEL", EMBEDDING_MODEL)
         .status()
         .unwrap_or_else(|e| panic!("run {program}: {e} (tests/run.sh installs the clients)"));
     assert!(status.success(), "{program} {args:?} failed: {status}");

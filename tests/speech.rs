@@ -232,7 +232,9 @@ async fn audio_seconds_are_accounted_to_the_deployment() {
 /// The request of the product's docs, unchanged, against `wick serve` with `sk-template` as a key.
 #[test]
 fn the_docs_curl_request_works() {
-    if !real_model_pulled(VOICE) || !real_model_pulled("smollm2-135m-instruct") {
+    // `wick serve` with no model serves every default deployment, and --no-pull needs each pulled.
+    let defaults = [VOICE, "smollm2-135m-instruct", "all-minilm-l6-v2"];
+    if !defaults.iter().all(|m| real_model_pulled(m)) {
         return;
     }
     let data = tempfile::tempdir().unwrap();

@@ -160,16 +160,17 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
 }
 
 /// The text deployment named `model`. A key scoped away from it is told it does not exist, as
-/// OpenAI does; a voice is pointed to the speech endpoint.
+/// OpenAI does; a voice or an embedding model is pointed to its own endpoint.
 pub fn text_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
     let deployment = state
         .deployments
         .get(model)
         .filter(|d| caller.scope.allows(d.name()))
         .ok_or_else(|| ApiError::model_not_found(model))?;
-    if deployment.spec.source.kind() != crate::loader::ModelKind::Text {
+    let kind = deployment.spec.source.kind();
+    if kind != crate::loader::ModelKind::Text {
         return Err(ApiError::invalid_request(
-            format!("`{model}` is a text-to-speech model: use /v1/audio/speech."),
+            format!("`{model}` is not a text generation model: use {}.", kind.endpoint()),
             Some("model"),
         ));
     }

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 mod generation;
 pub mod instances;
 pub mod json;
@@ -25,6 +26,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/audio/speech", post(speech::speech))
+        // OpenAI's largest embeddings request (2,048 inputs of a full context) is over axum's 2 MB
+        // default: this route takes up to `embeddings::MAX_BODY_BYTES`.
+        .route(
+            "/v1/embeddings",
+            post(embeddings::embeddings).layer(axum::extract::DefaultBodyLimit::max(embeddings::MAX_BODY_BYTES)),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .route_layer(from_fn_with_state(state.keys.clone(), auth::require_inference_key));

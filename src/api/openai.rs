@@ -350,3 +350,59 @@ pub struct SpeechUsage {
     pub output_tokens: usize,
     pub total_tokens: usize,
 }
+
+// ---- Embeddings ----
+
+/// `POST /v1/embeddings`. Unknown fields are refused (a field Wick would ignore is a 400).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: EmbeddingInput,
+    /// `float` (the default) or `base64`: each vector's little-endian f32 bytes, base64-encoded.
+    pub encoding_format: Option<String>,
+    /// Accepted only when it equals the model's size: Wick does not shorten vectors.
+    pub dimensions: Option<i64>,
+    pub user: Option<String>,
+}
+
+/// Embedding input in each shape OpenAI takes: one text, several, one list of token ids, or several
+/// such lists.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    Text(String),
+    Texts(Vec<String>),
+    /// Signed, so that a negative id is refused as outside the vocabulary rather than as a type error.
+    Tokens(Vec<i64>),
+    TokenLists(Vec<Vec<i64>>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingList {
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Embedding {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+/// A vector as `encoding_format` asks: numbers, or a base64 string.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}

@@ -48,8 +48,9 @@ fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc
         None => None,
     };
     let d = found.ok_or_else(|| ApiError::model_not_found(model))?;
-    if d.spec.source.kind() != ModelKind::Speech {
-        return Err(bad(format!("`{model}` is not a text-to-speech model: use /v1/chat/completions."), "model"));
+    let kind = d.spec.source.kind();
+    if kind != ModelKind::Speech {
+        return Err(bad(format!("`{model}` is not a text-to-speech model: use {}.", kind.endpoint()), "model"));
     }
     Ok(d)
 }

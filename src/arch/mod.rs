@@ -3,6 +3,7 @@
 //! builds one; `decoder` is the one batched layer loop every family runs, over sequences of
 //! different lengths, on the ops of a device (`step_ops`: the CPU's; `step_ops_cuda`: CUDA's);
 //! `attention`, `rope`, `embedding` and `linear` its parts (`cpu/` their CPU kernels); `vits` is the VITS voice Piper uses, batched over sentences of different lengths.
+//! `sentence` is the sentence-embedding encoder: candle-transformers' BERT, pooling, normalisation.
 
 pub mod attention;
 pub mod cpu;
@@ -12,6 +13,7 @@ pub mod family;
 pub mod linear;
 pub mod model;
 pub mod rope;
+pub mod sentence;
 mod step_ops;
 #[cfg(feature = "cuda")]
 mod step_ops_cuda;

@@ -8,6 +8,7 @@
 use super::replica::Replica;
 use super::spec::DeploymentSpec;
 use super::usage::{Cost, Usage, UsageSnapshot};
+use crate::engine::embedding::EmbeddingEngine;
 use crate::engine::speech::SpeechEngine;
 use crate::engine::{Engine, EngineStats};
 use crate::error::ApiError;
@@ -422,14 +423,19 @@ impl Lease {
         self.replica.as_ref().expect("held until drop")
     }
 
-    /// The chat engine; `None` when the deployment is a voice.
+    /// The chat engine; `None` unless the deployment is a text model.
     pub fn chat(&self) -> Option<&Engine> {
         self.replica().chat()
     }
 
-    /// The speech engine; `None` when the deployment is a chat model.
+    /// The speech engine; `None` unless the deployment is a voice.
     pub fn speech(&self) -> Option<&SpeechEngine> {
         self.replica().speech()
+    }
+
+    /// The embedding engine; `None` unless the deployment is an embedding model.
+    pub fn embeddings(&self) -> Option<&EmbeddingEngine> {
+        self.replica().embeddings()
     }
 
     pub fn deployment(&self) -> &Arc<Deployment> {

@@ -2,6 +2,7 @@
 
 use super::spec::DeploymentSpec;
 use super::usage::Usage;
+use crate::engine::embedding::EmbeddingEngine;
 use crate::engine::speech::SpeechEngine;
 use crate::engine::{Engine, EngineStats};
 use crate::loader::chat_template::ChatTemplate;
@@ -42,6 +43,9 @@ impl Replica {
                 Backend::Chat(Box::new(Engine::start(loaded, spec.limits.clone(), &name)?))
             }
             ModelKind::Speech => Backend::Speech(SpeechEngine::start(spec.source.load_voice(&device)?, &name)?),
+            ModelKind::Embeddings => {
+                Backend::Embeddings(EmbeddingEngine::start(spec.source.load_embeddings(&device)?, &name)?)
+            }
         };
         Ok(Self {
             index,
@@ -61,7 +65,7 @@ impl Replica {
     pub fn chat(&self) -> Option<&Engine> {
         match self.backend() {
             Backend::Chat(e) => Some(e),
-            Backend::Speech(_) => None,
+            _ => None,
         }
     }
 
@@ -69,7 +73,15 @@ impl Replica {
     pub fn speech(&self) -> Option<&SpeechEngine> {
         match self.backend() {
             Backend::Speech(e) => Some(e),
-            Backend::Chat(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The embedding engine, if this is an embedding model.
+    pub fn embeddings(&self) -> Option<&EmbeddingEngine> {
+        match self.backend() {
+            Backend::Embeddings(e) => Some(e),
+            _ => None,
         }
     }
 
@@ -77,6 +89,7 @@ impl Replica {
         match self.backend() {
             Backend::Chat(e) => &e.stats,
             Backend::Speech(e) => &e.stats,
+            Backend::Embeddings(e) => &e.stats,
         }
     }
 
@@ -93,6 +106,7 @@ impl Replica {
         match self.backend.take() {
             Some(Backend::Chat(e)) => e.stop(),
             Some(Backend::Speech(e)) => e.stop(),
+            Some(Backend::Embeddings(e)) => e.stop(),
             None => {}
         }
     }
@@ -110,4 +124,5 @@ impl Drop for Replica {
 enum Backend {
     Chat(Box<Engine>),
     Speech(SpeechEngine),
+    Embeddings(EmbeddingEngine),
 }

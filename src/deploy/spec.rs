@@ -283,7 +283,7 @@ impl DeploymentSpec {
         let chat_template = request.chat_template.clone().or(catalog_template);
         if let Some(template) = &chat_template {
             if source.kind() != ModelKind::Text {
-                bail!("`chat_template` is for text models; `{model}` is a voice");
+                bail!("`chat_template` is for text models; `{model}` serves {}", source.kind().endpoint());
             }
             // Refused now rather than at the first request's load.
             ChatTemplate::new(template.clone(), None, None).context("`chat_template`")?;

@@ -3,6 +3,7 @@
 //! (its receiver is closed) and its sequences are dropped at the next step.
 
 pub mod detok;
+pub mod embedding;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;

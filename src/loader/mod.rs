@@ -1,6 +1,7 @@
 //! Finding and loading models: catalog names, GGUF files, Hugging Face folders and hub ids.
 
 pub mod chat_template;
+pub mod embedding;
 pub mod gguf;
 pub mod onnx;
 pub mod phonemize;
@@ -65,6 +66,19 @@ pub enum ModelKind {
     /// Text generation (`/v1/chat/completions`, `/v1/completions`).
     Text,
     Speech,
+    /// Sentence embeddings (`/v1/embeddings`).
+    Embeddings,
+}
+
+impl ModelKind {
+    /// The endpoint that serves this kind, for errors that point a client there.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Self::Text => "/v1/chat/completions",
+            Self::Speech => "/v1/audio/speech",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
 }
 
 impl ModelSource {
@@ -97,6 +111,8 @@ impl ModelSource {
         match self {
             Self::Catalog(e) if e.kind == EntryKind::Speech => ModelKind::Speech,
             Self::PiperVoice(_) => ModelKind::Speech,
+            Self::Catalog(e) if e.kind == EntryKind::Embeddings => ModelKind::Embeddings,
+            Self::HfFolder(p) if embedding::is_sentence_transformers(p) => ModelKind::Embeddings,
             _ => ModelKind::Text,
         }
     }
@@ -130,13 +146,32 @@ impl ModelSource {
         }
     }
 
+    /// Loads a sentence-embedding model. Blocking: call it off the async runtime.
+    pub fn load_embeddings(&self, device: &Device) -> Result<embedding::EmbeddingModel> {
+        match self {
+            Self::Catalog(e) if e.kind == EntryKind::Embeddings => {
+                let path = e.local_path();
+                if !path.is_dir() {
+                    bail!("`{}` has not been pulled yet: run `wick pull {}`", e.name, e.name);
+                }
+                embedding::load(&path, device)
+            }
+            Self::HfFolder(p) if embedding::is_sentence_transformers(p) => embedding::load(p, device),
+            _ => bail!("`{}` is not a sentence-embedding model", self.root()),
+        }
+    }
+
     /// Whether the file's family and settings are ones Wick implements, from its metadata alone (a
     /// GGUF header, a config.json), so that a deployment is refused when it is created rather than
     /// at its first request. A catalog model not pulled yet, or a hub id, is checked when it loads.
     pub fn check_family(&self) -> Result<()> {
         match self {
             Self::Catalog(e) if e.kind.is_text() && e.local_path().is_file() => gguf::check(&e.local_path()),
+            Self::Catalog(e) if e.kind == EntryKind::Embeddings && e.local_path().is_dir() => {
+                embedding::check(&e.local_path())
+            }
             Self::GgufFile(p) => gguf::check(p),
+            Self::HfFolder(p) if embedding::is_sentence_transformers(p) => embedding::check(p),
             Self::HfFolder(p) => safetensors::check(p),
             _ => Ok(()),
         }
@@ -156,6 +191,9 @@ impl ModelSource {
                 gguf::load(&path, format, device)
             }
             Self::GgufFile(p) => gguf::load(p, format, device),
+            Self::HfFolder(p) if embedding::is_sentence_transformers(p) => {
+                bail!("{} is a sentence-embedding model, not a text model", p.display())
+            }
             Self::HfFolder(p) => safetensors::load(p, format, device),
             Self::Hub(id) => safetensors::load(&download_from_hub(id)?, format, device),
             Self::PiperVoice(p) => bail!("{} is a voice, not a chat model", p.display()),

@@ -7,6 +7,7 @@ import OpenAI from "openai";
 
 const baseURL = process.env.WICK_BASE_URL;
 const model = process.env.WICK_MODEL;
+const embeddingModel = process.env.WICK_EMBEDDING_MODEL;
 const client = new OpenAI({ baseURL, apiKey: process.env.WICK_API_KEY, maxRetries: 0 });
 const messages = [{ role: "user", content: "What is the capital of France? Answer in one word." }];
 const prompt = "The capital of France is";
@@ -121,4 +122,19 @@ test("speech: bad speed raises BadRequestError", async () => {
     assert.equal(e.param, "speed");
     return true;
   });
+});
+
+test("embeddings: a list of strings", async () => {
+  // The client asks for base64 and decodes it to floats itself.
+  const r = await client.embeddings.create({ model: embeddingModel, input: ["hello", "Bonjour, le monde !"] });
+  assert.equal(r.object, "list");
+  assert.equal(r.model, embeddingModel);
+  assert.deepEqual(r.data.map((d) => d.index), [0, 1]);
+  for (const d of r.data) {
+    assert.equal(d.embedding.length, 384);
+    const norm = Math.sqrt(d.embedding.reduce((s, x) => s + x * x, 0));
+    assert.ok(Math.abs(norm - 1) < 1e-5, String(norm));
+  }
+  assert.equal(r.usage.prompt_tokens, r.usage.total_tokens);
+  assert.ok(r.usage.prompt_tokens >= 6);
 });

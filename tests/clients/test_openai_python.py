@@ -2,16 +2,24 @@
 
 tests/clients.rs starts the server and runs this file with WICK_BASE_URL, WICK_API_KEY and WICK_MODEL set.
 """
+import base64
+import json
+import math
 import os
+import struct
 
 import openai
 import pytest
-from openai.types import completion_create_params
+from openai.types import completion_create_params, embedding_create_params
 from openai.types.audio import speech_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 
 BASE_URL = os.environ["WICK_BASE_URL"]
 MODEL = os.environ["WICK_MODEL"]
+EMBEDDING_MODEL = os.environ["WICK_EMBEDDING_MODEL"]
+# sentence-transformers' vectors for the embedding model (made by tests/fixtures/make_embedding_fixture.py).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "minilm_embeddings.json")) as f:
+    EMBEDDING_FIXTURE = json.load(f)
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 PROMPT = "The capital of France is"
 
@@ -197,13 +205,14 @@ def _every_field(params_type, required):
             speech_create_params.SpeechCreateParams,
             {"model": "tts-1", "voice": "alloy", "input": "Hi."},
         ),
+        ("/embeddings", embedding_create_params.EmbeddingCreateParams, {"model": EMBEDDING_MODEL, "input": "Hi."}),
     ],
 )
 def test_every_field_of_the_client_is_known(client, path, params_type, body):
     fields = _every_field(params_type, body)
-    if path != "/audio/speech":
+    if path in ("/chat/completions", "/completions"):
         fields.append("stream")  # in the client's streaming and non-streaming subtypes, not the base
-    assert len(fields) >= 4
+    assert len(fields) >= 3
     for field in fields:
         param, message = _refusal(client, path, {**body, field: PROBE})
         assert message != f"Unrecognized request argument supplied: {field}", message
@@ -226,3 +235,57 @@ def test_every_field_of_every_message_is_known(client):
             param, text = _refusal(client, "/chat/completions", {"model": MODEL, "messages": [message]})
             assert text != f"Unrecognized request argument supplied: messages[0].{field}", (role, text)
             assert param.startswith(f"messages[0].{field}"), (role, field, param, text)
+
+
+def cosine(a, b):
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def test_embeddings_string_matches_sentence_transformers(client):
+    first = EMBEDDING_FIXTURE["inputs"][0]
+    r = client.embeddings.create(model=EMBEDDING_MODEL, input=first["text"])
+    assert r.object == "list" and r.model == EMBEDDING_MODEL
+    assert [d.index for d in r.data] == [0]
+    vector = r.data[0].embedding
+    assert len(vector) == EMBEDDING_FIXTURE["dimensions"]
+    assert abs(math.sqrt(sum(x * x for x in vector)) - 1) < 1e-5
+    assert cosine(vector, first["embedding"]) >= 0.9999
+    assert r.usage.prompt_tokens == r.usage.total_tokens == first["tokens"]
+
+
+def test_embeddings_list(client):
+    inputs = EMBEDDING_FIXTURE["inputs"]
+    r = client.embeddings.create(model=EMBEDDING_MODEL, input=[i["text"] for i in inputs])
+    assert [d.index for d in r.data] == list(range(len(inputs)))
+    for d, i in zip(r.data, inputs):
+        assert cosine(d.embedding, i["embedding"]) >= 0.9999, i["text"][:40]
+    assert r.usage.prompt_tokens == sum(i["tokens"] for i in inputs)
+
+
+def test_embeddings_base64_decodes_to_the_floats(client):
+    text = "What is the capital of France?"
+    floats = client.embeddings.create(model=EMBEDDING_MODEL, input=text, encoding_format="float").data[0].embedding
+    # Asked for explicitly, the client hands the base64 string over as it came.
+    encoded = client.embeddings.create(model=EMBEDDING_MODEL, input=text, encoding_format="base64").data[0].embedding
+    raw = base64.b64decode(encoded)
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert len(decoded) == len(floats)
+    assert max(abs(a - b) for a, b in zip(decoded, floats)) < 1e-7
+    # Unasked, the client requests base64 and decodes it itself.
+    default = client.embeddings.create(model=EMBEDDING_MODEL, input=text).data[0].embedding
+    assert max(abs(a - b) for a, b in zip(default, floats)) < 1e-7
+
+
+def test_embeddings_dimensions_is_refused_unless_the_models_own(client):
+    dims = EMBEDDING_FIXTURE["dimensions"]
+    assert len(client.embeddings.create(model=EMBEDDING_MODEL, input="a", dimensions=dims).data[0].embedding) == dims
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=EMBEDDING_MODEL, input="a", dimensions=128)
+    assert e.value.param == "dimensions"
+
+
+def test_embeddings_over_the_limit_is_refused_not_cut(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=EMBEDDING_MODEL, input=EMBEDDING_FIXTURE["over_limit"])
+    assert e.value.code == "context_length_exceeded"
