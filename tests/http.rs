@@ -215,9 +215,7 @@ async fn bad_requests_get_openai_errors_naming_the_param() {
 async fn every_field_is_served_or_refused_by_name() {
     let s = TestServer::tiny().await;
     let with = |extra: Value| {
-        let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        body
+        merged(json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}), &extra)
     };
     for (extra, param) in [
         (json!({"temprature": 0.5}), "temprature"),
@@ -271,11 +269,11 @@ async fn every_field_is_served_or_refused_by_name() {
 async fn ignore_eos_and_min_tokens_hold_the_end_back() {
     let s = TestServer::tiny().await;
     let run = |extra: Value| {
-        let mut body = json!({
+        let base = json!({
             "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
             "logit_bias": {ENDOFTEXT.to_string(): 100, IM_END.to_string(): 100},
         });
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let body = merged(base, &extra);
         let s = &s;
         async move {
             let (status, body) = s.chat(body).await;

@@ -136,9 +136,7 @@ async fn chat_logprobs_have_openai_shape_and_streamed_pieces_add_up() {
 async fn logprob_ranges_are_refused_by_name() {
     let s = TestServer::tiny().await;
     let chat = |extra: Value| {
-        let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        body
+        merged(json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}), &extra)
     };
     for (extra, param) in [
         (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
@@ -150,9 +148,7 @@ async fn logprob_ranges_are_refused_by_name() {
         assert_eq!((status, err["error"]["param"].as_str()), (400, Some(param)), "{extra}: {err}");
     }
     for extra in [json!({"logprobs": 6}), json!({"logprobs": -1}), json!({"logprobs": 2, "echo": true})] {
-        let mut body = json!({"model": "tiny", "prompt": "hi", "max_tokens": 2});
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (status, err) = s.complete(body).await;
+        let (status, err) = s.complete(merged(json!({"model": "tiny", "prompt": "hi", "max_tokens": 2}), &extra)).await;
         assert_eq!((status, err["error"]["param"].as_str()), (400, Some("logprobs")), "{extra}: {err}");
     }
 }

@@ -2,8 +2,8 @@
 //! the generation that chat shares with `/v1/completions` (`generation.rs`), in chat's wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, finite_logprob, generate, text_deployment, token_text, Answer, Generation, Head,
-    SamplingFields, Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Generation, Head, SamplingFields,
+    Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
@@ -188,7 +188,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let checked = check(&req)?;
-    let deployment = text_deployment(&state, &caller, &req.model)?;
+    let deployment = super::deployment_of_kind(&state, &caller, &req.model, crate::loader::ModelKind::Text)?;
     let head = Head {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         model: req.model.clone(),

@@ -3,8 +3,7 @@
 //! with chat (`generation.rs`), in the `text_completion` wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, finite_logprob, generate, text_deployment, token_text, Answer, Head,
-    SamplingFields, Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Head, SamplingFields, Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
@@ -150,7 +149,7 @@ pub async fn completions(
         stream_options: req.stream_options.as_ref(),
     })?;
     refuse_unsupported(&req, generation.n)?;
-    let deployment = text_deployment(&state, &caller, &req.model)?;
+    let deployment = super::deployment_of_kind(&state, &caller, &req.model, crate::loader::ModelKind::Text)?;
     let head = Head {
         id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
         model: req.model.clone(),

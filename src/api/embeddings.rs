@@ -5,7 +5,6 @@
 use super::json::AppJson;
 use super::openai::{Embedding, EmbeddingInput, EmbeddingList, EmbeddingRequest, EmbeddingUsage, EmbeddingVector};
 use crate::auth::Caller;
-use crate::deploy::Deployment;
 use crate::error::ApiError;
 use crate::loader::embedding::EmbeddingInfo;
 use crate::loader::ModelKind;
@@ -13,7 +12,6 @@ use crate::AppState;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
-use std::sync::Arc;
 
 /// OpenAI's limits: inputs per request, and tokens over all of them.
 pub const MAX_INPUTS: usize = 2048;
@@ -65,20 +63,6 @@ fn inputs(input: EmbeddingInput) -> Result<Inputs, ApiError> {
         return Err(bad(format!("'input' must not be {what}{at}."), "input"));
     }
     Ok(inputs)
-}
-
-/// The embedding deployment `model` names, if the caller may use it.
-fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
-    let d = state
-        .deployments
-        .get(model)
-        .filter(|d| caller.scope.allows(d.name()))
-        .ok_or_else(|| ApiError::model_not_found(model))?;
-    let kind = d.spec.source.kind();
-    if kind != ModelKind::Embeddings {
-        return Err(bad(format!("`{model}` is not an embedding model: use {}.", kind.endpoint()), "model"));
-    }
-    Ok(d)
 }
 
 /// Each input's token ids, special tokens included for text (as sentence-transformers encodes it);
@@ -159,7 +143,7 @@ pub async fn embeddings(
         return Err(bad(format!("Invalid 'dimensions': {d}. It must be at least 1."), "dimensions"));
     }
     let inputs = inputs(req.input)?;
-    let deployment = find_deployment(&state, &caller, &req.model)?;
+    let deployment = super::deployment_of_kind(&state, &caller, &req.model, ModelKind::Embeddings)?;
 
     let lease = deployment.acquire().await?;
     let engine =

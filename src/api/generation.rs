@@ -4,7 +4,6 @@
 //! brings its own wire shape (`Wire`) and its own prompt tokens.
 
 use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, Usage};
-use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError, TokenLogprob};
@@ -157,24 +156,6 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
         stream,
         include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
     })
-}
-
-/// The text deployment named `model`. A key scoped away from it is told it does not exist, as
-/// OpenAI does; a voice or an embedding model is pointed to its own endpoint.
-pub fn text_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
-    let deployment = state
-        .deployments
-        .get(model)
-        .filter(|d| caller.scope.allows(d.name()))
-        .ok_or_else(|| ApiError::model_not_found(model))?;
-    let kind = deployment.spec.source.kind();
-    if kind != crate::loader::ModelKind::Text {
-        return Err(ApiError::invalid_request(
-            format!("`{model}` is not a text generation model: use {}.", kind.endpoint()),
-            Some("model"),
-        ));
-    }
-    Ok(deployment)
 }
 
 /// The parts of an answer that every chunk repeats.

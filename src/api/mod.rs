@@ -12,14 +12,48 @@ pub mod openai;
 pub mod speech;
 pub mod unsupported;
 
-use crate::auth;
+use crate::auth::{self, Caller};
+use crate::deploy::Deployment;
 use crate::error::ApiError;
+use crate::loader::ModelKind;
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::sync::Arc;
+
+/// The deployment `model` names, if the caller may use it and it serves `kind`. A key scoped away
+/// from it is told it does not exist, as OpenAI does.
+pub(crate) fn deployment_of_kind(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    kind: ModelKind,
+) -> Result<Arc<Deployment>, ApiError> {
+    let d = state
+        .deployments
+        .get(model)
+        .filter(|d| caller.scope.allows(d.name()))
+        .ok_or_else(|| ApiError::model_not_found(model))?;
+    require_kind(d, model, kind)
+}
+
+/// `d`, if it serves `kind`; a model of another kind is pointed to its own endpoint.
+pub(crate) fn require_kind(d: Arc<Deployment>, model: &str, kind: ModelKind) -> Result<Arc<Deployment>, ApiError> {
+    let served = d.spec.source.kind();
+    if served != kind {
+        let what = match kind {
+            ModelKind::Text => "a text generation model",
+            ModelKind::Speech => "a text-to-speech model",
+            ModelKind::Embeddings => "an embedding model",
+        };
+        let message = format!("`{model}` is not {what}: use {}.", served.endpoint());
+        return Err(ApiError::invalid_request(message, Some("model")));
+    }
+    Ok(d)
+}
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()

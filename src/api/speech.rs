@@ -47,12 +47,7 @@ fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc
         }
         None => None,
     };
-    let d = found.ok_or_else(|| ApiError::model_not_found(model))?;
-    let kind = d.spec.source.kind();
-    if kind != ModelKind::Speech {
-        return Err(bad(format!("`{model}` is not a text-to-speech model: use {}.", kind.endpoint()), "model"));
-    }
-    Ok(d)
+    super::require_kind(found.ok_or_else(|| ApiError::model_not_found(model))?, model, ModelKind::Speech)
 }
 
 /// The voice's own names: the model file's stem (`en_US-joe-medium`, listed first in errors), the

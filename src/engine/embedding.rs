@@ -1,14 +1,13 @@
-//! The engine of one embedding replica: a worker thread that owns the encoder and runs inputs in
-//! padded batches. The inputs of every request queue together, one job each, so that a request's
-//! inputs and those of concurrent requests share a forward; each input's vector goes back on its own
-//! channel. An input whose requester has gone is skipped.
+//! The engine of one embedding replica, on the shared one-forward engine (`batch`): the inputs of
+//! every request queue together, one job each, so that a request's inputs and those of concurrent
+//! requests share a padded forward.
 
+use super::batch::{BatchEngine, Batcher, Job};
 use super::EngineStats;
 use crate::arch::sentence::SentenceEncoder;
 use crate::loader::embedding::{EmbeddingInfo, EmbeddingModel};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Most inputs in one forward.
@@ -20,126 +19,61 @@ pub const MAX_BATCH_POSITIONS: usize = 8192;
 
 pub type Reply = Result<Vec<f32>, String>;
 
-struct Job {
-    ids: Vec<u32>,
-    reply: oneshot::Sender<Reply>,
-}
-
 pub struct EmbeddingEngine {
-    submit: mpsc::Sender<Job>,
-    worker: std::thread::JoinHandle<()>,
+    batches: BatchEngine<Embedder>,
     pub info: Arc<EmbeddingInfo>,
     pub stats: Arc<EngineStats>,
 }
 
 impl EmbeddingEngine {
     pub fn start(model: EmbeddingModel, name: &str) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(EngineStats::default());
         let EmbeddingModel { encoder, info } = model;
-        let worker_stats = stats.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("embed-{name}"))
-            .spawn(move || Worker { encoder, stats: worker_stats, queue: VecDeque::new() }.run(rx))?;
-        Ok(Self { submit: tx, worker, info, stats })
+        let batches = BatchEngine::start(Embedder(encoder), format!("embed-{name}"))?;
+        let stats = batches.stats.clone();
+        Ok(Self { batches, info, stats })
     }
 
     /// Queues each input (token ids, special tokens included); its vector arrives on the matching
     /// receiver.
     pub fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<oneshot::Receiver<Reply>>, String> {
-        let mut receivers = Vec::with_capacity(inputs.len());
-        for ids in inputs {
-            let (reply, rx) = oneshot::channel();
-            self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-            self.submit.send(Job { ids, reply }).map_err(|_| {
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                "the embedding engine stopped".to_string()
-            })?;
-            receivers.push(rx);
-        }
-        Ok(receivers)
+        inputs.into_iter().map(|ids| self.batches.submit(ids)).collect()
     }
 
     /// Stops taking inputs and waits until the worker has freed the model. Blocking.
     pub fn stop(self) {
-        let Self { submit, worker, .. } = self;
-        drop(submit);
-        if worker.join().is_err() {
-            tracing::error!("an embedding worker panicked while stopping");
-        }
+        self.batches.stop();
     }
 }
 
-struct Worker {
-    encoder: SentenceEncoder,
-    stats: Arc<EngineStats>,
-    queue: VecDeque<Job>,
-}
+struct Embedder(SentenceEncoder);
 
-impl Worker {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        loop {
-            if self.queue.is_empty() {
-                match rx.recv() {
-                    Ok(job) => self.queue.push_back(job),
-                    Err(_) => return, // the engine was dropped and nothing is left
-                }
-            }
-            while let Ok(job) = rx.try_recv() {
-                self.queue.push_back(job);
-            }
-            let batch = take_batch(&mut self.queue, &self.stats);
-            if batch.is_empty() {
-                continue; // every queued input's requester had gone
-            }
-            self.stats.running.store(batch.len(), Ordering::SeqCst);
-            let mut batch = batch;
-            let ids: Vec<Vec<u32>> = batch.iter_mut().map(|j| std::mem::take(&mut j.ids)).collect();
-            let encoder = &self.encoder;
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.embed(&ids)));
-            let result = match result {
-                Ok(Ok(vectors)) => Ok(vectors),
-                Ok(Err(e)) => Err(format!("embedding failed: {e:#}")),
-                Err(panic) => Err(super::panic_message(panic.as_ref(), "embedding panicked")),
-            };
-            match result {
-                Ok(vectors) => {
-                    for (job, vector) in batch.into_iter().zip(vectors) {
-                        let _ = job.reply.send(Ok(vector));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, inputs = batch.len(), "embedding step failed");
-                    for job in batch {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-            self.stats.running.store(0, Ordering::SeqCst);
-            self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        }
+impl Batcher for Embedder {
+    type Input = Vec<u32>;
+    type Output = Vec<f32>;
+    const WORK: &'static str = "embedding";
+
+    fn take_batch(queue: &mut VecDeque<Job<Vec<u32>, Vec<f32>>>) -> Vec<Job<Vec<u32>, Vec<f32>>> {
+        take_batch(queue)
+    }
+
+    fn run(&self, inputs: Vec<Vec<u32>>) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.0.embed(&inputs)
     }
 }
 
 /// The oldest inputs, in order, while the batch stays within both limits (the first always goes,
-/// whatever its length). Inputs whose requester has gone are dropped here.
-fn take_batch(queue: &mut VecDeque<Job>, stats: &EngineStats) -> Vec<Job> {
-    let mut batch: Vec<Job> = Vec::new();
+/// whatever its length).
+fn take_batch(queue: &mut VecDeque<Job<Vec<u32>, Vec<f32>>>) -> Vec<Job<Vec<u32>, Vec<f32>>> {
+    let mut batch = Vec::new();
     let mut longest = 0;
     while let Some(job) = queue.front() {
-        if job.reply.is_closed() {
-            queue.pop_front();
-            stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let longer = longest.max(job.ids.len());
+        let longer = longest.max(job.input.len());
         let fits = batch.len() < MAX_BATCH_INPUTS && (batch.len() + 1) * longer <= MAX_BATCH_POSITIONS;
         if !batch.is_empty() && !fits {
             break;
         }
         longest = longer;
         batch.push(queue.pop_front().expect("looked at"));
-        stats.waiting.fetch_sub(1, Ordering::SeqCst);
     }
     batch
 }
@@ -147,10 +81,12 @@ fn take_batch(queue: &mut VecDeque<Job>, stats: &EngineStats) -> Vec<Job> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::batch::next_batch;
+    use std::sync::atomic::Ordering;
 
-    fn job(len: usize) -> (Job, oneshot::Receiver<Reply>) {
+    fn job(len: usize) -> (Job<Vec<u32>, Vec<f32>>, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
-        (Job { ids: vec![1; len], reply }, rx)
+        (Job { input: vec![1; len], reply }, rx)
     }
 
     #[test]
@@ -165,8 +101,8 @@ mod tests {
             keep.push(rx);
         }
         stats.waiting.store(100, Ordering::SeqCst);
-        assert_eq!(take_batch(&mut queue, &stats).len(), MAX_BATCH_INPUTS);
-        assert_eq!(take_batch(&mut queue, &stats).len(), 100 - MAX_BATCH_INPUTS);
+        assert_eq!(next_batch::<Embedder>(&mut queue, &stats).len(), MAX_BATCH_INPUTS);
+        assert_eq!(next_batch::<Embedder>(&mut queue, &stats).len(), 100 - MAX_BATCH_INPUTS);
         assert_eq!(stats.waiting.load(Ordering::SeqCst), 0);
 
         // Long inputs: the position limit cuts (32 x 256 = 8192), and a gone requester's input is dropped.
@@ -179,8 +115,8 @@ mod tests {
             keep.push(rx);
         }
         stats.waiting.store(41, Ordering::SeqCst);
-        assert_eq!(take_batch(&mut queue, &stats).len(), 32);
-        assert_eq!(take_batch(&mut queue, &stats).len(), 8);
+        assert_eq!(next_batch::<Embedder>(&mut queue, &stats).len(), 32);
+        assert_eq!(next_batch::<Embedder>(&mut queue, &stats).len(), 8);
         assert_eq!(stats.waiting.load(Ordering::SeqCst), 0);
     }
 }

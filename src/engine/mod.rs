@@ -2,6 +2,7 @@
 //! channel. Each request gets its answers on its own channel, so a client that goes away is noticed
 //! (its receiver is closed) and its sequences are dropped at the next step.
 
+pub mod batch;
 pub mod detok;
 pub mod embedding;
 pub mod sampling;

@@ -160,15 +160,19 @@ impl Sampler {
 pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
+    let logprob = logits[token as usize] - log_sum;
+    let top = top.min(logits.len());
+    if top == 0 {
+        return (logprob, Vec::new());
+    }
     let mut best: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l - log_sum)).collect();
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let top = top.min(best.len());
-    if top > 0 && top < best.len() {
+    if top < best.len() {
         best.select_nth_unstable_by(top - 1, order);
     }
     best.truncate(top);
     best.sort_unstable_by(order);
-    (logits[token as usize] - log_sum, best)
+    (logprob, best)
 }
 
 /// Index of the largest logit; the lowest index wins a tie (as llama.cpp's greedy sampler).

@@ -346,6 +346,13 @@ pub fn tiny_base_model() -> PathBuf {
     .clone()
 }
 
+/// `base` with the fields of `extra` added or replaced (both JSON objects): a request with a few
+/// fields changed.
+pub fn merged(mut base: serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    base
+}
+
 /// The model at `path` served as `name`, with the server's default settings and `limits`.
 pub fn spec(name: &str, path: &Path, limits: Limits) -> DeploymentSpec {
     let request =
