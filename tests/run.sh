@@ -27,6 +27,11 @@ python3 -m pip install -q --disable-pip-version-check -r tests/clients/requireme
 
 say "build hygiene"
 cargo fmt --check
+# A merge whose conflict was committed unresolved (README.md once carried one).
+if git grep -n -E '^(<<<<<<<|>>>>>>>)( |$)' -- . ':!*.lock'; then
+  echo "merge conflict markers are committed (above)" >&2
+  exit 1
+fi
 # Nothing that `cargo build` or `cargo run` builds may need cmake (dev-dependencies aside).
 if cmake_users=$(cargo tree --target all -e normal,build -i cmake 2>/dev/null) && [[ -n $cmake_users ]]; then
   printf 'cmake is in the build graph:\n%s\n' "$cmake_users" >&2

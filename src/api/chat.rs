@@ -177,8 +177,29 @@ fn tokenize(engine: &Engine, model: &str, messages: &[TemplateMessage]) -> Resul
             Some("model"),
         )
     })?;
-    let text = template.render(messages, true).map_err(|e| ApiError::invalid_request(e, Some("messages")))?;
-    engine.tokenizer.encode_prompt(&text).map_err(|e| ApiError::internal(e.to_string()))
+    let rendered = template.render(messages, true).map_err(|e| ApiError::invalid_request(e, Some("messages")))?;
+    let internal = |e: anyhow::Error| ApiError::internal(e.to_string());
+    let content = match rendered.content {
+        Some(content) => content,
+        // The template rewrote the content, so it cannot be told apart from the markup: a content
+        // that holds a control token's text is refused rather than let through as that token.
+        None => {
+            for (i, m) in messages.iter().enumerate() {
+                if let Some(token) = engine.tokenizer.control_token_in(&m.content).map_err(internal)? {
+                    return Err(ApiError::invalid_request(
+                        format!(
+                            "This message holds `{token}`, a control token of `{model}`, whose chat template \
+                             rewrites message content in a way that Wick cannot keep apart from the template's \
+                             own markup; remove the control token from the content."
+                        ),
+                        Some(&format!("messages[{i}].content")),
+                    ));
+                }
+            }
+            Vec::new()
+        }
+    };
+    engine.tokenizer.encode_chat(&rendered.text, &content).map_err(internal)
 }
 
 pub async fn chat_completions(

@@ -6,7 +6,8 @@
 //! `src/llama-vocab.cpp`, written anew:
 //! 1. Special tokens are cut out of the text first (`tokenizer_st_partition`): longest text first,
 //!    each splitting every text piece at every occurrence, left to right. Control and unknown tokens
-//!    only with `parse_special`; user-defined tokens always (see `Spm::partition`).
+//!    only with `parse_special` (and, in a chat prompt, only outside message content); user-defined
+//!    tokens always (see `Spm::partition`).
 //! 2. Each remaining piece of text gets a space in front when `add_space_prefix` is set and it is the
 //!    first piece or follows a special token, and every ' ' becomes '▁' (U+2581).
 //! 3. The piece is split into characters, and adjacent symbols whose concatenation is a vocabulary
@@ -21,6 +22,7 @@ use super::tokenizer::{
 use anyhow::{bail, Result};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
 
 /// Token texts that llama.cpp marks as control tokens at load whatever the GGUF says (its list of
 /// end-of-generation texts in `llama_vocab::impl::load`; its end-of-turn and end-of-message lists are
@@ -169,10 +171,17 @@ impl Spm {
 
     /// The ids of `text`; with `parse_special`, control and unknown token texts become their ids too.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let whole = 0..text.len();
+        self.encode_with_literal(text, if parse_special { &[] } else { std::slice::from_ref(&whole) })
+    }
+
+    /// The ids of `text`, where control and unknown token texts become their ids except inside the
+    /// `literal` byte ranges, which are tokenized as text (a chat message's content).
+    pub fn encode_with_literal(&self, text: &str, literal: &[Range<usize>]) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let mut after_special = true; // so the first piece gets the space prefix
         let mut piece = String::new();
-        for f in self.partition(text, parse_special) {
+        for f in self.partition(text, literal) {
             match f {
                 Fragment::Token(id) => {
                     out.push(id);
@@ -194,12 +203,17 @@ impl Spm {
         Ok(out)
     }
 
+    /// The text of a control or unknown token (one that only `parse_special` cuts out).
+    pub fn control_text(&self, id: u32) -> Option<String> {
+        self.specials.iter().find(|s| s.id == id && !s.always).map(|s| s.text.clone())
+    }
+
     /// Cuts the special tokens out of `text`, as llama.cpp's `tokenizer_st_partition`: for each
     /// special in turn (longest first), every text fragment is split at each occurrence of it, left to
-    /// right. Control and unknown tokens are cut only with `parse_special`; user-defined tokens are cut
-    /// in both modes (so Gemma's "\n" and runs of spaces, which are user-defined, are always tokens
-    /// of their own), as llama.cpp and Hugging Face tokenizers do.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+    /// right. Control and unknown tokens are cut only outside the `literal` ranges; user-defined tokens
+    /// are cut everywhere (so Gemma's "\n" and runs of spaces, which are user-defined, are always
+    /// tokens of their own), as llama.cpp and Hugging Face tokenizers do.
+    fn partition(&self, text: &str, literal: &[Range<usize>]) -> Vec<Fragment> {
         if text.is_empty() {
             return Vec::new();
         }
@@ -215,10 +229,7 @@ impl Spm {
                     Err(_) => break,
                 }
                 if let Some(si) = self.trie[node].special {
-                    let s = &self.specials[si as usize];
-                    if parse_special || s.always {
-                        present.push(si);
-                    }
+                    present.push(si);
                 }
             }
         }
@@ -237,11 +248,15 @@ impl Spm {
                 // Both texts are UTF-8, so a match starts and ends on character boundaries.
                 let mut at = start;
                 for (m, _) in text[start..end].match_indices(s.text.as_str()) {
-                    if start + m > at {
-                        next.push(Fragment::Text(at, start + m));
+                    let (m_start, m_end) = (start + m, start + m + s.text.len());
+                    if !s.always && literal.iter().any(|r| m_start < r.end && r.start < m_end) {
+                        continue;
+                    }
+                    if m_start > at {
+                        next.push(Fragment::Text(at, m_start));
                     }
                     next.push(Fragment::Token(s.id));
-                    at = start + m + s.text.len();
+                    at = m_end;
                 }
                 if at < end {
                     next.push(Fragment::Text(at, end));
@@ -474,6 +489,23 @@ mod tests {
         assert_eq!(spm.encode("</s>", false).unwrap().len(), 4);
         // Control tokens decode to nothing.
         assert_eq!(decode(&spm.encode("a<turn>b", true).unwrap(), &toks, &types), "ab");
+    }
+
+    #[test]
+    fn control_texts_inside_literal_ranges_stay_text() {
+        let (spm, toks, _) = vocab(true);
+        // "<turn>" + content "a<turn>" + "<turn>": only the markup's two are cut; the user-defined
+        // "<tab>" is cut inside the content too, as it is in any text.
+        let text = "<turn>a<turn><tab><turn>";
+        let ids = spm.encode_with_literal(text, std::slice::from_ref(&(6..18))).unwrap();
+        let mut expected = vec!["<turn>".to_string()];
+        expected.extend(texts(&spm.encode("a<turn>", false).unwrap(), &toks));
+        expected.extend(["<tab>".to_string(), "<turn>".to_string()]);
+        assert_eq!(texts(&ids, &toks), expected);
+        assert!(!texts(&ids, &toks)[1..4].contains(&"<turn>".to_string()));
+        assert_eq!(spm.encode_with_literal(text, &[]).unwrap(), spm.encode(text, true).unwrap());
+        assert_eq!(spm.control_text(3).as_deref(), Some("<turn>"));
+        assert_eq!(spm.control_text(4), None, "user-defined");
     }
 
     #[test]

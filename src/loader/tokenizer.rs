@@ -16,6 +16,7 @@ use super::spm::{self, Spm};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
 use std::collections::HashMap;
+use std::ops::Range;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -57,10 +58,13 @@ pub struct TextTokenizer {
 enum Encoder {
     /// Through the `tokenizers` crate: GGUF `gpt2` BPE, and Hugging Face folders.
     Hf {
-        /// Splits special tokens out of the text: for rendered chat prompts, as llama.cpp's server does.
+        /// Splits special tokens out of the text: for prompts, as llama.cpp's server does.
         special: Tokenizer,
-        /// Encodes text as text, special-token look-alikes included.
+        /// Encodes control-token look-alikes as text (user-defined tokens are still cut out, as
+        /// llama.cpp does without `parse_special`).
         plain: Tokenizer,
+        /// The control (special) token ids, sorted.
+        control: Vec<u32>,
     },
     /// GGUF `llama` SentencePiece; `Spm::encode` takes `parse_special` itself.
     Spm(Spm),
@@ -103,9 +107,8 @@ impl TextTokenizer {
 
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| anyhow!("BPE: {e}"))?;
-        let mut plain = Tokenizer::new(bpe);
-        plain.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        let mut special = plain.clone();
+        let mut special = Tokenizer::new(bpe);
+        special.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
         let specials: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
@@ -113,6 +116,9 @@ impl TextTokenizer {
             .map(|(s, &t)| AddedToken::from(s.clone(), t == TOKEN_TYPE_CONTROL))
             .collect();
         special.add_special_tokens(specials).map_err(|e| anyhow!("special tokens: {e}"))?;
+        let mut plain = special.clone();
+        plain.set_encode_special_tokens(true);
+        let control = (0..tokens.len() as u32).filter(|&i| types[i as usize] == TOKEN_TYPE_CONTROL).collect();
 
         let byte_of = byte_level_decoder();
         let token_bytes = tokens
@@ -133,7 +139,7 @@ impl TextTokenizer {
             _ => None,
         };
         Ok(Self {
-            encoder: Encoder::Hf { special, plain },
+            encoder: Encoder::Hf { special, plain, control },
             token_bytes,
             eog,
             bos_token: text_of("tokenizer.ggml.bos_token_id"),
@@ -228,18 +234,18 @@ impl TextTokenizer {
             Some(true) => bos_token.as_deref().and_then(|t| tok.token_to_id(t)),
             _ => None,
         };
-        let encoder = Encoder::Hf { plain: tok.clone(), special: tok };
+        let mut plain = tok.clone();
+        plain.set_encode_special_tokens(true);
+        let mut control: Vec<u32> = specials.into_iter().collect();
+        control.sort_unstable();
+        let encoder = Encoder::Hf { special: tok, plain, control };
         Ok(Self { encoder, token_bytes, eog, bos_token, eos_token, add_bos })
     }
 
     /// Token ids of `text`. With `parse_special`, special-token texts become their ids.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         match &self.encoder {
-            Encoder::Hf { special, plain } => {
-                let tok = if parse_special { special } else { plain };
-                let enc = tok.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?;
-                Ok(enc.get_ids().to_vec())
-            }
+            Encoder::Hf { special, plain, .. } => hf_ids(if parse_special { special } else { plain }, text),
             Encoder::Spm(spm) => spm.encode(text, parse_special),
         }
     }
@@ -247,13 +253,34 @@ impl TextTokenizer {
     /// A prompt's token ids: special-token texts become their ids (as llama.cpp's server does), and
     /// the BOS token comes first when the model asks for one.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.encode(text, true)?;
+        self.encode_chat(text, &[])
+    }
+
+    /// A rendered chat prompt's token ids: as `encode_prompt`, except that inside the `literal` byte
+    /// ranges (the messages' content; sorted and disjoint) a control token's text is text. Only the template's own markup
+    /// makes control tokens, so a message cannot close its turn and open a system one.
+    pub fn encode_chat(&self, text: &str, literal: &[Range<usize>]) -> Result<Vec<u32>> {
+        let mut ids = match &self.encoder {
+            Encoder::Hf { special, plain, control } => hf_chat_ids(special, plain, control, text, literal)?,
+            Encoder::Spm(spm) => spm.encode_with_literal(text, literal)?,
+        };
         if let Some(bos) = self.add_bos {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
         }
         Ok(ids)
+    }
+
+    /// The first control token whose text occurs in `text`, if any.
+    pub fn control_token_in(&self, text: &str) -> Result<Option<String>> {
+        Ok(match &self.encoder {
+            Encoder::Hf { special, control, .. } => {
+                let ids = hf_ids(special, text)?;
+                ids.into_iter().find(|id| control.binary_search(id).is_ok()).and_then(|id| special.id_to_token(id))
+            }
+            Encoder::Spm(spm) => spm.encode(text, true)?.into_iter().find_map(|id| spm.control_text(id)),
+        })
     }
 
     /// How many ids the vocabulary has: valid ids are below it.
@@ -280,6 +307,45 @@ impl TextTokenizer {
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
     }
+}
+
+fn hf_ids(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?.get_ids().to_vec())
+}
+
+/// `encode_chat` through the `tokenizers` crate. The usual prompt, whose content holds no control
+/// token's text, is tokenized in one pass exactly as `encode_prompt` would. Otherwise the text is cut
+/// at the control tokens that the template's markup holds (found by the same tokenizer, one stretch
+/// of markup at a time), and the pieces between those cuts, content included, are tokenized as text.
+fn hf_chat_ids(
+    special: &Tokenizer,
+    plain: &Tokenizer,
+    control: &[u32],
+    text: &str,
+    literal: &[Range<usize>],
+) -> Result<Vec<u32>> {
+    let is_control = |id: &u32| control.binary_search(id).is_ok();
+    let in_literal = |(start, end): (usize, usize)| literal.iter().any(|r| start < r.end && r.start < end);
+    let whole = special.encode(text, false).map_err(|e| anyhow!("tokenize: {e}"))?;
+    let pairs = || whole.get_ids().iter().zip(whole.get_offsets());
+    if !pairs().any(|(id, &span)| is_control(id) && in_literal(span)) {
+        return Ok(whole.get_ids().to_vec());
+    }
+    let mut ids = Vec::with_capacity(whole.len());
+    let mut at = 0;
+    let mut markup_start = 0;
+    for r in literal.iter().cloned().chain(std::iter::once(text.len()..text.len())) {
+        let markup = &text[markup_start..r.start];
+        let enc = special.encode(markup, false).map_err(|e| anyhow!("tokenize: {e}"))?;
+        for (id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()).filter(|(id, _)| is_control(id)) {
+            ids.extend(hf_ids(plain, &text[at..markup_start + start])?);
+            ids.push(*id);
+            at = markup_start + end;
+        }
+        markup_start = r.end;
+    }
+    ids.extend(hf_ids(plain, &text[at..])?);
+    Ok(ids)
 }
 
 /// Ids that end generation: the given ids (the GGUF's eos, eot and eom) and the control tokens whose
