@@ -5,7 +5,7 @@
 //!
 //!   cargo bench --bench load -- --target wick=http://127.0.0.1:8080,smollm2-135m-instruct,PID \
 //!       [--target llama=http://127.0.0.1:8181,smollm2,PID] [--concurrency 1,4,16] [--max-tokens 128] \
-//!       [--long-prompt 1400] [--endpoint chat|completions]
+//!       [--long-prompt 1400] [--endpoint chat|completions] [--extra NAME=JSON]
 //!
 //! benches/compare.sh starts both servers and runs this. Every request asks for exactly `max-tokens`
 //! tokens (end-of-generation tokens are banned with logit_bias) so both servers do the same work.
@@ -18,6 +18,9 @@ struct Target {
     url: String,
     model: String,
     pid: Option<u32>,
+    /// Fields added to each request body (`--extra NAME=JSON`): a `response_format`, say, so that two
+    /// targets on one server compare constrained decoding with plain.
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Default, Clone)]
@@ -74,6 +77,7 @@ async fn one_request(
         "stream_options": {"include_usage": true},
         "logit_bias": ban,
     });
+    body.as_object_mut().expect("an object").extend(t.extra.clone());
     let path = match endpoint {
         Endpoint::Chat => {
             body["messages"] = serde_json::json!([{"role": "user", "content": prompt}]);
@@ -240,7 +244,19 @@ fn main() -> anyhow::Result<()> {
                     url: parts[0].into(),
                     model: parts.get(1).copied().unwrap_or("default").into(),
                     pid: parts.get(2).and_then(|p| p.parse().ok()),
+                    extra: Default::default(),
                 });
+            }
+            "--extra" => {
+                let (name, json) = value.split_once('=').ok_or_else(|| anyhow::anyhow!("--extra NAME=JSON"))?;
+                let target = targets
+                    .iter_mut()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| anyhow::anyhow!("--extra {name}: give its --target first"))?;
+                let serde_json::Value::Object(fields) = serde_json::from_str(json)? else {
+                    anyhow::bail!("--extra {name}: a JSON object")
+                };
+                target.extra = fields;
             }
             // `none`: no concurrency levels (only the long prompt).
             "--concurrency" if value == "none" => levels.clear(),

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeploymentLabel {
@@ -50,6 +51,10 @@ pub struct Metrics {
     kv_blocks_used: Family<DeploymentLabel, Gauge>,
     preemptions: Family<DeploymentLabel, Gauge>,
     prefix_cached_tokens: Family<DeploymentLabel, Gauge>,
+    steps: Family<DeploymentLabel, Gauge>,
+    grammar_masks: Family<DeploymentLabel, Gauge>,
+    grammar_mask_seconds: Family<DeploymentLabel, Gauge<f64, AtomicU64>>,
+    grammar_wait_seconds: Family<DeploymentLabel, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -82,6 +87,10 @@ impl Default for Metrics {
             kv_blocks_used: Family::default(),
             preemptions: Family::default(),
             prefix_cached_tokens: Family::default(),
+            steps: Family::default(),
+            grammar_masks: Family::default(),
+            grammar_mask_seconds: Family::default(),
+            grammar_wait_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests answered, by route and status code", m.requests.clone());
@@ -111,6 +120,22 @@ impl Default for Metrics {
             "deployment_prefix_cached_tokens",
             "Prompt tokens found in the prefix cache since the replicas loaded",
             m.prefix_cached_tokens.clone(),
+        );
+        registry.register("deployment_steps", "Batch steps run since the replicas loaded", m.steps.clone());
+        registry.register(
+            "deployment_grammar_masks",
+            "Grammar token masks computed (one per constrained token) since the replicas loaded",
+            m.grammar_masks.clone(),
+        );
+        registry.register(
+            "deployment_grammar_mask_seconds",
+            "Seconds spent computing grammar masks, on threads beside the batch steps",
+            m.grammar_mask_seconds.clone(),
+        );
+        registry.register(
+            "deployment_grammar_wait_seconds",
+            "Seconds sampling waited for grammar masks that were not ready",
+            m.grammar_wait_seconds.clone(),
         );
         Self { registry, ..m }
     }
@@ -158,10 +183,14 @@ impl Metrics {
             &self.kv_blocks_used,
             &self.preemptions,
             &self.prefix_cached_tokens,
+            &self.steps,
+            &self.grammar_masks,
         ];
         for family in gauges {
             family.clear();
         }
+        self.grammar_mask_seconds.clear();
+        self.grammar_wait_seconds.clear();
         self.state.clear();
         for d in deployments.all() {
             let view = d.view();
@@ -178,6 +207,10 @@ impl Metrics {
             self.kv_blocks_used.get_or_create(&l).set(view.kv_blocks.saturating_sub(view.kv_blocks_available) as i64);
             self.preemptions.get_or_create(&l).set(view.preemptions as i64);
             self.prefix_cached_tokens.get_or_create(&l).set(view.prefix_cached_tokens as i64);
+            self.steps.get_or_create(&l).set(view.steps as i64);
+            self.grammar_masks.get_or_create(&l).set(view.grammar_masks as i64);
+            self.grammar_mask_seconds.get_or_create(&l).set(view.grammar_mask_seconds);
+            self.grammar_wait_seconds.get_or_create(&l).set(view.grammar_wait_seconds);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");

@@ -12,7 +12,7 @@ use wick::loader::ModelSource;
 fn request(prompt: Vec<u32>) -> (GenerationRequest, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let sampling = SamplingParams { temperature: 0.0, ..Default::default() };
-    (GenerationRequest { prompt, n: 1, max_tokens: 3, sampling, stop: vec![], events: tx }, rx)
+    (GenerationRequest { prompt, n: 1, max_tokens: 3, sampling, stop: vec![], constraint: None, events: tx }, rx)
 }
 
 async fn last_event(mut rx: mpsc::UnboundedReceiver<Event>) -> Event {

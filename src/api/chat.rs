@@ -2,13 +2,14 @@
 //! the generation that chat shares with `/v1/completions` (`generation.rs`), in chat's wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Generation, Head, SamplingFields,
-    Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Constrained, Generation, Head,
+    SamplingFields, Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
 use super::unsupported::{none, refuse, refuse_in, Refusal};
 use crate::auth::Caller;
+use crate::engine::grammar::Grammar;
 use crate::engine::{Engine, FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::loader::chat_template::TemplateMessage;
@@ -39,12 +40,6 @@ fn refusals(req: &ChatCompletionRequest) -> Vec<Refusal<'_>> {
         field("parallel_tool_calls", &req.parallel_tool_calls, none, TOOLS),
         field("functions", &req.functions, none, TOOLS),
         field("function_call", &req.function_call, none, TOOLS),
-        field(
-            "response_format",
-            &req.response_format,
-            |v| v["type"] == "text",
-            "only {\"type\": \"text\"}; structured outputs (json_object, json_schema) are not implemented yet.",
-        ),
         field("audio", &req.audio, none, TEXT_ONLY),
         field("modalities", &req.modalities, |v| *v == serde_json::json!(["text"]), TEXT_ONLY),
         field("prediction", &req.prediction, none, "predicted outputs are not implemented."),
@@ -163,7 +158,62 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
         stream: req.stream,
         stream_options: req.stream_options.as_ref(),
     })?;
+    let mut generation = generation;
+    generation.grammar = check_response_format(req.response_format.as_ref())?;
     Ok(Checked { messages, max_tokens, generation })
+}
+
+/// The grammar `response_format` asks for: none for text.
+fn check_response_format(format: Option<&ResponseFormat>) -> Result<Option<Constrained>, ApiError> {
+    let bad = |msg: String, param: &str| Err(ApiError::invalid_request(msg, Some(param)));
+    let Some(format) = format else { return Ok(None) };
+    let (grammar, param) = match (&format.kind, &format.json_schema) {
+        (ResponseFormatType::JsonSchema, None) => {
+            return bad(
+                "Missing required parameter: 'response_format.json_schema'.".into(),
+                "response_format.json_schema",
+            )
+        }
+        (ResponseFormatType::Text | ResponseFormatType::JsonObject, Some(_)) => {
+            return bad(
+                "'response_format.json_schema' goes with 'response_format.type' 'json_schema' only.".into(),
+                "response_format.json_schema",
+            )
+        }
+        (ResponseFormatType::Text, None) => return Ok(None),
+        (ResponseFormatType::JsonObject, None) => (Grammar::JsonObject, "response_format"),
+        (ResponseFormatType::JsonSchema, Some(json_schema)) => {
+            let name = &json_schema.name;
+            if name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return bad(
+                    format!("Invalid 'response_format.json_schema.name': '{name}'. It must be 1 to 64 letters, digits, underscores or dashes."),
+                    "response_format.json_schema.name",
+                );
+            }
+            match &json_schema.schema {
+                Some(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => {
+                    (Grammar::JsonSchema(schema.clone()), "response_format.json_schema.schema")
+                }
+                Some(_) => {
+                    return bad(
+                        "'response_format.json_schema.schema' must be a JSON Schema object.".into(),
+                        "response_format.json_schema.schema",
+                    )
+                }
+                None => {
+                    return bad(
+                        "'response_format.json_schema.schema' is required: Wick enforces the schema it is given."
+                            .into(),
+                        "response_format.json_schema.schema",
+                    )
+                }
+            }
+        }
+    };
+    Ok(Some(Constrained { grammar, param }))
 }
 
 /// The rendered conversation's token ids. A model without a chat template cannot take messages.

@@ -5,6 +5,7 @@
 
 use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, Usage};
 use crate::deploy::{Deployment, Lease};
+use crate::engine::grammar::Grammar;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError, TokenLogprob};
 use crate::error::ApiError;
@@ -57,6 +58,14 @@ pub struct Generation {
     pub sampling: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// The grammar the answer must follow (set by the endpoint).
+    pub grammar: Option<Constrained>,
+}
+
+/// A grammar, with the request field it came from (named when the grammar cannot be enforced).
+pub struct Constrained {
+    pub grammar: Grammar,
+    pub param: &'static str,
 }
 
 fn bad<T>(message: String, param: &str) -> Result<T, ApiError> {
@@ -155,6 +164,7 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
         },
         stream,
         include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        grammar: None,
     })
 }
 
@@ -273,7 +283,20 @@ pub async fn generate<W: Wire>(
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     Span::current().record("prompt_tokens", prompt_tokens);
     let mut receivers = Vec::with_capacity(prompts.len());
-    for (prompt, max_tokens) in prompts.into_iter().zip(budgets) {
+    let compiler = match &generation.grammar {
+        Some(_) => Some(engine.grammars().await.map_err(ApiError::internal)?),
+        None => None,
+    };
+    let mut constraints = Vec::with_capacity(prompts.len());
+    for _ in &prompts {
+        constraints.push(match (&generation.grammar, &compiler) {
+            (Some(c), Some(compiler)) => Some(compiler.compile(&c.grammar).map_err(|e| {
+                ApiError::invalid_request(format!("'{}' cannot be enforced: {e}", c.param), Some(c.param))
+            })?),
+            _ => None,
+        });
+    }
+    for ((prompt, max_tokens), constraint) in prompts.into_iter().zip(budgets).zip(constraints) {
         let (tx, rx) = mpsc::unbounded_channel();
         engine
             .submit(GenerationRequest {
@@ -282,6 +305,7 @@ pub async fn generate<W: Wire>(
                 max_tokens,
                 sampling: generation.sampling.clone(),
                 stop: generation.stop.clone(),
+                constraint,
                 events: tx,
             })
             // The prompts already queued are dropped with their receivers.

@@ -53,7 +53,7 @@ pub struct ChatCompletionRequest {
     pub parallel_tool_calls: Unsupported,
     pub functions: Unsupported,
     pub function_call: Unsupported,
-    pub response_format: Unsupported,
+    pub response_format: Option<ResponseFormat>,
     pub audio: Unsupported,
     pub modalities: Unsupported,
     pub prediction: Unsupported,
@@ -66,6 +66,38 @@ pub struct ChatCompletionRequest {
     pub moderation: Unsupported,
     pub prompt_cache_retention: Unsupported,
     pub prompt_cache_options: Unsupported,
+}
+
+/// What the answer's content must be: text, any JSON object, or JSON valid for a schema. JSON is
+/// enforced by grammar-constrained decoding (`engine::grammar`).
+/// (A struct rather than an internally tagged enum, whose buffering would lose the path of an error
+/// inside `json_schema`.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: ResponseFormatType,
+    /// With `json_schema` only.
+    pub json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatType {
+    Text,
+    JsonObject,
+    JsonSchema,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// Labels the schema, as OpenAI requires; like `description`, it is not shown to the model.
+    pub name: String,
+    pub description: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    /// Whether OpenAI enforces the schema exactly; Wick always does, so `false` changes nothing.
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,7 @@ use crate::engine::{Engine, EngineStats};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -83,6 +83,12 @@ pub struct View {
     /// Since the replicas loaded: sequences preempted for lack of blocks, prompt tokens found cached.
     pub preemptions: usize,
     pub prefix_cached_tokens: usize,
+    /// Since the replicas loaded: batch steps; grammar masks computed, the seconds spent computing
+    /// them (beside the steps) and the seconds sampling waited for them.
+    pub steps: usize,
+    pub grammar_masks: u64,
+    pub grammar_mask_seconds: f64,
+    pub grammar_wait_seconds: f64,
     pub last_error: Option<String>,
     pub usage: UsageSnapshot,
     pub cost: Cost,
@@ -152,6 +158,9 @@ impl Deployment {
         let total = |counter: fn(&EngineStats) -> &AtomicUsize| -> usize {
             st.ready.iter().map(|r| counter(r.stats()).load(Ordering::Relaxed)).sum()
         };
+        let total64 = |counter: fn(&EngineStats) -> &AtomicU64| -> u64 {
+            st.ready.iter().map(|r| counter(r.stats()).load(Ordering::Relaxed)).sum()
+        };
         View {
             phase: st.phase,
             desired_replicas: st.desired,
@@ -165,6 +174,10 @@ impl Deployment {
             kv_blocks_available: total(|s| &s.kv_blocks_available),
             preemptions: total(|s| &s.preemptions),
             prefix_cached_tokens: total(|s| &s.prefix_cached_tokens),
+            steps: total(|s| &s.steps),
+            grammar_masks: total64(|s| &s.grammar_masks),
+            grammar_mask_seconds: total64(|s| &s.grammar_mask_nanos) as f64 * 1e-9,
+            grammar_wait_seconds: total64(|s| &s.grammar_wait_nanos) as f64 * 1e-9,
             last_error: st.last_error.clone(),
             cost: Cost::of(&usage, self.spec.price_per_replica_hour),
             usage,

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod detok;
 pub mod embedding;
+pub mod grammar;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
@@ -16,10 +17,11 @@ use crate::kv::KvStore;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
 use crate::loader::LoadedModel;
+use grammar::GrammarCompiler;
 use scheduler::{Limits, Scheduler};
 pub use sequence::GenerationRequest;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -86,6 +88,11 @@ pub struct EngineStats {
     pub kv_blocks_available: AtomicUsize,
     /// Prompt tokens found in the prefix cache instead of computed.
     pub prefix_cached_tokens: AtomicUsize,
+    /// Grammar masks computed (one per constrained token), the time spent computing them (on the
+    /// mask threads, alongside the batch steps), and the time sampling waited for them.
+    pub grammar_masks: AtomicU64,
+    pub grammar_mask_nanos: AtomicU64,
+    pub grammar_wait_nanos: AtomicU64,
 }
 
 pub struct Engine {
@@ -97,6 +104,8 @@ pub struct Engine {
     pub context_length: usize,
     pub limits: Limits,
     pub stats: Arc<EngineStats>,
+    /// Built on the first constrained request (it indexes the vocabulary).
+    grammars: Arc<OnceLock<Result<Arc<GrammarCompiler>, String>>>,
 }
 
 impl Engine {
@@ -119,7 +128,27 @@ impl Engine {
             stats: stats.clone(),
         };
         let worker = std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || worker.run(rx))?;
-        Ok(Self { submit: tx, worker, tokenizer, template: loaded.template, context_length, limits, stats })
+        let grammars = Arc::default();
+        Ok(Self { submit: tx, worker, tokenizer, template: loaded.template, context_length, limits, stats, grammars })
+    }
+
+    /// The grammar compiler for this model's vocabulary. The first call builds it on a blocking
+    /// thread (it indexes the whole vocabulary: 0.2 s for SmolLM2's 49,152 tokens on 2 EPYC cores).
+    pub async fn grammars(&self) -> Result<Arc<GrammarCompiler>, String> {
+        if let Some(built) = self.grammars.get() {
+            return built.clone();
+        }
+        let (cell, tokenizer, stats) = (self.grammars.clone(), self.tokenizer.clone(), self.stats.clone());
+        let build = move || {
+            cell.get_or_init(|| {
+                let started = std::time::Instant::now();
+                let compiler = GrammarCompiler::new(&tokenizer, stats).map(Arc::new).map_err(|e| format!("{e:#}"));
+                tracing::info!(seconds = started.elapsed().as_secs_f64(), "grammar compiler built");
+                compiler
+            })
+            .clone()
+        };
+        tokio::task::spawn_blocking(build).await.map_err(|e| format!("building the grammar compiler: {e}"))?
     }
 
     /// Stops taking requests and waits until the worker has finished what it has and freed the weights

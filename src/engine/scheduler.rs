@@ -128,9 +128,9 @@ impl Scheduler {
             let joining: Vec<Sequence> = match self.preempted.pop_front() {
                 Some(seq) => vec![seq],
                 None => {
-                    let req = self.waiting.pop_front().expect("front exists");
+                    let mut req = self.waiting.pop_front().expect("front exists");
                     admitted += 1;
-                    (0..req.n).map(|choice| Sequence::new(&req, choice)).collect()
+                    (0..req.n).map(|choice| Sequence::new(&mut req, choice)).collect()
                 }
             };
             for mut seq in joining {
@@ -215,6 +215,7 @@ mod tests {
             max_tokens: 16,
             sampling: SamplingParams::default(),
             stop: vec![],
+            constraint: None,
             events: tx,
         };
         (req, rx)

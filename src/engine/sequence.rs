@@ -2,6 +2,7 @@
 //! tokens into text for the client.
 
 use super::detok::Utf8Stream;
+use super::grammar::Constraint;
 use super::sampling::{token_logprobs, Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use super::{Event, FinishReason, TokenLogprob};
@@ -17,6 +18,8 @@ pub struct GenerationRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// The grammar the answer must follow (structured outputs), compiled for this model.
+    pub constraint: Option<Constraint>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -35,6 +38,7 @@ pub struct Sequence {
     sampler: Sampler,
     utf8: Utf8Stream,
     stop: StopMatcher,
+    constraint: Option<Constraint>,
     /// Log-probabilities of tokens whose text has not been sent yet (when asked for).
     logprobs: Vec<TokenLogprob>,
     pub events: UnboundedSender<Event>,
@@ -42,7 +46,10 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(req: &GenerationRequest, choice: usize) -> Self {
+    /// Choice `choice` of `req`; the last choice takes the request's constraint, the others a copy.
+    pub fn new(req: &mut GenerationRequest, choice: usize) -> Self {
+        let constraint =
+            if choice + 1 == req.n { req.constraint.take() } else { req.constraint.as_mut().map(Constraint::fork) };
         Self {
             choice,
             tokens: req.prompt.clone(),
@@ -54,6 +61,7 @@ impl Sequence {
             sampler: Sampler::new(req.sampling.clone(), choice as u64, &req.prompt),
             utf8: Utf8Stream::default(),
             stop: StopMatcher::new(req.stop.clone()),
+            constraint,
             logprobs: Vec::new(),
             events: req.events.clone(),
             finish: None,
@@ -84,12 +92,23 @@ impl Sequence {
                 }
             }
         }
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(e) = constraint.mask(logits) {
+                return self.fail(&e);
+            }
+        }
         let token = self.sampler.sample(logits);
         self.tokens.push(token);
         if tokenizer.is_end_of_generation(token) {
             self.flush_text();
             return self.finish(FinishReason::Stop);
         }
+        // A grammar that is complete lets nothing follow: the answer ends here.
+        let grammar_done = match self.constraint.as_mut().map(|c| c.advance(token)) {
+            Some(Err(e)) => return self.fail(&e),
+            Some(Ok(done)) => done,
+            None => false,
+        };
         if let Some(top) = self.sampler.params().logprobs {
             let (logprob, best) = token_logprobs(logits, token, top);
             let bytes = |id: u32| tokenizer.token_bytes(id).to_vec();
@@ -102,10 +121,20 @@ impl Sequence {
         if step.stopped {
             return self.finish(FinishReason::Stop);
         }
+        if grammar_done {
+            self.flush_text();
+            return self.finish(FinishReason::Stop);
+        }
         if self.generated() >= self.max_tokens || self.tokens.len() >= context {
             self.flush_text();
             self.finish(FinishReason::Length);
         }
+    }
+
+    /// Ends the sequence with an error of its own (its grammar failed); the batch goes on.
+    fn fail(&mut self, message: &str) {
+        let _ = self.events.send(Event::Error(format!("constrained decoding failed: {message}")));
+        self.finish = Some(FinishReason::Stop);
     }
 
     /// Ends the sequence from outside a step (the scheduler), sending what text was held back.

@@ -9,6 +9,7 @@ import os
 import struct
 
 import openai
+import pydantic
 import pytest
 from openai.types import completion_create_params, embedding_create_params
 from openai.types.audio import speech_create_params
@@ -74,6 +75,37 @@ def test_logprobs(client):
     lp = text.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) > 0
     assert lp.text_offset[0] == 0 and "".join(lp.tokens) == text.choices[0].text
+
+
+class Capital(pydantic.BaseModel):
+    country: str
+    capital: str
+
+
+def test_structured_output_parses_into_the_pydantic_model(client):
+    # The client turns the model into a strict json_schema response_format and parses the answer.
+    completion = client.beta.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+        response_format=Capital,
+        temperature=0,
+        max_tokens=100,
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Capital)
+    assert parsed.capital == "Paris", completion.choices[0].message.content
+
+
+def test_unenforceable_schema_is_a_bad_request_naming_it(client):
+    schema = {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
+    assert e.value.param == "response_format.json_schema.schema"
+    assert '"not"' in e.value.body["message"]
 
 
 def test_stop_is_not_emitted(client):
