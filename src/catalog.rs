@@ -39,7 +39,15 @@ pub struct CatalogEntry {
     /// wrong one: the template to use instead.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// The same, from a file of models/templates/ (built in): for templates too long to read as
+    /// a JSON string.
+    #[serde(default)]
+    pub chat_template_file: Option<String>,
 }
+
+/// The templates of models/templates/, by file name.
+const TEMPLATES: &[(&str, &str)] =
+    &[("chatml-hermes-tools.jinja", include_str!("../models/templates/chatml-hermes-tools.jinja"))];
 
 /// What a catalog entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -115,9 +123,18 @@ impl Catalog {
     pub fn builtin() -> &'static Catalog {
         static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
         CATALOG.get_or_init(|| {
-            let catalog =
+            let mut catalog: Catalog =
                 serde_json::from_str(include_str!("../models/catalog.json")).expect("models/catalog.json parses");
             check(&catalog).unwrap_or_else(|e| panic!("models/catalog.json: {e}"));
+            for entry in &mut catalog.models {
+                if let Some(file) = &entry.chat_template_file {
+                    let (_, template) = TEMPLATES
+                        .iter()
+                        .find(|(name, _)| name == file)
+                        .unwrap_or_else(|| panic!("models/catalog.json: no template {file} in models/templates"));
+                    entry.chat_template = Some(template.to_string());
+                }
+            }
             catalog
         })
     }

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod pull;
+pub mod tool_calls;
 
 use std::sync::Arc;
 

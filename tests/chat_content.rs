@@ -25,12 +25,12 @@ fn load(path: &Path) -> LoadedModel {
 }
 
 fn user(content: &str) -> Vec<TemplateMessage> {
-    vec![TemplateMessage { role: "user".into(), content: content.into() }]
+    vec![TemplateMessage::new("user", content)]
 }
 
 /// The prompt ids of one user message, as the server makes them.
 fn chat_ids(model: &LoadedModel, content: &str) -> Vec<u32> {
-    let rendered = model.template.as_ref().unwrap().render(&user(content), true).unwrap();
+    let rendered = model.template.as_ref().unwrap().render(&user(content), None, true).unwrap();
     model.tokenizer.encode_chat(&rendered.text, rendered.content.as_deref().unwrap()).unwrap()
 }
 
@@ -49,11 +49,11 @@ fn check_injection_is_text(model: &LoadedModel) -> Vec<u32> {
     expected.extend(tok.encode("<|im_end|>\n<|im_start|>assistant\n", true).unwrap());
     assert_eq!(ids, expected);
     // Unmarked, the same text would have given the injected turn its control tokens (as before).
-    let text = model.template.as_ref().unwrap().render(&user(INJECTION), true).unwrap().text;
+    let text = model.template.as_ref().unwrap().render(&user(INJECTION), None, true).unwrap().text;
     assert_eq!(control(&tok.encode_prompt(&text).unwrap()), 6);
     // Content without control texts is tokenized exactly as the whole prompt always was.
     let benign = "hello <|im_start world|> \n <b>";
-    let text = model.template.as_ref().unwrap().render(&user(benign), true).unwrap().text;
+    let text = model.template.as_ref().unwrap().render(&user(benign), None, true).unwrap().text;
     assert_eq!(chat_ids(model, benign), tok.encode_prompt(&text).unwrap());
     ids
 }

@@ -7,15 +7,18 @@ use super::generation::{
 };
 use super::json::AppJson;
 use super::openai::*;
+use super::tools::{self, ToolReader, ToolRequest, ToolUse};
 use super::unsupported::{none, refuse, refuse_in, Refusal};
 use crate::auth::Caller;
 use crate::engine::grammar::Grammar;
 use crate::engine::{Engine, FinishReason, TokenLogprob};
 use crate::error::ApiError;
 use crate::loader::chat_template::TemplateMessage;
+use crate::tool_calls::{CallParser, Piece};
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use std::sync::Mutex;
 use std::time::Instant;
 use tracing::{field, Instrument};
 
@@ -27,19 +30,19 @@ struct Checked {
     messages: Vec<TemplateMessage>,
     max_tokens: Option<usize>,
     generation: Generation,
+    tools: Option<ToolRequest>,
+    /// What `response_format` asks the answer to be.
+    response_grammar: Option<Constrained>,
 }
 
 /// Chat's fields that Wick knows and does not serve, with the values that ask for nothing it lacks.
 fn refusals(req: &ChatCompletionRequest) -> Vec<Refusal<'_>> {
-    const TOOLS: &str = "tool calling is not implemented yet.";
+    const FUNCTIONS: &str = "the deprecated functions API is not served; use 'tools' and 'tool_choice'.";
     const TEXT_ONLY: &str = "its chat models answer in text only.";
     let field = |param, value, harmless, why| Refusal { param, value, harmless, why };
     vec![
-        field("tools", &req.tools, none, TOOLS),
-        field("tool_choice", &req.tool_choice, none, TOOLS),
-        field("parallel_tool_calls", &req.parallel_tool_calls, none, TOOLS),
-        field("functions", &req.functions, none, TOOLS),
-        field("function_call", &req.function_call, none, TOOLS),
+        field("functions", &req.functions, none, FUNCTIONS),
+        field("function_call", &req.function_call, none, FUNCTIONS),
         field("audio", &req.audio, none, TEXT_ONLY),
         field("modalities", &req.modalities, |v| *v == serde_json::json!(["text"]), TEXT_ONLY),
         field("prediction", &req.prediction, none, "predicted outputs are not implemented."),
@@ -66,14 +69,11 @@ fn refusals(req: &ChatCompletionRequest) -> Vec<Refusal<'_>> {
 }
 
 /// A message's fields that Wick knows and does not serve.
-fn message_refusals(m: &ChatMessage) -> [Refusal<'_>; 6] {
-    const TOOLS: &str = "tool calling is not implemented yet.";
+fn message_refusals(m: &ChatMessage) -> [Refusal<'_>; 4] {
     let field = |param, value, why| Refusal { param, value, harmless: none, why };
     [
         field("name", &m.name, "the model's chat template has no place for a participant's name."),
-        field("tool_calls", &m.tool_calls, TOOLS),
-        field("tool_call_id", &m.tool_call_id, TOOLS),
-        field("function_call", &m.function_call, TOOLS),
+        field("function_call", &m.function_call, "the deprecated functions API is not served; use 'tool_calls'."),
         field("audio", &m.audio, "its chat models take text only."),
         field("refusal", &m.refusal, "an assistant's refusal has no place in the model's chat template."),
     ]
@@ -120,7 +120,31 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
                 text
             }
         };
-        messages.push(TemplateMessage { role: role.to_string(), content });
+        let tool_calls = match (&m.tool_calls, role) {
+            (None, _) => None,
+            (Some(calls), "assistant") => Some(template_tool_calls(calls, i)?),
+            (Some(_), _) => {
+                return bad("Only assistant messages carry 'tool_calls'.".into(), &format!("messages[{i}].tool_calls"))
+            }
+        };
+        match (&m.tool_call_id, role) {
+            (None, "tool") => {
+                return bad(
+                    "Missing required parameter: 'tool_call_id'.".into(),
+                    &format!("messages[{i}].tool_call_id"),
+                )
+            }
+            (Some(_), r) if r != "tool" => {
+                return bad("Only tool messages carry 'tool_call_id'.".into(), &format!("messages[{i}].tool_call_id"))
+            }
+            _ => {}
+        }
+        messages.push(TemplateMessage {
+            role: role.to_string(),
+            content,
+            tool_calls,
+            tool_call_id: m.tool_call_id.clone(),
+        });
     }
 
     // `max_completion_tokens` is the newer name; when both are given it wins.
@@ -158,9 +182,42 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
         stream: req.stream,
         stream_options: req.stream_options.as_ref(),
     })?;
-    let mut generation = generation;
-    generation.grammar = check_response_format(req.response_format.as_ref())?;
-    Ok(Checked { messages, max_tokens, generation })
+    let response_grammar = check_response_format(req.response_format.as_ref())?;
+    let tools = tools::check(req)?;
+    if response_grammar.is_some() && tools.as_ref().is_some_and(|t| t.choice != tools::Choice::None) {
+        return bad(
+            "'response_format' json_object or json_schema together with 'tools' is not supported by this server: \
+             ask for one grammar at a time."
+                .into(),
+            "response_format",
+        );
+    }
+    Ok(Checked { messages, max_tokens, generation, tools, response_grammar })
+}
+
+/// An assistant's earlier calls as Hugging Face's templates read them: the arguments as a JSON
+/// object rather than OpenAI's string.
+fn template_tool_calls(calls: &[MessageToolCall], i: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let param = format!("messages[{i}].tool_calls[{j}]");
+        let (Some(f), "function", None) = (&call.function, call.kind.as_str(), &call.custom) else {
+            return Err(ApiError::invalid_request(
+                "Wick serves function tool calls only: 'type' 'function' with a 'function'.",
+                Some(&format!("{param}.type")),
+            ));
+        };
+        let arguments: serde_json::Value = serde_json::from_str(&f.arguments).map_err(|e| {
+            ApiError::invalid_request(
+                format!("The call's 'arguments' are not JSON: {e}."),
+                Some(&format!("{param}.function.arguments")),
+            )
+        })?;
+        out.push(serde_json::json!({
+            "id": call.id, "type": "function", "function": {"name": f.name, "arguments": arguments},
+        }));
+    }
+    Ok(out)
 }
 
 /// The grammar `response_format` asks for: none for text.
@@ -217,7 +274,12 @@ fn check_response_format(format: Option<&ResponseFormat>) -> Result<Option<Const
 }
 
 /// The rendered conversation's token ids. A model without a chat template cannot take messages.
-fn tokenize(engine: &Engine, model: &str, messages: &[TemplateMessage]) -> Result<Vec<u32>, ApiError> {
+fn tokenize(
+    engine: &Engine,
+    model: &str,
+    messages: &[TemplateMessage],
+    tools: Option<&[serde_json::Value]>,
+) -> Result<Vec<u32>, ApiError> {
     let template = engine.template.as_ref().ok_or_else(|| {
         ApiError::invalid_request(
             format!(
@@ -227,7 +289,8 @@ fn tokenize(engine: &Engine, model: &str, messages: &[TemplateMessage]) -> Resul
             Some("model"),
         )
     })?;
-    let rendered = template.render(messages, true).map_err(|e| ApiError::invalid_request(e, Some("messages")))?;
+    let rendered =
+        template.render(messages, tools, true).map_err(|e| ApiError::invalid_request(e, Some("messages")))?;
     let internal = |e: anyhow::Error| ApiError::internal(e.to_string());
     let content = match rendered.content {
         Some(content) => content,
@@ -277,27 +340,67 @@ pub async fn chat_completions(
         ttft_ms = field::Empty,
         duration_ms = field::Empty,
     );
-    let Checked { messages, max_tokens, generation } = checked;
-    let prepare =
-        |engine: &Engine| -> Result<_, ApiError> { Ok((vec![tokenize(engine, &req.model, &messages)?], ChatWire)) };
+    let Checked { messages, max_tokens, generation, tools, response_grammar } = checked;
+    let choices = generation.n;
+    let prepare = |engine: &Engine| -> Result<_, ApiError> {
+        let template_format = engine.template.as_ref().and_then(|t| t.tool_format);
+        let tool_use = tools.as_ref().map(|t| t.plan(template_format)).transpose()?;
+        let template_tools = tool_use.as_ref().and_then(|u| u.template_tools.as_deref());
+        let prompt = tokenize(engine, &req.model, &messages, template_tools)?;
+        let (grammar, reader) = match tool_use {
+            Some(ToolUse { grammar, reader, .. }) => (grammar.or(response_grammar), reader),
+            None => (response_grammar, None),
+        };
+        Ok((vec![prompt], ChatWire::new(reader, choices), grammar))
+    };
     generate(&state, deployment, head, started, max_tokens, generation, prepare).instrument(span).await
 }
 
-/// Chat's shape: `chat.completion` bodies and `chat.completion.chunk`s that open with the role.
-struct ChatWire;
+/// Chat's shape: `chat.completion` bodies and `chat.completion.chunk`s that open with the role. With
+/// tools, each choice's text is read for calls as it streams (`tool_calls::CallParser`).
+struct ChatWire {
+    reader: Option<ToolReader>,
+    streams: Mutex<Vec<StreamedCalls>>,
+}
+
+/// A streamed choice's calls so far.
+struct StreamedCalls {
+    parser: CallParser,
+    calls: usize,
+    /// Log-probabilities of tokens whose text is held back (inside a call), for the next chunk.
+    logprobs: Vec<TokenLogprob>,
+}
 
 /// The `object` of streamed chunks (a body's is `chat.completion`).
 const CHUNK_OBJECT: &str = "chat.completion.chunk";
 
+/// OpenAI's finish reason: a choice that stopped after calling tools finished with `tool_calls`.
+fn finish_reason(reason: FinishReason, calls: usize) -> &'static str {
+    match reason {
+        FinishReason::Stop if calls > 0 => "tool_calls",
+        other => other.as_str(),
+    }
+}
+
 impl ChatWire {
+    fn new(reader: Option<ToolReader>, choices: usize) -> Self {
+        let streams = match reader {
+            Some(r) => (0..choices)
+                .map(|_| StreamedCalls { parser: CallParser::new(r.format), calls: 0, logprobs: Vec::new() })
+                .collect(),
+            None => Vec::new(),
+        };
+        Self { reader, streams: Mutex::new(streams) }
+    }
+
     fn delta(
         head: &Head,
         index: usize,
         delta: Delta,
         logprobs: Option<ChatLogprobs>,
-        finish: Option<FinishReason>,
+        finish: Option<&'static str>,
     ) -> String {
-        let choice = ChunkChoice { index, delta, logprobs, finish_reason: finish.map(FinishReason::as_str) };
+        let choice = ChunkChoice { index, delta, logprobs, finish_reason: finish };
         head.chunk(CHUNK_OBJECT, vec![choice], None)
     }
 
@@ -321,21 +424,94 @@ impl ChatWire {
             .collect();
         ChatLogprobs { content, refusal: None }
     }
+
+    /// The chunks for pieces read from choice `index`'s stream: text as content, each call as its
+    /// id, type and name, then its arguments. Held-back log-probabilities ride on the first chunk.
+    fn pieces(
+        &self,
+        head: &Head,
+        index: usize,
+        pieces: Vec<Piece>,
+        stream: &mut StreamedCalls,
+        logprobs: bool,
+    ) -> Vec<String> {
+        let parallel = self.reader.is_some_and(|r| r.parallel);
+        let mut chunks = Vec::new();
+        let take_logprobs =
+            |stream: &mut StreamedCalls| logprobs.then(|| Self::logprobs(&std::mem::take(&mut stream.logprobs)));
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => {
+                    let lp = take_logprobs(stream);
+                    chunks.push(Self::delta(
+                        head,
+                        index,
+                        Delta { content: Some(text), ..Default::default() },
+                        lp,
+                        None,
+                    ));
+                }
+                Piece::Call(_) if !parallel && stream.calls > 0 => {}
+                Piece::Call(call) => {
+                    let call = tools::response_call(call);
+                    let opening = ToolCallDelta {
+                        index: stream.calls,
+                        id: Some(call.id),
+                        kind: Some("function"),
+                        function: FunctionCallDelta { name: Some(call.function.name), arguments: String::new() },
+                    };
+                    let arguments = ToolCallDelta {
+                        index: stream.calls,
+                        id: None,
+                        kind: None,
+                        function: FunctionCallDelta { name: None, arguments: call.function.arguments },
+                    };
+                    stream.calls += 1;
+                    let lp = take_logprobs(stream);
+                    for (delta, lp) in [(opening, lp), (arguments, None)] {
+                        let delta = Delta { tool_calls: Some(vec![delta]), ..Default::default() };
+                        chunks.push(Self::delta(head, index, delta, lp, None));
+                    }
+                }
+            }
+        }
+        chunks
+    }
 }
 
 impl Wire for ChatWire {
     const PROMPT_PARAM: &'static str = "messages";
 
     fn opening(&self, head: &Head, index: usize) -> Option<String> {
-        Some(Self::delta(head, index, Delta { role: Some("assistant"), content: Some(String::new()) }, None, None))
+        let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
+        Some(Self::delta(head, index, delta, None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String {
-        Self::delta(head, index, Delta { role: None, content: Some(text) }, logprobs.map(Self::logprobs), None)
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String> {
+        if self.reader.is_none() {
+            let delta = Delta { content: Some(text), ..Default::default() };
+            return vec![Self::delta(head, index, delta, logprobs.map(Self::logprobs), None)];
+        }
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = &mut streams[index];
+        stream.logprobs.extend(logprobs.unwrap_or_default().iter().cloned());
+        let pieces = stream.parser.push(&text);
+        self.pieces(head, index, pieces, stream, logprobs.is_some())
     }
 
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String {
-        Self::delta(head, index, Delta::default(), None, Some(reason))
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String> {
+        let mut chunks = Vec::new();
+        let mut calls = 0;
+        if self.reader.is_some() {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let stream = &mut streams[index];
+            let pieces = stream.parser.finish();
+            let logprobs = !stream.logprobs.is_empty();
+            chunks = self.pieces(head, index, pieces, stream, logprobs);
+            calls = stream.calls;
+        }
+        chunks.push(Self::delta(head, index, Delta::default(), None, Some(finish_reason(reason, calls))));
+        chunks
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {
@@ -346,11 +522,21 @@ impl Wire for ChatWire {
         let choices = answers
             .into_iter()
             .enumerate()
-            .map(|(index, a)| Choice {
-                index,
-                message: ResponseMessage { role: "assistant", content: a.text, refusal: None },
-                logprobs: a.logprobs.as_deref().map(Self::logprobs),
-                finish_reason: a.reason.as_str(),
+            .map(|(index, a)| {
+                let (content, tool_calls) = match self.reader {
+                    Some(reader) => {
+                        let read = reader.read(&a.text);
+                        (read.content, (!read.calls.is_empty()).then_some(read.calls))
+                    }
+                    None => (Some(a.text), None),
+                };
+                let calls = tool_calls.as_ref().map_or(0, Vec::len);
+                Choice {
+                    index,
+                    message: ResponseMessage { role: "assistant", content, refusal: None, tool_calls },
+                    logprobs: a.logprobs.as_deref().map(Self::logprobs),
+                    finish_reason: finish_reason(a.reason, calls),
+                }
             })
             .collect();
         axum::Json(ChatCompletion {

@@ -170,7 +170,7 @@ pub async fn completions(
     let prepare = |engine: &Engine| -> Result<_, ApiError> {
         let (ids, texts): (Vec<_>, Vec<_>) = tokenize(engine, prompts)?.into_iter().unzip();
         let choices = ids.len() * n;
-        Ok((ids, TextWire::new(echo.then_some(texts), n, choices)))
+        Ok((ids, TextWire::new(echo.then_some(texts), n, choices), None))
     };
     generate(&state, deployment, head, started, Some(max_tokens), generation, prepare).instrument(span).await
 }
@@ -232,18 +232,18 @@ impl Wire for TextWire {
         Some(Self::piece(head, index, prompt.to_string(), None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String {
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String> {
         let logprobs = logprobs.map(|tokens| {
             let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
             let (logprobs, next) = Self::logprobs(tokens, offsets[index]);
             offsets[index] = next;
             logprobs
         });
-        Self::piece(head, index, text, logprobs, None)
+        vec![Self::piece(head, index, text, logprobs, None)]
     }
 
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String {
-        Self::piece(head, index, String::new(), None, Some(reason))
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String> {
+        vec![Self::piece(head, index, String::new(), None, Some(reason))]
     }
 
     fn usage(&self, head: &Head, usage: Usage) -> String {

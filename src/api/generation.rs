@@ -58,8 +58,6 @@ pub struct Generation {
     pub sampling: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
-    /// The grammar the answer must follow (set by the endpoint).
-    pub grammar: Option<Constrained>,
 }
 
 /// A grammar, with the request field it came from (named when the grammar cannot be enforced).
@@ -164,7 +162,6 @@ pub fn check_sampling(f: SamplingFields<'_>) -> Result<Generation, ApiError> {
         },
         stream,
         include_usage: f.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-        grammar: None,
     })
 }
 
@@ -219,11 +216,11 @@ pub trait Wire: Send + Sync + 'static {
     const PROMPT_PARAM: &'static str;
     /// What a streamed choice opens with, if anything (chat: its role).
     fn opening(&self, head: &Head, index: usize) -> Option<String>;
-    /// A streamed piece of choice `index`'s text, with its tokens' log-probabilities when the
-    /// request asked for them.
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> String;
-    /// The streamed chunk that ends choice `index`.
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> String;
+    /// The streamed chunks for a piece of choice `index`'s text, with its tokens' log-probabilities
+    /// when the request asked for them (none while the text is held back, as a tool call is).
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String>;
+    /// The streamed chunks that end choice `index`: what was held back, then the finish.
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String>;
     /// The streamed chunk with the usage and no choices.
     fn usage(&self, head: &Head, usage: Usage) -> String;
     /// The whole answer: each choice's, in index order.
@@ -232,7 +229,8 @@ pub trait Wire: Send + Sync + 'static {
 
 /// Sends the prompts to the leased replica's engine, `n` choices each, and answers. The choices of
 /// prompt `p` get indexes `p * n ..`, as OpenAI numbers them. `prepare` turns the request into
-/// prompt tokens with the loaded model's tokenizer.
+/// prompt tokens with the loaded model's tokenizer, its wire shape, and the grammar the answers must
+/// follow, if any.
 pub async fn generate<W: Wire>(
     state: &AppState,
     deployment: Arc<Deployment>,
@@ -240,12 +238,12 @@ pub async fn generate<W: Wire>(
     started: Instant,
     max_tokens: Option<usize>,
     generation: Generation,
-    prepare: impl FnOnce(&Engine) -> Result<(Vec<Vec<u32>>, W), ApiError>,
+    prepare: impl FnOnce(&Engine) -> Result<(Vec<Vec<u32>>, W, Option<Constrained>), ApiError>,
 ) -> Result<Response, ApiError> {
     // Loads the deployment if it is in Standby; held until the answer is complete.
     let lease = deployment.acquire().await?;
     let engine = lease.chat().ok_or_else(|| ApiError::internal("a text deployment without a text engine"))?;
-    let (prompts, wire) = prepare(engine)?;
+    let (prompts, wire, grammar) = prepare(engine)?;
     let context = engine.context_length;
     let n = generation.n;
     if n > engine.limits.max_batch_size {
@@ -283,13 +281,13 @@ pub async fn generate<W: Wire>(
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     Span::current().record("prompt_tokens", prompt_tokens);
     let mut receivers = Vec::with_capacity(prompts.len());
-    let compiler = match &generation.grammar {
+    let compiler = match &grammar {
         Some(_) => Some(engine.grammars().await.map_err(ApiError::internal)?),
         None => None,
     };
     let mut constraints = Vec::with_capacity(prompts.len());
     for _ in &prompts {
-        constraints.push(match (&generation.grammar, &compiler) {
+        constraints.push(match (&grammar, &compiler) {
             (Some(c), Some(compiler)) => Some(compiler.compile(&c.grammar).map_err(|e| {
                 ApiError::invalid_request(format!("'{}' cannot be enforced: {e}", c.param), Some(c.param))
             })?),
@@ -500,13 +498,13 @@ impl<W: Wire> StreamState<W> {
                 Some(Event::Text { choice, text, logprobs }) => {
                     r.record_text();
                     let logprobs = r.logprobs.then_some(logprobs.as_slice());
-                    self.queue.push_back(r.wire.text(&r.head, choice, text, logprobs));
+                    self.queue.extend(r.wire.text(&r.head, choice, text, logprobs));
                 }
                 Some(Event::Done { choice, reason, completion_tokens, cached_prompt_tokens }) => {
                     self.completion_tokens += completion_tokens;
                     r.record_done(choice, completion_tokens, cached_prompt_tokens);
                     self.remaining -= 1;
-                    self.queue.push_back(r.wire.finish(&r.head, choice, reason));
+                    self.queue.extend(r.wire.finish(&r.head, choice, reason));
                 }
                 Some(Event::Error(e)) => {
                     self.queue.push_back(ApiError::internal(e).to_json().to_string());

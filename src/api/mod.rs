@@ -10,6 +10,7 @@ pub mod json;
 pub mod models;
 pub mod openai;
 pub mod speech;
+pub mod tools;
 pub mod unsupported;
 
 use crate::auth::{self, Caller};

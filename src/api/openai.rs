@@ -48,9 +48,11 @@ pub struct ChatCompletionRequest {
     pub ignore_eos: Option<bool>,
     // Fields Wick knows and does not serve (yet): each is refused by name when present, except
     // for the values that ask for nothing Wick lacks (`check` in chat.rs).
-    pub tools: Unsupported,
-    pub tool_choice: Unsupported,
-    pub parallel_tool_calls: Unsupported,
+    pub tools: Option<Vec<Tool>>,
+    /// "none", "auto", "required", or `{"type": "function", "function": {"name"}}`; checked by hand
+    /// in `api::tools` so that each wrong shape gets its own message.
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub functions: Unsupported,
     pub function_call: Unsupported,
     pub response_format: Option<ResponseFormat>,
@@ -122,11 +124,81 @@ pub struct ChatMessage {
     pub content: Option<MessageContent>,
     /// A participant's name: refused, since a chat template has no place for it.
     pub name: Unsupported,
-    pub tool_calls: Unsupported,
-    pub tool_call_id: Unsupported,
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    pub tool_call_id: Option<String>,
     pub function_call: Unsupported,
     pub audio: Unsupported,
     pub refusal: Unsupported,
+}
+
+/// A tool the model may call. OpenAI's custom (free-text) tools are refused by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: Option<FunctionDefinition>,
+    pub custom: Unsupported,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDefinition {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema; a function without one takes no arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// Whether calls must follow `parameters` exactly (enforced by a grammar).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// A call in an earlier assistant message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: Option<FunctionCall>,
+    pub custom: Unsupported,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The JSON text of the arguments object.
+    pub arguments: String,
+}
+
+/// A call in an answer, or its first streamed piece.
+#[derive(Debug, Serialize)]
+pub struct ResponseToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// A streamed piece of a call: the id, type and name come first, then the arguments.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug)]
@@ -198,8 +270,11 @@ pub struct Choice {
 #[derive(Debug, Serialize)]
 pub struct ResponseMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the answer is tool calls alone.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ResponseToolCall>>,
 }
 
 /// A streamed chunk of either endpoint: `chat.completion.chunk` with `ChunkChoice`s, or
@@ -231,6 +306,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// `POST /v1/completions`: OpenAI's legacy Completions API, for base models and raw prompts.

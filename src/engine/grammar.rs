@@ -24,6 +24,8 @@ pub enum Grammar {
     JsonObject,
     /// JSON valid for this schema (`json_schema`).
     JsonSchema(serde_json::Value),
+    /// A Lark grammar in llguidance's dialect (forced tool calls, `crate::tool_calls`).
+    Lark(String),
 }
 
 /// How generated JSON is laid out: one space after `,` and `:` and no other whitespace, as Python's
@@ -91,6 +93,7 @@ impl GrammarCompiler {
         let schema = match grammar {
             Grammar::JsonObject => serde_json::json!({"type": "object"}),
             Grammar::JsonSchema(schema) => schema.clone(),
+            Grammar::Lark(lark) => return self.constraint(TopLevelGrammar::from_lark(lark.clone())),
         };
         let schema = match schema {
             serde_json::Value::Object(mut fields) => {
@@ -101,8 +104,11 @@ impl GrammarCompiler {
             }
             other => other,
         };
-        let parser =
-            self.factory.create_parser(TopLevelGrammar::from_json_schema(schema)).map_err(|e| e.to_string())?;
+        self.constraint(TopLevelGrammar::from_json_schema(schema))
+    }
+
+    fn constraint(&self, grammar: TopLevelGrammar) -> Result<Constraint, String> {
+        let parser = self.factory.create_parser(grammar).map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(e);

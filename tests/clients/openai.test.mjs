@@ -138,3 +138,28 @@ test("embeddings: a list of strings", async () => {
   assert.equal(r.usage.prompt_tokens, r.usage.total_tokens);
   assert.ok(r.usage.prompt_tokens >= 6);
 });
+
+test("tool call with tool_choice required, and its result answered", async () => {
+  const tools = [{
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "Get the current weather in a city",
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false },
+    },
+  }];
+  const question = [{ role: "user", content: "What is the weather in Paris?" }];
+  const r = await client.chat.completions.create({ model, messages: question, tools, tool_choice: "required", temperature: 0, max_tokens: 100 });
+  const choice = r.choices[0];
+  assert.equal(choice.finish_reason, "tool_calls");
+  const call = choice.message.tool_calls[0];
+  assert.equal(call.function.name, "get_weather");
+  assert.equal(typeof JSON.parse(call.function.arguments).city, "string");
+  const answer = await client.chat.completions.create({
+    model,
+    messages: [...question, choice.message, { role: "tool", tool_call_id: call.id, content: "18 C and cloudy" }],
+    temperature: 0,
+    max_tokens: 40,
+  });
+  assert.ok(answer.choices[0].message.content.length > 0);
+});

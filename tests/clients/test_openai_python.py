@@ -108,6 +108,65 @@ def test_unenforceable_schema_is_a_bad_request_naming_it(client):
     assert '"not"' in e.value.body["message"]
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_tool_loop_with_required_call(client):
+    first = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=100
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments["city"], str) and set(arguments) <= {"city", "unit"}
+    assert arguments.get("unit", "celsius") in ("celsius", "fahrenheit")
+    # The result goes back in, and the model answers in text.
+    history = WEATHER_QUESTION + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 18, "sky": "cloudy"})},
+    ]
+    second = client.chat.completions.create(
+        model=MODEL, messages=history, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=60
+    )
+    assert second.choices[0].message.content and not second.choices[0].message.tool_calls
+
+
+def test_streamed_tool_calls_add_up_to_the_plain_ones(client):
+    ask = dict(model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], temperature=0, max_tokens=100)
+    ask["tool_choice"] = {"type": "function", "function": {"name": "get_weather"}}
+    plain = client.chat.completions.create(**ask).choices[0]
+    calls = {}
+    finish = None
+    for chunk in client.chat.completions.create(**ask, stream=True):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                call["name"] += delta.function.name or ""
+                call["arguments"] += delta.function.arguments or ""
+    assert finish == plain.finish_reason == "tool_calls"
+    assert [(c["name"], c["arguments"]) for c in calls.values()] == [
+        (c.function.name, c.function.arguments) for c in plain.message.tool_calls
+    ]
+    assert all(c["id"].startswith("call_") for c in calls.values())
+
+
 def test_stop_is_not_emitted(client):
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=32, stop=["Paris"])
     assert "Paris" not in r.choices[0].message.content
