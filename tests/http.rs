@@ -231,9 +231,14 @@ async fn every_field_is_served_or_refused_by_name() {
     assert_eq!((status, err["error"]["param"].as_str()), (400, Some("messages[0].nmae")), "{err}");
 
     let refused = [
+        // The tiny model's template shows no tools, so it cannot choose to call one (tests/tools.rs).
         (json!({"tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
         (json!({"tool_choice": "none"}), "tool_choice"),
-        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}}),
+            "response_format.json_schema.schema",
+        ),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"store": true}), "store"),
         (json!({"service_tier": "priority"}), "service_tier"),

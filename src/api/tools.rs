@@ -112,8 +112,8 @@ pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiErro
         }
     };
     if functions.is_empty() {
-        if matches!(choice, Choice::Required | Choice::Named(_)) {
-            return bad("'tool_choice' asks for a call, and there are no 'tools'.".into(), "tool_choice");
+        if req.tool_choice.is_some() {
+            return bad("'tool_choice' is only allowed when 'tools' are specified.".into(), "tool_choice");
         }
         if req.parallel_tool_calls.is_some() {
             return bad(
