@@ -49,8 +49,11 @@ pub enum Forced<'a> {
     TextOrCalls(Vec<ToolSpec<'a>>),
 }
 
-/// How the JSON of forced calls is laid out (as `engine::grammar` lays out JSON answers).
-const JSON_LAYOUT: &str = r#"{"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
+/// How generated JSON is laid out (llguidance's `x-guidance` options), for forced calls here and
+/// structured outputs (`engine::grammar`): one space after `,` and `:` and no other whitespace, as
+/// Python's `json.dumps` writes it. Models know the layout well; free whitespace would let a small
+/// model spend its tokens on newlines.
+pub const JSON_LAYOUT: &str = r#"{"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
 
 impl ToolFormat {
     /// The format a chat template's source renders calls in; None if it renders no tools.

@@ -241,10 +241,7 @@ fn check_response_format(format: Option<&ResponseFormat>) -> Result<Option<Const
         (ResponseFormatType::JsonObject, None) => (Grammar::JsonObject, "response_format"),
         (ResponseFormatType::JsonSchema, Some(json_schema)) => {
             let name = &json_schema.name;
-            if name.is_empty()
-                || name.len() > 64
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-            {
+            if !tools::is_valid_name(name) {
                 return bad(
                     format!("Invalid 'response_format.json_schema.name': '{name}'. It must be 1 to 64 letters, digits, underscores or dashes."),
                     "response_format.json_schema.name",

@@ -35,6 +35,11 @@ pub struct ToolUse {
     pub reader: Option<ToolReader>,
 }
 
+/// OpenAI's rule for a function's or a schema's name: 1 to 64 letters, digits, `_` or `-`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn bad<T>(message: String, param: &str) -> Result<T, ApiError> {
     Err(ApiError::invalid_request(message, Some(param)))
 }
@@ -53,10 +58,7 @@ pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiErro
         let Some(f) = &tool.function else {
             return bad("Missing required parameter: 'function'.".into(), &format!("tools[{i}].function"));
         };
-        if f.name.is_empty()
-            || f.name.len() > 64
-            || !f.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_valid_name(&f.name) {
             return bad(
                 format!("Invalid 'tools[{i}].function.name': '{}'. It must be 1 to 64 letters, digits, underscores or dashes.", f.name),
                 &format!("tools[{i}].function.name"),

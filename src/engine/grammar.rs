@@ -10,6 +10,7 @@
 
 use super::EngineStats;
 use crate::loader::tokenizer::TextTokenizer;
+use crate::tool_calls::JSON_LAYOUT;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
@@ -27,11 +28,6 @@ pub enum Grammar {
     /// A Lark grammar in llguidance's dialect (forced tool calls, `crate::tool_calls`).
     Lark(String),
 }
-
-/// How generated JSON is laid out: one space after `,` and `:` and no other whitespace, as Python's
-/// `json.dumps` writes it. Models know the layout well; free whitespace would let a small model
-/// spend its tokens on newlines.
-const JSON_LAYOUT: &str = r#"{"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
 
 /// Threads for the masks, apart from the model's own pool: a mask computed there would wait behind
 /// the batch step it is meant to overlap.
