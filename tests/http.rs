@@ -446,6 +446,11 @@ async fn a_client_that_disconnects_loses_its_sequence() {
         }
         let taken = steps() - steps_then;
         assert!(taken < 200, "took {taken} steps to notice (stream={stream})");
+        // The blocks it held are free, and the gauge autoscalers read says so at once, with no
+        // request after it to update it.
+        let metrics = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+        let used = metrics.lines().find(|l| l.starts_with("wick_deployment_kv_blocks_used{")).unwrap();
+        assert!(used.ends_with(" 0"), "{used} (stream={stream})");
     }
 }
 

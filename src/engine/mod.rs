@@ -219,7 +219,7 @@ impl Worker {
             seq.finish = Some(FinishReason::Stop);
         }
         self.scheduler.retire_finished();
-        self.stats.running.store(0, Ordering::SeqCst);
+        self.publish_stats();
     }
 
     fn step(&mut self) {
@@ -231,10 +231,12 @@ impl Worker {
         let preempted = self.scheduler.reserve_step();
         self.stats.preemptions.fetch_add(preempted, Ordering::Relaxed);
         self.scheduler.retire_finished(); // those that outgrew the pool alone
-        self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
         if self.scheduler.running.is_empty() {
-            return;
+            // Sequences whose clients went away were dropped above: their blocks are free now, and
+            // the gauges must say so before the worker sleeps until the next request.
+            return self.publish_stats();
         }
+        self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
 
         let model = &self.model;
         let result = {
@@ -258,6 +260,11 @@ impl Worker {
         }
         self.scheduler.retire_finished();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.publish_stats();
+    }
+
+    /// The scheduler's state, for the gauges.
+    fn publish_stats(&self) {
         self.stats.kv_blocks_available.store(self.scheduler.blocks.available(), Ordering::Relaxed);
         self.stats.prefix_cached_tokens.store(self.scheduler.blocks.stats.hit_tokens, Ordering::Relaxed);
         self.stats.running.store(self.scheduler.running.len(), Ordering::SeqCst);
