@@ -5,15 +5,11 @@
 //! (/sdk/v1) and /metrics. Either may be scoped to some deployments: an inference key used for a
 //! deployment outside its scope is answered as if the deployment did not exist; a management key sees
 //! and manages only the deployments in its scope.
+//!
+//! This module knows keys, not HTTP: the layers that read the `Authorization` header and answer a
+//! refusal in each API's error shape are `api::auth`.
 
-use crate::error::ApiError;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +130,7 @@ impl Keys {
     }
 
     /// What a request presenting `presented` may do under `role`.
-    fn check(&self, presented: Option<&str>, role: Role) -> Result<Caller, Refusal> {
+    pub fn check(&self, presented: Option<&str>, role: Role) -> Result<Caller, Refusal> {
         // Inference is open when no inference key is configured (then the server binds only
         // loopback unless told otherwise); management is open only when no key at all is, so that
         // configuring inference keys alone never leaves management open.
@@ -153,7 +149,8 @@ impl Keys {
     }
 }
 
-enum Refusal {
+/// Why a key was not accepted.
+pub enum Refusal {
     Missing,
     Invalid(String),
     /// A valid key of the other kind.
@@ -176,65 +173,6 @@ pub fn read_key_file(path: &std::path::Path, role: Role) -> anyhow::Result<Vec<K
             KeySpec::new(secret, role).scoped(Scope::only(words))
         })
         .collect())
-}
-
-fn bearer(request: &Request) -> Option<String> {
-    request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim().to_string())
-}
-
-/// The OpenAI API's layer: inference keys, errors in OpenAI's shape.
-pub async fn require_inference_key(State(keys): State<Arc<Keys>>, mut request: Request, next: Next) -> Response {
-    match keys.check(bearer(&request).as_deref(), Role::Inference) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(Refusal::Missing) => ApiError::invalid_api_key(None).into_response(),
-        Err(Refusal::Invalid(key)) => ApiError::invalid_api_key(Some(&key)).into_response(),
-        Err(Refusal::WrongRole | Refusal::ManagementDisabled) => ApiError::permission_denied(
-            "This is a management key: it is accepted by the management API, not by the inference API.",
-        )
-        .into_response(),
-    }
-}
-
-/// The management API's layer: management keys, errors in its `{"code", "msg"}` shape.
-pub async fn require_admin_key(State(keys): State<Arc<Keys>>, mut request: Request, next: Next) -> Response {
-    let (status, msg) = match keys.check(bearer(&request).as_deref(), Role::Admin) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            return next.run(request).await;
-        }
-        Err(Refusal::Missing) => {
-            (StatusCode::UNAUTHORIZED, "Missing management key: send it as `Authorization: Bearer KEY`.".to_string())
-        }
-        Err(Refusal::Invalid(_)) => (StatusCode::UNAUTHORIZED, "Invalid management key.".to_string()),
-        Err(Refusal::WrongRole) => (
-            StatusCode::FORBIDDEN,
-            "This is an inference key: the management API takes a management key (--admin-key).".to_string(),
-        ),
-        Err(Refusal::ManagementDisabled) => (
-            StatusCode::FORBIDDEN,
-            "The management API is disabled: start wick with --admin-key to enable it.".to_string(),
-        ),
-    };
-    crate::api::instances::failure(status, msg).into_response()
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Set by the auth layers on every route that takes a `Caller`; missing means a route was
-        // added without its layer, which must fail closed.
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::internal("no auth layer on this route"))
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `GET /metrics` for Prometheus (OpenMetrics text). Counters and histograms are updated as requests
-//! go; per-deployment gauges (state, replicas, queue depth, running sequences, KV blocks) are read from the
-//! deployments at scrape time, so they can never drift from the truth.
+//! go; per-deployment gauges (state, replicas, queue depth, running sequences, KV blocks) are given
+//! at scrape time (`Gauges`, which the /metrics handler reads from the deployments), so they can
+//! never drift from the truth. This module imports nothing of Wick's: deploy writes to it, and it
+//! does not read deploy.
 
-use crate::deploy::{Deployments, Phase};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +33,27 @@ struct RequestLabel {
 }
 
 type Histograms = Family<DeploymentLabel, Histogram, fn() -> Histogram>;
+
+/// One deployment's gauges at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges<'a> {
+    pub deployment: &'a str,
+    /// Every state's name, and whether it is the deployment's now.
+    pub states: Vec<(&'static str, bool)>,
+    pub ready_replicas: usize,
+    pub desired_replicas: usize,
+    pub queued: usize,
+    pub running: usize,
+    pub kv_blocks: usize,
+    pub kv_blocks_used: usize,
+    /// Since the replicas loaded.
+    pub preemptions: usize,
+    pub prefix_cached_tokens: usize,
+    pub steps: usize,
+    pub grammar_masks: u64,
+    pub grammar_mask_seconds: f64,
+    pub grammar_wait_seconds: f64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -172,8 +194,8 @@ impl Metrics {
         self.unload_seconds.get_or_create(&label(deployment)).observe(seconds);
     }
 
-    /// The OpenMetrics text of every metric, with the gauges read from `deployments` now.
-    pub fn render(&self, deployments: &Deployments) -> String {
+    /// The OpenMetrics text of every metric, with each deployment's gauges as they are now.
+    pub fn render(&self, deployments: &[Gauges<'_>]) -> String {
         let gauges = [
             &self.replicas,
             &self.desired_replicas,
@@ -192,25 +214,24 @@ impl Metrics {
         self.grammar_mask_seconds.clear();
         self.grammar_wait_seconds.clear();
         self.state.clear();
-        for d in deployments.all() {
-            let view = d.view();
-            let l = label(d.name());
-            for phase in Phase::ALL {
-                let s = StateLabel { deployment: d.name().to_string(), state: phase.as_str().to_string() };
-                self.state.get_or_create(&s).set(i64::from(view.phase == phase));
+        for g in deployments {
+            let l = label(g.deployment);
+            for &(state, current) in &g.states {
+                let s = StateLabel { deployment: g.deployment.to_string(), state: state.to_string() };
+                self.state.get_or_create(&s).set(i64::from(current));
             }
-            self.replicas.get_or_create(&l).set(view.ready_replicas as i64);
-            self.desired_replicas.get_or_create(&l).set(view.desired_replicas as i64);
-            self.queue_depth.get_or_create(&l).set(view.queued as i64);
-            self.running.get_or_create(&l).set(view.running as i64);
-            self.kv_blocks.get_or_create(&l).set(view.kv_blocks as i64);
-            self.kv_blocks_used.get_or_create(&l).set(view.kv_blocks.saturating_sub(view.kv_blocks_available) as i64);
-            self.preemptions.get_or_create(&l).set(view.preemptions as i64);
-            self.prefix_cached_tokens.get_or_create(&l).set(view.prefix_cached_tokens as i64);
-            self.steps.get_or_create(&l).set(view.steps as i64);
-            self.grammar_masks.get_or_create(&l).set(view.grammar_masks as i64);
-            self.grammar_mask_seconds.get_or_create(&l).set(view.grammar_mask_seconds);
-            self.grammar_wait_seconds.get_or_create(&l).set(view.grammar_wait_seconds);
+            self.replicas.get_or_create(&l).set(g.ready_replicas as i64);
+            self.desired_replicas.get_or_create(&l).set(g.desired_replicas as i64);
+            self.queue_depth.get_or_create(&l).set(g.queued as i64);
+            self.running.get_or_create(&l).set(g.running as i64);
+            self.kv_blocks.get_or_create(&l).set(g.kv_blocks as i64);
+            self.kv_blocks_used.get_or_create(&l).set(g.kv_blocks_used as i64);
+            self.preemptions.get_or_create(&l).set(g.preemptions as i64);
+            self.prefix_cached_tokens.get_or_create(&l).set(g.prefix_cached_tokens as i64);
+            self.steps.get_or_create(&l).set(g.steps as i64);
+            self.grammar_masks.get_or_create(&l).set(g.grammar_masks as i64);
+            self.grammar_mask_seconds.get_or_create(&l).set(g.grammar_mask_seconds);
+            self.grammar_wait_seconds.get_or_create(&l).set(g.grammar_wait_seconds);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");

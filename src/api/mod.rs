@@ -1,6 +1,7 @@
 //! The HTTP surface: OpenAI's endpoints under /v1 behind inference keys; the management API under
 //! /sdk/v1 and /metrics behind management keys; a public /health.
 
+pub mod auth;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
@@ -13,10 +14,12 @@ pub mod speech;
 pub mod tools;
 pub mod unsupported;
 
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::deploy::Deployment;
+use crate::deploy::Phase;
 use crate::error::ApiError;
 use crate::loader::ModelKind;
+use crate::metrics::Gauges;
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{from_fn_with_state, Next};
@@ -88,9 +91,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: Prometheus text, with each deployment's gauges read from its view now.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.deployments.metrics().render(&state.deployments);
+    let deployments = state.deployments.all();
+    let views: Vec<_> = deployments.iter().map(|d| (d.name(), d.view())).collect();
+    let gauges: Vec<Gauges<'_>> = views
+        .iter()
+        .map(|(name, v)| Gauges {
+            deployment: name,
+            states: Phase::ALL.iter().map(|&p| (p.as_str(), v.phase == p)).collect(),
+            ready_replicas: v.ready_replicas,
+            desired_replicas: v.desired_replicas,
+            queued: v.queued,
+            running: v.running,
+            kv_blocks: v.kv_blocks,
+            kv_blocks_used: v.kv_blocks.saturating_sub(v.kv_blocks_available),
+            preemptions: v.preemptions,
+            prefix_cached_tokens: v.prefix_cached_tokens,
+            steps: v.steps,
+            grammar_masks: v.grammar_masks,
+            grammar_mask_seconds: v.grammar_mask_seconds,
+            grammar_wait_seconds: v.grammar_wait_seconds,
+        })
+        .collect();
+    let text = state.deployments.metrics().render(&gauges);
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
