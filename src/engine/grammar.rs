@@ -14,8 +14,9 @@ use crate::tool_calls::JSON_LAYOUT;
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{SimpleVob, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, LazyLock};
+use std::sync::{mpsc, Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 /// What a request constrains its answer to.
@@ -66,7 +67,19 @@ impl TokenizerEnv for Vocabulary {
 pub struct GrammarCompiler {
     factory: ParserFactory,
     stats: Arc<EngineStats>,
+    /// Fresh matchers of the grammars compiled last, by their text: an application sends one schema
+    /// again and again, and a copy costs far less than compiling it again.
+    compiled: Mutex<Compiled>,
 }
+
+/// Up to `COMPILED_KEPT` matchers, the oldest dropped first.
+#[derive(Default)]
+struct Compiled {
+    matchers: HashMap<String, Matcher>,
+    order: VecDeque<String>,
+}
+
+const COMPILED_KEPT: usize = 64;
 
 impl GrammarCompiler {
     pub fn new(tokenizer: &TextTokenizer, stats: Arc<EngineStats>) -> anyhow::Result<Self> {
@@ -81,7 +94,7 @@ impl GrammarCompiler {
         let env: llguidance::toktrie::TokEnv = Arc::new(Vocabulary { trie });
         let mut factory = ParserFactory::new_simple(&env)?;
         factory.set_stderr_log_level(0);
-        Ok(Self { factory, stats })
+        Ok(Self { factory, stats, compiled: Mutex::default() })
     }
 
     /// A fresh constraint for one sequence, or why the grammar cannot be enforced (for the client).
@@ -89,7 +102,9 @@ impl GrammarCompiler {
         let schema = match grammar {
             Grammar::JsonObject => serde_json::json!({"type": "object"}),
             Grammar::JsonSchema(schema) => schema.clone(),
-            Grammar::Lark(lark) => return self.constraint(TopLevelGrammar::from_lark(lark.clone())),
+            Grammar::Lark(lark) => {
+                return self.constraint(format!("lark {lark}"), || TopLevelGrammar::from_lark(lark.clone()))
+            }
         };
         let schema = match schema {
             serde_json::Value::Object(mut fields) => {
@@ -100,15 +115,31 @@ impl GrammarCompiler {
             }
             other => other,
         };
-        self.constraint(TopLevelGrammar::from_json_schema(schema))
+        self.constraint(format!("json {schema}"), || TopLevelGrammar::from_json_schema(schema))
     }
 
-    fn constraint(&self, grammar: TopLevelGrammar) -> Result<Constraint, String> {
-        let parser = self.factory.create_parser(grammar).map_err(|e| e.to_string())?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(e) = matcher.get_error() {
-            return Err(e);
-        }
+    /// A constraint for the grammar `key` names, compiled by `grammar` unless a matcher for it is kept.
+    fn constraint(&self, key: String, grammar: impl FnOnce() -> TopLevelGrammar) -> Result<Constraint, String> {
+        let kept = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).matchers.get(&key).map(Matcher::deep_clone);
+        let matcher = match kept {
+            Some(matcher) => matcher,
+            None => {
+                let parser = self.factory.create_parser(grammar()).map_err(|e| e.to_string())?;
+                let matcher = Matcher::new(Ok(parser));
+                if let Some(e) = matcher.get_error() {
+                    return Err(e);
+                }
+                let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+                if compiled.order.len() >= COMPILED_KEPT {
+                    let oldest = compiled.order.pop_front().expect("not empty");
+                    compiled.matchers.remove(&oldest);
+                }
+                if compiled.matchers.insert(key.clone(), matcher.deep_clone()).is_none() {
+                    compiled.order.push_back(key);
+                }
+                matcher
+            }
+        };
         let mut constraint = Constraint { state: State::Ready(Box::new(matcher)), stats: self.stats.clone() };
         constraint.prepare();
         Ok(constraint)
