@@ -281,20 +281,18 @@ pub async fn generate<W: Wire>(
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     Span::current().record("prompt_tokens", prompt_tokens);
     let mut receivers = Vec::with_capacity(prompts.len());
-    let compiler = match &grammar {
-        Some(_) => Some(engine.grammars().await.map_err(ApiError::internal)?),
+    let compiler = match grammar {
+        Some(c) => Some((engine.grammars().await.map_err(ApiError::internal)?, c)),
         None => None,
     };
-    let mut constraints = Vec::with_capacity(prompts.len());
-    for _ in &prompts {
-        constraints.push(match (&grammar, &compiler) {
-            (Some(c), Some(compiler)) => Some(compiler.compile(&c.grammar).map_err(|e| {
+    for (prompt, max_tokens) in prompts.into_iter().zip(budgets) {
+        // Every prompt has the same grammar: only the first can fail to compile, before any is queued.
+        let constraint = match &compiler {
+            Some((compiler, c)) => Some(compiler.compile(&c.grammar).map_err(|e| {
                 ApiError::invalid_request(format!("'{}' cannot be enforced: {e}", c.param), Some(c.param))
             })?),
-            _ => None,
-        });
-    }
-    for ((prompt, max_tokens), constraint) in prompts.into_iter().zip(budgets).zip(constraints) {
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         engine
             .submit(GenerationRequest {

@@ -141,7 +141,7 @@ pub struct Tool {
     pub custom: Unsupported,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionDefinition {
     pub name: String,

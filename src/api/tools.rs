@@ -75,12 +75,7 @@ pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiErro
         if functions.iter().any(|g: &FunctionDefinition| g.name == f.name) {
             return bad(format!("Two tools are named '{}'.", f.name), &format!("tools[{i}].function.name"));
         }
-        functions.push(FunctionDefinition {
-            name: f.name.clone(),
-            description: f.description.clone(),
-            parameters: f.parameters.clone(),
-            strict: f.strict,
-        });
+        functions.push(f.clone());
     }
     let choice = match &req.tool_choice {
         None if functions.is_empty() => Choice::None,

@@ -164,25 +164,29 @@ enum State {
 }
 
 impl Constraint {
-    /// An independent copy, for another choice of the same request.
+    /// An independent copy, for another choice of the same request: the same matcher, and the same
+    /// next mask once it is computed.
     pub fn fork(&mut self) -> Self {
-        let matcher = match self.take_matcher() {
-            Ok(m) => m,
-            Err(e) => return Self { state: State::Failed(e), stats: self.stats.clone() },
+        let state = match self.receive().map(|()| &self.state) {
+            Ok(State::Masked(matcher, mask)) => State::Masked(Box::new(matcher.deep_clone()), mask.clone()),
+            Ok(State::Ready(matcher)) => State::Ready(Box::new(matcher.deep_clone())),
+            Ok(State::Failed(e)) => State::Failed(e.clone()),
+            Ok(State::Computing(_)) => unreachable!("received above"),
+            Err(e) => State::Failed(e),
         };
-        let copy = Box::new(matcher.deep_clone());
-        self.state = State::Ready(matcher);
-        let mut fork = Self { state: State::Ready(copy), stats: self.stats.clone() };
+        let mut fork = Self { state, stats: self.stats.clone() };
         fork.prepare();
-        self.prepare();
         fork
     }
 
     /// Starts computing the next token's mask in the background, if it is not already.
     fn prepare(&mut self) {
-        let State::Ready(_) = self.state else { return };
-        let State::Ready(mut matcher) = std::mem::replace(&mut self.state, State::Failed(String::new())) else {
-            unreachable!()
+        let mut matcher = match std::mem::replace(&mut self.state, State::Failed(String::new())) {
+            State::Ready(matcher) => matcher,
+            other => {
+                self.state = other;
+                return;
+            }
         };
         let (tx, rx) = mpsc::sync_channel(1);
         let stats = self.stats.clone();
@@ -217,8 +221,7 @@ impl Constraint {
     /// follow; otherwise the next mask is started.
     pub fn advance(&mut self, token: u32) -> Result<bool, String> {
         let mut matcher = self.take_matcher()?;
-        // llguidance's error carries its whole state after the first line; the client gets that line.
-        matcher.consume_token(token).map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
+        matcher.consume_token(token).map_err(first_line)?;
         let done = matcher.is_stopped();
         self.state = State::Ready(matcher);
         if !done {
@@ -235,7 +238,7 @@ impl Constraint {
             self.stats.grammar_wait_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.state = match mask {
                 Ok(mask) => State::Masked(matcher, mask),
-                Err(e) => State::Failed(e.to_string()),
+                Err(e) => State::Failed(first_line(e)),
             };
         }
         Ok(())
@@ -252,4 +255,9 @@ impl Constraint {
             State::Computing(_) => unreachable!("received above"),
         }
     }
+}
+
+/// llguidance's errors carry the parser's whole state after their first line; the client gets that line.
+fn first_line(e: anyhow::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
