@@ -14,7 +14,6 @@ pub mod config;
 pub mod cuda;
 pub mod deploy;
 pub mod engine;
-pub mod error;
 pub mod kv;
 pub mod loader;
 pub mod memory;

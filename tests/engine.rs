@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use wick::arch::linear::WeightFormat;
 use wick::engine::sampling::SamplingParams;
 use wick::engine::scheduler::Limits;
-use wick::engine::{Engine, Event, GenerationRequest};
+use wick::engine::{Engine, EngineError, Event, GenerationRequest};
 use wick::loader::ModelSource;
 
 fn request(prompt: Vec<u32>) -> (GenerationRequest, mpsc::UnboundedReceiver<Event>) {
@@ -36,7 +36,7 @@ async fn a_failed_step_answers_an_error_and_the_engine_goes_on() {
     let (bad, bad_rx) = request(vec![5, 999_999]);
     engine.submit(bad).unwrap();
     match last_event(bad_rx).await {
-        Event::Error(message) => assert!(message.contains("vocabulary"), "{message}"),
+        Event::Error(EngineError::Failed(message)) => assert!(message.contains("vocabulary"), "{message}"),
         other => panic!("expected an error, got {other:?}"),
     }
     let (good, good_rx) = request(vec![5, 6, 7]);

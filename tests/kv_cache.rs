@@ -95,3 +95,18 @@ async fn metric(s: &TestServer, name: &str) -> f64 {
     let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix} in {text}"));
     line[prefix.len()..].parse().unwrap()
 }
+
+#[tokio::test]
+async fn a_request_larger_than_the_whole_pool_is_a_bad_request_and_the_replica_goes_on() {
+    // Two blocks in all; three choices of a one-block prompt need three.
+    let s = server(2 * BLOCK_SIZE).await;
+    let mut body = greedy("Hi", 4);
+    body["n"] = 3.into();
+    let (status, answer) = s.chat(body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["type"], "invalid_request_error");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("KV cache positions"), "{message}");
+    let (status, answer) = s.chat(greedy("Hi", 4)).await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -1,6 +1,7 @@
 //! Import directions, checked on the source: a lower layer never imports a higher one. `auth` (keys)
 //! and `metrics` (counters) are leaves that the HTTP layer and the deployments use; only `api/` (and
-//! `lib.rs`, which assembles the router, and `error.rs`, the error shape) speak HTTP.
+//! `lib.rs`, which assembles the router) speaks HTTP, and only `api/` knows OpenAI's error shape: the
+//! layers below report typed errors that `api::error` maps.
 
 use std::path::{Path, PathBuf};
 
@@ -48,9 +49,8 @@ fn only_the_api_layer_imports_it_or_speaks_http() {
         }
         checked += 1;
         assert_eq!(uses(&text, "crate::api"), Vec::<&str>::new(), "{name} imports the API layer");
-        if name != "error.rs" {
-            assert_eq!(uses(&text, "axum"), Vec::<&str>::new(), "{name} speaks HTTP");
-        }
+        assert_eq!(uses(&text, "axum"), Vec::<&str>::new(), "{name} speaks HTTP");
+        assert_eq!(uses(&text, "ApiError"), Vec::<&str>::new(), "{name} answers in OpenAI's error shape");
     }
     assert!(checked > 30, "{checked}");
 }

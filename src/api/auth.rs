@@ -2,8 +2,8 @@
 //! `crate::auth::Keys`, the `Caller` it establishes put in the request for handlers, and a refusal
 //! answered in each API's error shape (OpenAI's for /v1, the management API's own for /sdk/v1).
 
+use crate::api::error::ApiError;
 use crate::auth::{Caller, Keys, Refusal, Role};
-use crate::error::ApiError;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};

@@ -8,9 +8,9 @@ use super::generation::{
 use super::json::AppJson;
 use super::openai::*;
 use super::unsupported::{none, refuse, Refusal};
+use crate::api::error::ApiError;
 use crate::auth::Caller;
 use crate::engine::{Engine, FinishReason, TokenLogprob};
-use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

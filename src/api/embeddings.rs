@@ -4,8 +4,8 @@
 
 use super::json::AppJson;
 use super::openai::{Embedding, EmbeddingInput, EmbeddingList, EmbeddingRequest, EmbeddingUsage, EmbeddingVector};
+use crate::api::error::ApiError;
 use crate::auth::Caller;
-use crate::error::ApiError;
 use crate::loader::embedding::EmbeddingInfo;
 use crate::loader::ModelKind;
 use crate::AppState;
@@ -163,13 +163,13 @@ pub async fn embeddings(
         .await
         .map_err(|e| ApiError::internal(format!("the tokenizer crashed: {e}")))??;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
-    let pending = engine.embed(ids).map_err(|e| ApiError::model_unavailable(&req.model, &e))?;
+    let pending = engine.embed(ids).map_err(|e| ApiError::engine(&req.model, e))?;
     let mut data = Vec::with_capacity(pending.len());
     for (index, rx) in pending.into_iter().enumerate() {
         let vector = rx
             .await
             .map_err(|_| ApiError::internal("the embedding engine dropped an input"))?
-            .map_err(ApiError::internal)?;
+            .map_err(|e| ApiError::engine(&req.model, e))?;
         let embedding =
             if base64 { EmbeddingVector::Base64(base64_vector(&vector)) } else { EmbeddingVector::Float(vector) };
         data.push(Embedding { object: "embedding", index, embedding });

@@ -4,11 +4,11 @@
 //! brings its own wire shape (`Wire`) and its own prompt tokens.
 
 use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, Usage};
+use crate::api::error::ApiError;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::grammar::Grammar;
 use crate::engine::sampling::SamplingParams;
-use crate::engine::{Engine, Event, FinishReason, GenerationRequest, SubmitError, TokenLogprob};
-use crate::error::ApiError;
+use crate::engine::{Engine, EngineError, Event, FinishReason, GenerationRequest, TokenLogprob};
 use crate::AppState;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -282,14 +282,17 @@ pub async fn generate<W: Wire>(
     Span::current().record("prompt_tokens", prompt_tokens);
     let mut receivers = Vec::with_capacity(prompts.len());
     let compiler = match grammar {
-        Some(c) => Some((engine.grammars().await.map_err(ApiError::internal)?, c)),
+        Some(c) => Some((engine.grammars().await.map_err(|e| ApiError::engine(&head.model, e))?, c)),
         None => None,
     };
     for (prompt, max_tokens) in prompts.into_iter().zip(budgets) {
         // Every prompt has the same grammar: only the first can fail to compile, before any is queued.
         let constraint = match &compiler {
-            Some((compiler, c)) => Some(compiler.compile(&c.grammar).map_err(|e| {
-                ApiError::invalid_request(format!("'{}' cannot be enforced: {e}", c.param), Some(c.param))
+            Some((compiler, c)) => Some(compiler.compile(&c.grammar).map_err(|e| match e {
+                EngineError::Unenforceable(why) => {
+                    ApiError::invalid_request(format!("'{}' cannot be enforced: {why}", c.param), Some(c.param))
+                }
+                other => ApiError::engine(&head.model, other),
             })?),
             None => None,
         };
@@ -305,10 +308,7 @@ pub async fn generate<W: Wire>(
                 events: tx,
             })
             // The prompts already queued are dropped with their receivers.
-            .map_err(|e| match e {
-                SubmitError::QueueFull => ApiError::overloaded(1),
-                SubmitError::Stopped => ApiError::model_unavailable(&head.model, "its engine stopped"),
-            })?;
+            .map_err(|e| ApiError::engine(&head.model, e))?;
         receivers.push(rx);
     }
     let reply = Reply {
@@ -431,7 +431,7 @@ impl<W: Wire> Reply<W> {
                     completion_tokens += c;
                     self.record_done(choice, c, cached_prompt_tokens);
                 }
-                Some(Event::Error(e)) => return Err(ApiError::internal(e)),
+                Some(Event::Error(e)) => return Err(ApiError::engine(&self.head.model, e)),
                 None => return Err(ApiError::internal("the engine dropped the request")),
             }
         }
@@ -505,7 +505,7 @@ impl<W: Wire> StreamState<W> {
                     self.queue.extend(r.wire.finish(&r.head, choice, reason));
                 }
                 Some(Event::Error(e)) => {
-                    self.queue.push_back(ApiError::internal(e).to_json().to_string());
+                    self.queue.push_back(ApiError::engine(&r.head.model, e).to_json().to_string());
                     self.ended = true;
                 }
                 None => {

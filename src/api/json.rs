@@ -1,7 +1,7 @@
 //! `AppJson`: a JSON body extractor whose every failure (wrong content type, malformed JSON, a missing
 //! or mistyped field, a body too large) answers in OpenAI's error shape, naming the offending `param`.
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;

@@ -2,9 +2,9 @@
 //! caller's key may use are shown; each card carries the deployment's status.
 
 use super::openai::{ModelCard, ModelList};
+use crate::api::error::ApiError;
 use crate::auth::Caller;
 use crate::deploy::Deployment;
-use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::Json;

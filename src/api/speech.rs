@@ -8,10 +8,11 @@
 
 use super::json::AppJson;
 use super::openai::{SpeechRequest, SpeechUsage};
+use crate::api::error::ApiError;
 use crate::audio::{AudioFormat, Encoder};
 use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
-use crate::error::ApiError;
+use crate::engine::EngineError;
 use crate::loader::phonemize::{phonemize, unspeakable_letter};
 use crate::loader::ModelKind;
 use crate::AppState;
@@ -137,7 +138,7 @@ pub async fn speech(
         .into_iter()
         .map(|ids| engine.synthesize(ids, scales))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::model_unavailable(&req.model, &e))?;
+        .map_err(|e| ApiError::engine(&req.model, e))?;
     let encoder = Encoder::new(format, info.sample_rate).map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let audio = AudioStream {
         pending: pending.into(),
@@ -155,7 +156,7 @@ pub async fn speech(
 /// loaded until the last byte; dropping this (the client left) drops the pending sentences, which
 /// the engine then skips.
 struct AudioStream {
-    pending: std::collections::VecDeque<oneshot::Receiver<Result<Vec<f32>, String>>>,
+    pending: std::collections::VecDeque<oneshot::Receiver<Result<Vec<f32>, EngineError>>>,
     encoder: Option<Encoder>,
     samples: usize,
     sample_rate: u32,
@@ -167,19 +168,20 @@ struct AudioStream {
 
 impl AudioStream {
     /// The next encoded bytes, `None` at the end.
-    async fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+    async fn next(&mut self) -> Option<Result<Vec<u8>, ApiError>> {
+        let encoder_failed = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
         if let Some(rx) = self.pending.pop_front() {
             let samples = match rx.await {
                 Ok(Ok(samples)) => samples,
-                Ok(Err(e)) => return Some(Err(e)),
-                Err(_) => return Some(Err("the voice's engine dropped the sentence".into())),
+                Ok(Err(e)) => return Some(Err(ApiError::engine(self.lease.deployment().name(), e))),
+                Err(_) => return Some(Err(ApiError::internal("the voice's engine dropped the sentence"))),
             };
             self.samples += samples.len();
             let encoder = self.encoder.as_mut().expect("present until finished");
-            return Some(encoder.push(&samples).map_err(|e| format!("{e:#}")));
+            return Some(encoder.push(&samples).map_err(encoder_failed));
         }
         let encoder = self.encoder.take()?;
-        Some(encoder.finish().map_err(|e| format!("{e:#}")))
+        Some(encoder.finish().map_err(encoder_failed))
     }
 
     fn audio_seconds(&self) -> f64 {
@@ -193,7 +195,7 @@ impl AudioStream {
                 Err(e) => {
                     // The status is sent: all that is left is to cut the body short.
                     tracing::error!(error = %e, "speech failed mid-stream");
-                    Some((Err(std::io::Error::other(e)), s))
+                    Some((Err(std::io::Error::other(e.message)), s))
                 }
             }
         });
@@ -214,7 +216,7 @@ impl AudioStream {
                     "audio": base64::engine::general_purpose::STANDARD.encode(bytes),
                 }),
                 Some(Err(e)) => {
-                    let error = ApiError::internal(e).to_json();
+                    let error = e.to_json();
                     return Some((Ok::<_, Infallible>(SseEvent::default().data(error.to_string())), None));
                 }
                 None => {

@@ -5,8 +5,8 @@
 
 use super::generation::Constrained;
 use super::openai::{ChatCompletionRequest, FunctionDefinition, ResponseToolCall};
+use crate::api::error::ApiError;
 use crate::engine::grammar::Grammar;
-use crate::error::ApiError;
 use crate::tool_calls::{CallParser, Forced, Piece, ToolCall, ToolFormat, ToolSpec};
 use serde_json::{json, Value};
 

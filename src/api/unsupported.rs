@@ -2,7 +2,7 @@
 //! that names it when present, so that nothing a client sends is silently ignored; a field Wick
 //! does not know at all is refused by the body parser (`json.rs`), as OpenAI refuses it.
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 use serde_json::Value;
 
 /// A field refused when present: any JSON, so that the refusal names it rather than a type error.

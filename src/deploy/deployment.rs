@@ -11,7 +11,6 @@ use super::usage::{Cost, Usage, UsageSnapshot};
 use crate::engine::embedding::EmbeddingEngine;
 use crate::engine::speech::SpeechEngine;
 use crate::engine::{Engine, EngineStats};
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -192,7 +191,7 @@ impl Deployment {
     /// A lease on the least-loaded ready replica. In Standby this starts the load and waits for it;
     /// requests arriving during a load wait for that same load. A load that fails answers every
     /// request that waited for it 503 with the cause; the next request tries again.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ApiError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         // Counted before anything else, so that no unload can start while this request waits.
         self.state().in_flight += 1;
         // Dropping `pending` on an early return gives the in-flight count back.
@@ -203,7 +202,7 @@ impl Deployment {
             {
                 let mut st = self.state();
                 if st.deleted {
-                    return Err(ApiError::model_not_found(self.name()));
+                    return Err(AcquireError::Deleted { deployment: self.name().to_string() });
                 }
                 match st.phase {
                     Phase::Running => {
@@ -220,7 +219,7 @@ impl Deployment {
                     Phase::Standby => {
                         if waited_for.is_some() && st.failed_attempt == waited_for {
                             let cause = st.last_error.clone().unwrap_or_else(|| "unknown error".into());
-                            return Err(ApiError::model_unavailable(self.name(), &cause));
+                            return Err(AcquireError::LoadFailed { deployment: self.name().to_string(), cause });
                         }
                         st.phase = Phase::Loading;
                         st.attempt += 1;
@@ -241,7 +240,7 @@ impl Deployment {
                 }
             }
             if changed.changed().await.is_err() {
-                return Err(ApiError::internal("the deployment went away"));
+                return Err(AcquireError::Gone { deployment: self.name().to_string() });
             }
         }
     }
@@ -423,6 +422,20 @@ impl Drop for PendingLease {
             d.release();
         }
     }
+}
+
+/// Why a request got no replica to run on. `api/` answers each in OpenAI's shape.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AcquireError {
+    /// The deployment was deleted (before or while the request waited).
+    #[error("the deployment `{deployment}` was deleted")]
+    Deleted { deployment: String },
+    /// The load the request waited for failed; the next request tries again.
+    #[error("the deployment `{deployment}` could not be loaded: {cause}")]
+    LoadFailed { deployment: String, cause: String },
+    /// The deployment is being dropped while the request waited.
+    #[error("the deployment `{deployment}` went away")]
+    Gone { deployment: String },
 }
 
 /// A request's hold on one replica of a deployment, until its answer is complete.

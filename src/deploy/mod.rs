@@ -14,7 +14,7 @@ pub mod spec;
 pub mod store;
 pub mod usage;
 
-pub use deployment::{Deployment, Lease, Phase, View};
+pub use deployment::{AcquireError, Deployment, Lease, Phase, View};
 pub use spec::{Defaults, DeploymentRequest, DeploymentSpec, IdleTimeoutValue, Origin};
 
 use crate::metrics::Metrics;

@@ -4,7 +4,7 @@
 //! goes back on its own channel. A job whose requester has gone is dropped unrun. A failed or
 //! panicking forward fails that step's jobs and leaves the worker running.
 
-use super::EngineStats;
+use super::{EngineError, EngineStats};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 /// One queued input and where its answer goes.
 pub struct Job<I, O> {
     pub input: I,
-    pub reply: oneshot::Sender<Result<O, String>>,
+    pub reply: oneshot::Sender<Result<O, EngineError>>,
 }
 
 /// What a kind of one-forward model brings to the shared engine: its batch policy and its forward.
@@ -49,12 +49,12 @@ impl<B: Batcher> BatchEngine<B> {
     }
 
     /// Queues one input; its answer arrives on the returned channel.
-    pub fn submit(&self, input: B::Input) -> Result<oneshot::Receiver<Result<B::Output, String>>, String> {
+    pub fn submit(&self, input: B::Input) -> Result<oneshot::Receiver<Result<B::Output, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         self.submit.send(Job { input, reply }).map_err(|_| {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            format!("the {} engine stopped", B::WORK)
+            EngineError::Stopped
         })?;
         Ok(rx)
     }
@@ -117,8 +117,10 @@ impl<B: Batcher> Worker<B> {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batcher.run(inputs)));
         let result = match result {
             Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(e)) => Err(format!("{} failed: {e:#}", B::WORK)),
-            Err(panic) => Err(super::panic_message(panic.as_ref(), &format!("{} panicked", B::WORK))),
+            Ok(Err(e)) => Err(EngineError::Failed(format!("{} failed: {e:#}", B::WORK))),
+            Err(panic) => {
+                Err(EngineError::Failed(super::panic_message(panic.as_ref(), &format!("{} panicked", B::WORK))))
+            }
         };
         match result {
             Ok(outputs) => {

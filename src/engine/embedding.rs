@@ -3,7 +3,7 @@
 //! requests share a padded forward.
 
 use super::batch::{BatchEngine, Batcher, Job};
-use super::EngineStats;
+use super::{EngineError, EngineStats};
 use crate::arch::sentence::SentenceEncoder;
 use crate::loader::embedding::{EmbeddingInfo, EmbeddingModel};
 use std::collections::VecDeque;
@@ -17,7 +17,7 @@ pub const MAX_BATCH_INPUTS: usize = 64;
 /// all-MiniLM-L6-v2's 12 heads at its 256-token limit).
 pub const MAX_BATCH_POSITIONS: usize = 8192;
 
-pub type Reply = Result<Vec<f32>, String>;
+pub type Reply = Result<Vec<f32>, EngineError>;
 
 pub struct EmbeddingEngine {
     batches: BatchEngine<Embedder>,
@@ -35,7 +35,7 @@ impl EmbeddingEngine {
 
     /// Queues each input (token ids, special tokens included); its vector arrives on the matching
     /// receiver.
-    pub fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<oneshot::Receiver<Reply>>, String> {
+    pub fn embed(&self, inputs: Vec<Vec<u32>>) -> Result<Vec<oneshot::Receiver<Reply>>, EngineError> {
         inputs.into_iter().map(|ids| self.batches.submit(ids)).collect()
     }
 

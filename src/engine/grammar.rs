@@ -8,7 +8,7 @@
 //! model runs the next batch step; sampling then finds it ready. The mask is exact for each
 //! sequence alone, so a greedy constrained answer is the same alone or batched.
 
-use super::EngineStats;
+use super::{EngineError, EngineStats};
 use crate::loader::tokenizer::TextTokenizer;
 use crate::tool_calls::JSON_LAYOUT;
 use llguidance::api::TopLevelGrammar;
@@ -98,7 +98,7 @@ impl GrammarCompiler {
     }
 
     /// A fresh constraint for one sequence, or why the grammar cannot be enforced (for the client).
-    pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, String> {
+    pub fn compile(&self, grammar: &Grammar) -> Result<Constraint, EngineError> {
         let schema = match grammar {
             Grammar::JsonObject => serde_json::json!({"type": "object"}),
             Grammar::JsonSchema(schema) => schema.clone(),
@@ -119,15 +119,16 @@ impl GrammarCompiler {
     }
 
     /// A constraint for the grammar `key` names, compiled by `grammar` unless a matcher for it is kept.
-    fn constraint(&self, key: String, grammar: impl FnOnce() -> TopLevelGrammar) -> Result<Constraint, String> {
+    fn constraint(&self, key: String, grammar: impl FnOnce() -> TopLevelGrammar) -> Result<Constraint, EngineError> {
         let kept = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).matchers.get(&key).map(Matcher::deep_clone);
         let matcher = match kept {
             Some(matcher) => matcher,
             None => {
-                let parser = self.factory.create_parser(grammar()).map_err(|e| e.to_string())?;
+                let parser =
+                    self.factory.create_parser(grammar()).map_err(|e| EngineError::Unenforceable(e.to_string()))?;
                 let matcher = Matcher::new(Ok(parser));
                 if let Some(e) = matcher.get_error() {
-                    return Err(e);
+                    return Err(EngineError::Unenforceable(e));
                 }
                 let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
                 if compiled.order.len() >= COMPILED_KEPT {

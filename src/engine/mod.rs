@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod detok;
 pub mod embedding;
+pub mod error;
 pub mod grammar;
 pub mod sampling;
 pub mod scheduler;
@@ -17,6 +18,7 @@ use crate::kv::KvStore;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::tokenizer::TextTokenizer;
 use crate::loader::LoadedModel;
+pub use error::EngineError;
 use grammar::GrammarCompiler;
 use scheduler::{Limits, Scheduler};
 pub use sequence::GenerationRequest;
@@ -52,8 +54,8 @@ pub enum Event {
         /// Prompt tokens found in the prefix cache when the choice first joined a step.
         cached_prompt_tokens: usize,
     },
-    /// The step failed; the request's choices are over.
-    Error(String),
+    /// The request failed; its choices are over.
+    Error(EngineError),
 }
 
 /// A sampled token's log-probability in the model's distribution after logit_bias and the
@@ -64,14 +66,6 @@ pub struct TokenLogprob {
     pub bytes: Vec<u8>,
     pub logprob: f32,
     pub top: Vec<(Vec<u8>, f32)>,
-}
-
-#[derive(Debug)]
-pub enum SubmitError {
-    /// The queue is full: answer 429.
-    QueueFull,
-    /// The worker is gone (it panicked or shut down).
-    Stopped,
 }
 
 /// Counters the HTTP layer and tests read.
@@ -105,7 +99,7 @@ pub struct Engine {
     pub limits: Limits,
     pub stats: Arc<EngineStats>,
     /// Built on the first constrained request (it indexes the vocabulary).
-    grammars: Arc<OnceLock<Result<Arc<GrammarCompiler>, String>>>,
+    grammars: Arc<OnceLock<Result<Arc<GrammarCompiler>, EngineError>>>,
 }
 
 impl Engine {
@@ -134,7 +128,7 @@ impl Engine {
 
     /// The grammar compiler for this model's vocabulary. The first call builds it on a blocking
     /// thread (it indexes the whole vocabulary: 0.2 s for SmolLM2's 49,152 tokens on 2 EPYC cores).
-    pub async fn grammars(&self) -> Result<Arc<GrammarCompiler>, String> {
+    pub async fn grammars(&self) -> Result<Arc<GrammarCompiler>, EngineError> {
         if let Some(built) = self.grammars.get() {
             return built.clone();
         }
@@ -142,13 +136,17 @@ impl Engine {
         let build = move || {
             cell.get_or_init(|| {
                 let started = std::time::Instant::now();
-                let compiler = GrammarCompiler::new(&tokenizer, stats).map(Arc::new).map_err(|e| format!("{e:#}"));
+                let compiler = GrammarCompiler::new(&tokenizer, stats)
+                    .map(Arc::new)
+                    .map_err(|e| EngineError::Failed(format!("building the grammar compiler: {e:#}")));
                 tracing::info!(seconds = started.elapsed().as_secs_f64(), "grammar compiler built");
                 compiler
             })
             .clone()
         };
-        tokio::task::spawn_blocking(build).await.map_err(|e| format!("building the grammar compiler: {e}"))?
+        tokio::task::spawn_blocking(build)
+            .await
+            .map_err(|e| EngineError::Failed(format!("building the grammar compiler: {e}")))?
     }
 
     /// Stops taking requests and waits until the worker has finished what it has and freed the weights
@@ -161,16 +159,16 @@ impl Engine {
         }
     }
 
-    pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {
+    pub fn submit(&self, request: GenerationRequest) -> Result<(), EngineError> {
         // Counted here, before the worker sees it, so that a burst cannot overfill the queue.
         let waiting = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         if waiting >= self.limits.max_queue {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull);
+            return Err(EngineError::QueueFull);
         }
         self.submit.send(request).map_err(|_| {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            SubmitError::Stopped
+            EngineError::Stopped
         })
     }
 }
@@ -215,7 +213,7 @@ impl Worker {
     fn fail_running(&mut self, message: &str) {
         tracing::error!(error = message, sequences = self.scheduler.running.len(), "engine step failed");
         for seq in self.scheduler.running.iter_mut() {
-            let _ = seq.events.send(Event::Error(message.to_string()));
+            let _ = seq.events.send(Event::Error(EngineError::Failed(message.to_string())));
             seq.finish = Some(FinishReason::Stop);
         }
         self.scheduler.retire_finished();

@@ -14,7 +14,7 @@
 //! reached its context length.
 
 use super::sequence::{GenerationRequest, Sequence};
-use super::{Event, FinishReason};
+use super::{EngineError, Event, FinishReason};
 use crate::kv::{BlockManager, BLOCK_SIZE};
 use std::collections::VecDeque;
 
@@ -112,11 +112,11 @@ impl Scheduler {
                 // More than the whole pool: it could never run. Only a request can be this big (a
                 // preempted sequence ran before), and its choices are told why.
                 let req = self.waiting.pop_front().expect("the front is a request");
-                let _ = req.events.send(Event::Error(format!(
+                let _ = req.events.send(Event::Error(EngineError::TooLarge(format!(
                     "the prompt needs {} KV cache positions for its {n} choices, more than this replica has ({})",
                     n * len,
                     self.blocks.num_blocks() * BLOCK_SIZE
-                )));
+                ))));
                 continue;
             }
             let fits = self.running.len() + n <= l.max_batch_size
@@ -369,7 +369,7 @@ mod tests {
         s.enqueue(a);
         assert_eq!(s.admit(), 0);
         assert!(s.is_idle());
-        assert!(matches!(ra.try_recv(), Ok(Event::Error(e)) if e.contains("KV cache")));
+        assert!(matches!(ra.try_recv(), Ok(Event::Error(EngineError::TooLarge(e))) if e.contains("KV cache")));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::detok::Utf8Stream;
 use super::grammar::Constraint;
 use super::sampling::{token_logprobs, Sampler, SamplingParams};
 use super::stop::StopMatcher;
-use super::{Event, FinishReason, TokenLogprob};
+use super::{EngineError, Event, FinishReason, TokenLogprob};
 use crate::kv::BlockTable;
 use crate::loader::tokenizer::TextTokenizer;
 use tokio::sync::mpsc::UnboundedSender;
@@ -133,7 +133,7 @@ impl Sequence {
 
     /// Ends the sequence with an error of its own (its grammar failed); the batch goes on.
     fn fail(&mut self, message: &str) {
-        let _ = self.events.send(Event::Error(format!("constrained decoding failed: {message}")));
+        let _ = self.events.send(Event::Error(EngineError::Failed(format!("constrained decoding failed: {message}"))));
         self.finish = Some(FinishReason::Stop);
     }
 

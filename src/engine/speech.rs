@@ -3,7 +3,7 @@
 //! batch limits) through one forward.
 
 use super::batch::{BatchEngine, Batcher, Job};
-use super::EngineStats;
+use super::{EngineError, EngineStats};
 use crate::arch::vits::Scales;
 use crate::loader::voice::{Voice, VoiceInfo};
 use std::collections::VecDeque;
@@ -43,7 +43,7 @@ impl SpeechEngine {
         &self,
         ids: Vec<u32>,
         scales: Scales,
-    ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, String> {
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, EngineError>>, EngineError> {
         self.batches.submit(Sentence { ids, scales })
     }
 

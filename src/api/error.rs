@@ -1,8 +1,11 @@
 //! Every error a client sees, in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 //!
 //! Handlers return `ApiError`; nothing else turns into an HTTP error body, so the shape is decided here
-//! once (axum's plain-text rejections are mapped in `api::json` and in the router's fallbacks).
+//! once (axum's plain-text rejections are mapped in `api::json` and in the router's fallbacks). The
+//! layers below report typed errors (`deploy::AcquireError`, `engine::EngineError`), answered here.
 
+use crate::deploy::AcquireError;
+use crate::engine::EngineError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -129,6 +132,19 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// What a request to the deployment `model` is told when its engine fails it.
+    pub fn engine(model: &str, e: EngineError) -> Self {
+        match e {
+            EngineError::QueueFull => Self::overloaded(1),
+            EngineError::Stopped => Self::model_unavailable(model, &e.to_string()),
+            // Retrying cannot help: the request's own fault.
+            EngineError::TooLarge(message) | EngineError::Unenforceable(message) => {
+                Self::invalid_request(message, None)
+            }
+            EngineError::Failed(message) => Self::internal(message),
+        }
+    }
+
     /// The JSON body alone, for errors that happen inside an event stream.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(Body {
@@ -147,6 +163,16 @@ fn redact(key: &str) -> String {
     let head: String = chars[..3].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+}
+
+impl From<AcquireError> for ApiError {
+    fn from(e: AcquireError) -> Self {
+        match e {
+            AcquireError::Deleted { deployment } => Self::model_not_found(&deployment),
+            AcquireError::LoadFailed { deployment, cause } => Self::model_unavailable(&deployment, &cause),
+            AcquireError::Gone { .. } => Self::internal(e.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
