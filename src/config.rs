@@ -77,6 +77,14 @@ pub struct ServeArgs {
     /// Most tokens held in KV caches per replica when admitting a new sequence.
     #[arg(long, env = "WICK_MAX_KV_TOKENS", default_value_t = Limits::default().max_kv_tokens)]
     pub max_kv_tokens: usize,
+    /// Most tokens one completion may generate: a request asking for more is refused with a 400, and
+    /// one that names no limit stops there (default: the model's context length).
+    #[arg(long, env = "WICK_MAX_COMPLETION_TOKENS")]
+    pub max_completion_tokens: Option<usize>,
+    /// Most replicas a deployment may have, through --replicas, a config file or the management API
+    /// (at most 64).
+    #[arg(long, env = "WICK_MAX_REPLICAS", default_value_t = crate::deploy::spec::MAX_REPLICAS)]
+    pub max_replicas: usize,
     /// Do not fetch missing catalog models at start-up.
     #[arg(long, env = "WICK_NO_PULL")]
     pub no_pull: bool,
@@ -105,11 +113,14 @@ impl ServeArgs {
             max_step_tokens: self.max_step_tokens.max(1),
             max_queue: self.max_queue,
             max_kv_tokens: self.max_kv_tokens.max(1),
+            max_completion_tokens: self.max_completion_tokens.map(|m| m.max(1)),
         }
     }
 
     pub fn defaults(&self) -> Result<Defaults> {
-        crate::deploy::spec::check_replicas(self.replicas).context("--replicas")?;
+        crate::deploy::spec::check_replicas(self.max_replicas, crate::deploy::spec::MAX_REPLICAS)
+            .context("--max-replicas")?;
+        crate::deploy::spec::check_replicas(self.replicas, self.max_replicas).context("--replicas")?;
         if !self.price_per_replica_hour.is_finite() || self.price_per_replica_hour < 0.0 {
             bail!("--price-per-replica-hour must be zero or positive");
         }
@@ -120,6 +131,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout.0,
             device: DevicePlan::parse(&self.device).context("--device")?,
             price_per_replica_hour: self.price_per_replica_hour,
+            max_replicas: self.max_replicas,
         })
     }
 

@@ -474,3 +474,19 @@ async fn accepted_connections_have_nagle_off() {
     let (socket, _) = listener.accept().await;
     assert!(socket.nodelay().unwrap());
 }
+
+#[tokio::test]
+async fn the_servers_completion_cap_refuses_more_and_bounds_an_open_request() {
+    let limits = Limits { max_completion_tokens: Some(5), ..Limits::default() };
+    let s = TestServer::start(vec![spec("tiny", &tiny_model(), limits)], &[]).await;
+    let (status, body) = s.chat(greedy("Hi", 6)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_openai_error(&body, "invalid_request_error", Some("max_tokens"), None);
+    let mut open = greedy("Hi", 1);
+    open.as_object_mut().unwrap().remove("max_tokens");
+    open["ignore_eos"] = json!(true);
+    let (status, body) = s.chat(open).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+}

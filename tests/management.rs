@@ -391,3 +391,25 @@ fn a_restarted_server_keeps_deployments_and_usage() {
     let r = client.post(format!("{}/v1/chat/completions", server.url)).bearer_auth(USER).json(&req).send().unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn the_servers_replica_cap_bounds_create_and_scale() {
+    let deployments = Deployments::open(
+        vec![spec("chat", &tiny_model(), Limits::default())],
+        None,
+        Defaults { max_replicas: 2, ..Defaults::default() },
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
+    let s = TestServer::serve(deployments, keys()).await;
+    admin(&s, Method::POST, "/sdk/v1/instance/scale", Some(json!({"meta_key": "chat", "replicas": 2}))).await;
+    let (status, v) =
+        call(&s, Method::POST, "/sdk/v1/instance/scale", Some(ADMIN), Some(json!({"meta_key": "chat", "replicas": 3})))
+            .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("between 1 and 2"), "{v}");
+    let mut body = create_body("k-big", "big");
+    body["replicas"] = json!(3);
+    let (status, v) = call(&s, Method::POST, "/sdk/v1/instance", Some(ADMIN), Some(body)).await;
+    assert_eq!(status, 400, "{v}");
+}

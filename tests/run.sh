@@ -21,8 +21,8 @@ if ((${#need_apt[@]})); then
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
-say "OpenAI clients"
-python3 -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+say "OpenAI clients, Schemathesis"
+python3 -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt -r tests/schemathesis/requirements.txt
 (cd tests/clients && npm install --no-package-lock --no-audit --no-fund --loglevel=error)
 
 say "build hygiene"

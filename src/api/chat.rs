@@ -312,6 +312,18 @@ fn tokenize(
     engine.tokenizer.encode_chat(&rendered.text, &content).map_err(internal)
 }
 
+/// `POST /v1/chat/completions`
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "inference", security(("inference" = [])), request_body(content = ChatCompletionRequest, examples(
+        ("plain" = (value = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}))),
+        ("streamed" = (value = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}], "max_tokens": 8, "stream": true, "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 2}))),
+        ("json_schema" = (value = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "A city?"}], "max_tokens": 24, "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}}))),
+        ("tool_call" = (value = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 32, "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}], "tool_choice": "required"}))),
+    )), responses(
+        (status = 200, description = "The completion, or with `stream: true` its chunks as server-sent events",
+            content((crate::api::openai::ChatCompletion = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
+        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
+        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     caller: Caller,

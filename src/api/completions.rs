@@ -115,6 +115,16 @@ fn tokenize(engine: &Engine, prompts: Prompts) -> Result<Vec<(Vec<u32>, String)>
     }
 }
 
+/// `POST /v1/completions`
+#[utoipa::path(post, path = "/v1/completions", operation_id = "createCompletion", tag = "inference", security(("inference" = [])), request_body(content = CompletionRequest, examples(
+        ("plain" = (value = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time", "max_tokens": 8, "logprobs": 2, "echo": true}))),
+        ("streamed" = (value = json!({"model": "smollm2-135m-instruct", "prompt": ["One", "Two"], "max_tokens": 8, "n": 2, "stream": true, "stream_options": {"include_usage": true}}))),
+    )), responses(
+        (status = 200, description = "The completion, or with `stream: true` its chunks as server-sent events",
+            content((crate::api::openai::TextCompletion = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
+        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
+        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+))]
 pub async fn completions(
     State(state): State<AppState>,
     caller: Caller,

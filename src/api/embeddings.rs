@@ -124,6 +124,15 @@ fn base64_vector(vector: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// `POST /v1/embeddings`
+#[utoipa::path(post, path = "/v1/embeddings", operation_id = "createEmbedding", tag = "inference", security(("inference" = [])), request_body(content = EmbeddingRequest, examples(
+        ("texts" = (value = json!({"model": "all-minilm-l6-v2", "input": ["A cat.", "A dog."]}))),
+        ("base64" = (value = json!({"model": "all-minilm-l6-v2", "input": "A cat.", "encoding_format": "base64"}))),
+    )), responses(
+        (status = 200, description = "One vector per input", body = EmbeddingList),
+        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
+        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+))]
 pub async fn embeddings(
     State(state): State<AppState>,
     caller: Caller,

@@ -266,6 +266,14 @@ pub async fn generate<W: Wire>(
             Some(W::PROMPT_PARAM),
         ));
     }
+    // The server's cap (`--max-completion-tokens`), then the context, bound each completion.
+    let cap = engine.limits.max_completion_tokens.unwrap_or(usize::MAX);
+    if let Some(m) = max_tokens.filter(|&m| m > cap) {
+        return Err(ApiError::invalid_request(
+            format!("Invalid 'max_tokens': {m}. This server generates at most {cap} tokens per completion."),
+            Some("max_tokens"),
+        ));
+    }
     let mut budgets = Vec::with_capacity(prompts.len());
     for prompt in &prompts {
         let len = prompt.len();
@@ -275,7 +283,7 @@ pub async fn generate<W: Wire>(
             }
             Some(m) => m,
             None if len >= context => return Err(ApiError::context_length_exceeded(W::PROMPT_PARAM, context, len, 1)),
-            None => context - len,
+            None => (context - len).min(cap),
         });
     }
     let prompt_tokens = prompts.iter().map(Vec::len).sum();

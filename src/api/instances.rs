@@ -14,9 +14,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
 
 const DEFAULT_PER_PAGE: usize = 20;
 const MAX_PER_PAGE: usize = 100;
@@ -52,13 +53,54 @@ impl From<ManageError> for Failure {
     }
 }
 
-fn ok(mut body: Value) -> Response {
-    body["code"] = json!(0);
-    body["msg"] = json!("");
-    Json(body).into_response()
+/// A successful answer: `code` 0, an empty `msg`, and the call's own fields.
+#[derive(Serialize, ToSchema)]
+pub struct Answer<T> {
+    code: u16,
+    msg: &'static str,
+    #[serde(flatten)]
+    fields: T,
 }
 
-#[derive(Serialize)]
+fn ok<T: Serialize>(fields: T) -> Json<Answer<T>> {
+    Json(Answer { code: 0, msg: "", fields })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceFields {
+    #[serde(rename = "instanceID")]
+    instance_id: String,
+    instance: Instance,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeletedFields {
+    #[serde(rename = "instanceID")]
+    instance_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatsFields {
+    /// Deployments per status (Standby, Loading, Running, Unloading); statuses with none are left out.
+    stats: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListFields {
+    instances: Vec<Instance>,
+    pagination: Pagination,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Pagination {
+    total: usize,
+    num_pages: usize,
+    page: usize,
+    per_page: usize,
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Instance {
     #[serde(rename = "instanceID")]
@@ -84,7 +126,7 @@ struct Instance {
     cost: crate::deploy::usage::Cost,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Hardware {
     device: String,
@@ -92,7 +134,7 @@ struct Hardware {
     replica_devices: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CreateTime {
     seconds: u64,
 }
@@ -119,8 +161,8 @@ fn instance(d: &Deployment) -> Instance {
     }
 }
 
-fn instance_body(d: &Deployment) -> Response {
-    ok(json!({"instanceID": d.id, "instance": instance(d)}))
+fn instance_body(d: &Deployment) -> Json<Answer<InstanceFields>> {
+    ok(InstanceFields { instance_id: d.id.clone(), instance: instance(d) })
 }
 
 type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
@@ -150,38 +192,84 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure
     super::json::parse(body).map_err(|e| failure(e.status, e.message))
 }
 
-/// `POST /sdk/v1/instance`
-pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, Failure> {
+/// `POST /sdk/v1/instance`: a new deployment, in Standby until its first request.
+#[utoipa::path(post, path = "/sdk/v1/instance", operation_id = "createInstance", tag = "management", security(("management" = [])), request_body = DeploymentRequest, responses(
+        (status = 200, description = "The deployment", body = Answer<InstanceFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Answer<InstanceFields>>, Failure> {
     let request: DeploymentRequest = parse_body(&body)?;
     let d = state.deployments.create(request, |name| caller.scope.allows(name))?;
     Ok(instance_body(&d))
 }
 
 /// `GET /sdk/v1/instance?request_id=` or `?meta_key=`
-pub async fn get(State(state): State<AppState>, caller: Caller, q: Params) -> Result<Response, Failure> {
+#[utoipa::path(get, path = "/sdk/v1/instance", operation_id = "getInstance", tag = "management", security(("management" = [])), params(Which), responses(
+        (status = 200, description = "The deployment", body = Answer<InstanceFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Params,
+) -> Result<Json<Answer<InstanceFields>>, Failure> {
     let q = params(q)?;
     let d = find(&state, &caller, q.get("request_id").map(String::as_str), q.get("meta_key").map(String::as_str))?;
     Ok(instance_body(&d))
 }
 
 /// `DELETE /sdk/v1/instance?request_id=` or `?meta_key=`
-pub async fn delete(State(state): State<AppState>, caller: Caller, q: Params) -> Result<Response, Failure> {
+#[utoipa::path(delete, path = "/sdk/v1/instance", operation_id = "deleteInstance", tag = "management", security(("management" = [])), params(Which), responses(
+        (status = 200, description = "Deleted (its replicas unload)", body = Answer<DeletedFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Params,
+) -> Result<Json<Answer<DeletedFields>>, Failure> {
     let q = params(q)?;
     let d = find(&state, &caller, q.get("request_id").map(String::as_str), q.get("meta_key").map(String::as_str))?;
     state.deployments.delete(&d).await?;
-    Ok(ok(json!({"instanceID": d.id})))
+    Ok(ok(DeletedFields { instance_id: d.id.clone() }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScaleRequest {
+/// Which deployment: by `request_id` (its instance id) or by `meta_key`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read from the query map by `find`, so that each mistake gets its own message
+struct Which {
     request_id: Option<String>,
     meta_key: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    request_id: Option<String>,
+    meta_key: Option<String>,
+    #[schema(minimum = 1, maximum = 64)]
     replicas: usize,
 }
 
 /// `POST /sdk/v1/instance/scale` with `{"request_id" | "meta_key", "replicas"}`
-pub async fn scale(State(state): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, Failure> {
+#[utoipa::path(post, path = "/sdk/v1/instance/scale", operation_id = "scaleInstance", tag = "management", security(("management" = [])), request_body = ScaleRequest, responses(
+        (status = 200, description = "The deployment, scaling", body = Answer<InstanceFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn scale(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Answer<InstanceFields>>, Failure> {
     let r: ScaleRequest = parse_body(&body)?;
     let d = find(&state, &caller, r.request_id.as_deref(), r.meta_key.as_deref())?;
     state.deployments.scale(&d, r.replicas)?;
@@ -189,13 +277,17 @@ pub async fn scale(State(state): State<AppState>, caller: Caller, body: Bytes) -
 }
 
 /// `GET /sdk/v1/instance/stats`: deployments per status; statuses with none are left out.
-pub async fn stats(State(state): State<AppState>, caller: Caller) -> Response {
-    let mut counts = serde_json::Map::new();
+#[utoipa::path(get, path = "/sdk/v1/instance/stats", operation_id = "countInstances", tag = "management", security(("management" = [])), responses(
+        (status = 200, description = "Deployments per status", body = Answer<StatsFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn stats(State(state): State<AppState>, caller: Caller) -> Json<Answer<StatsFields>> {
+    let mut stats = BTreeMap::new();
     for d in state.deployments.all().iter().filter(|d| caller.scope.allows(d.name())) {
-        let entry = counts.entry(d.phase().as_str()).or_insert(json!(0));
-        *entry = json!(entry.as_u64().unwrap_or(0) + 1);
+        *stats.entry(d.phase().as_str()).or_insert(0) += 1;
     }
-    ok(json!({"stats": counts}))
+    ok(StatsFields { stats })
 }
 
 fn number(q: &HashMap<String, String>, name: &str, default: usize) -> Result<usize, Failure> {
@@ -207,8 +299,31 @@ fn number(q: &HashMap<String, String>, name: &str, default: usize) -> Result<usi
     }
 }
 
+/// The list's query: a page of `per_page` deployments, newest first unless `ascending`, of the
+/// comma-separated `statuses` (all when empty).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read from the query map by `list`, so that each mistake gets its own message
+struct ListQuery {
+    #[param(minimum = 1)]
+    page: Option<usize>,
+    #[param(minimum = 1, maximum = 100)]
+    per_page: Option<usize>,
+    ascending: Option<bool>,
+    statuses: Option<String>,
+}
+
 /// `GET /sdk/v1/instance/list?page=&per_page=&ascending=&statuses=`: newest first unless ascending.
-pub async fn list(State(state): State<AppState>, caller: Caller, q: Params) -> Result<Response, Failure> {
+#[utoipa::path(get, path = "/sdk/v1/instance/list", operation_id = "listInstances", tag = "management", security(("management" = [])), params(ListQuery), responses(
+        (status = 200, description = "A page of deployments", body = Answer<ListFields>),
+        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
+        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Params,
+) -> Result<Json<Answer<ListFields>>, Failure> {
     let q = params(q)?;
     let page = number(&q, "page", 1)?;
     let per_page = number(&q, "per_page", DEFAULT_PER_PAGE)?;
@@ -249,8 +364,6 @@ pub async fn list(State(state): State<AppState>, caller: Caller, q: Params) -> R
     let total = chosen.len();
     let instances: Vec<Instance> =
         chosen.iter().skip((page - 1) * per_page).take(per_page).map(|(_, d)| instance(d)).collect();
-    Ok(ok(json!({
-        "instances": instances,
-        "pagination": {"total": total, "numPages": total.div_ceil(per_page), "page": page, "perPage": per_page},
-    })))
+    let pagination = Pagination { total, num_pages: total.div_ceil(per_page), page, per_page };
+    Ok(ok(ListFields { instances, pagination }))
 }

@@ -11,6 +11,7 @@ pub mod instances;
 pub mod json;
 pub mod models;
 pub mod openai;
+pub mod openapi;
 pub mod speech;
 pub mod tools;
 pub mod unsupported;
@@ -25,9 +26,12 @@ use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The deployment `model` names, if the caller may use it and it serves `kind`. A key scoped away
 /// from it is told it does not exist, as OpenAI does.
@@ -61,29 +65,32 @@ pub(crate) fn require_kind(d: Arc<Deployment>, model: &str, kind: ModelKind) -> 
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(completions::completions))
-        .route("/v1/audio/speech", post(speech::speech))
-        // OpenAI's largest embeddings request (2,048 inputs of a full context) is over axum's 2 MB
-        // default: this route takes up to `embeddings::MAX_BODY_BYTES`.
-        .route(
-            "/v1/embeddings",
-            post(embeddings::embeddings).layer(axum::extract::DefaultBodyLimit::max(embeddings::MAX_BODY_BYTES)),
-        )
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::retrieve))
+    // Each route is registered with its document entry (`openapi`), so none goes undocumented.
+    let (embeddings_schemas, embeddings_paths, embeddings_route) = routes!(embeddings::embeddings);
+    // OpenAI's largest embeddings request (2,048 inputs of a full context) is over axum's 2 MB
+    // default: this route takes up to `embeddings::MAX_BODY_BYTES`.
+    let embeddings_route = embeddings_route.layer(axum::extract::DefaultBodyLimit::max(embeddings::MAX_BODY_BYTES));
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(chat::chat_completions))
+        .routes(routes!(completions::completions))
+        .routes(routes!(speech::speech))
+        .routes((embeddings_schemas, embeddings_paths, embeddings_route))
+        .routes(routes!(models::list))
+        .routes(routes!(models::retrieve))
         .route_layer(from_fn_with_state(state.keys.clone(), auth::require_inference_key));
-    let management = Router::new()
-        .route("/sdk/v1/instance", post(instances::create).get(instances::get).delete(instances::delete))
-        .route("/sdk/v1/instance/stats", get(instances::stats))
-        .route("/sdk/v1/instance/list", get(instances::list))
-        .route("/sdk/v1/instance/scale", post(instances::scale))
+    let management = OpenApiRouter::new()
+        .routes(routes!(instances::create, instances::get, instances::delete))
+        .routes(routes!(instances::stats))
+        .routes(routes!(instances::list))
+        .routes(routes!(instances::scale))
         .route("/metrics", get(metrics))
         .route_layer(from_fn_with_state(state.keys.clone(), auth::require_admin_key));
+    let (documented, document) =
+        OpenApiRouter::with_openapi(openapi::Header::openapi()).merge(v1).merge(management).split_for_parts();
+    let document = Arc::new(openapi::served(document));
     Router::new()
-        .merge(v1)
-        .merge(management)
+        .merge(documented)
+        .route("/openapi.json", get(move || async move { axum::Json(document.as_ref().clone()) }))
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback(|| async { ApiError::not_found("Unknown endpoint.") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -11,25 +11,36 @@ use super::unsupported::Unsupported;
 use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     pub model: String,
+    #[schema(schema_with = super::openapi::chat_messages)]
     pub messages: Vec<ChatMessage>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    #[schema(schema_with = super::openapi::logit_bias)]
     pub logit_bias: Option<HashMap<String, f32>>,
     pub logprobs: Option<bool>,
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     /// Identify the end user; recorded in the request's log line.
     pub user: Option<String>,
@@ -41,9 +52,13 @@ pub struct ChatCompletionRequest {
     // (`SamplingFields` says what each does). Listed in each request, not flattened from one
     // struct: serde cannot refuse unknown fields beside a flattened one.
     /// 0 or -1: no cut.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f32>,
+    #[schema(minimum = 0)]
     pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     // Fields Wick knows and does not serve (yet): each is refused by name when present, except
@@ -51,22 +66,37 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Vec<Tool>>,
     /// "none", "auto", "required", or `{"type": "function", "function": {"name"}}`; checked by hand
     /// in `api::tools` so that each wrong shape gets its own message.
+    #[schema(schema_with = super::openapi::tool_choice)]
     pub tool_choice: Option<serde_json::Value>,
     pub parallel_tool_calls: Option<bool>,
+    #[schema(ignore)]
     pub functions: Unsupported,
+    #[schema(ignore)]
     pub function_call: Unsupported,
     pub response_format: Option<ResponseFormat>,
+    #[schema(ignore)]
     pub audio: Unsupported,
+    #[schema(schema_with = super::openapi::modalities)]
     pub modalities: Unsupported,
+    #[schema(ignore)]
     pub prediction: Unsupported,
+    #[schema(ignore)]
     pub web_search_options: Unsupported,
+    #[schema(ignore)]
     pub reasoning_effort: Unsupported,
+    #[schema(ignore)]
     pub verbosity: Unsupported,
+    #[schema(schema_with = super::openapi::store)]
     pub store: Unsupported,
+    #[schema(ignore)]
     pub metadata: Unsupported,
+    #[schema(schema_with = super::openapi::service_tier)]
     pub service_tier: Unsupported,
+    #[schema(ignore)]
     pub moderation: Unsupported,
+    #[schema(schema_with = super::openapi::prompt_cache_retention)]
     pub prompt_cache_retention: Unsupported,
+    #[schema(ignore)]
     pub prompt_cache_options: Unsupported,
 }
 
@@ -74,7 +104,7 @@ pub struct ChatCompletionRequest {
 /// enforced by grammar-constrained decoding (`engine::grammar`).
 /// (A struct rather than an internally tagged enum, whose buffering would lose the path of an error
 /// inside `json_schema`.)
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
@@ -83,7 +113,7 @@ pub struct ResponseFormat {
     pub json_schema: Option<JsonSchemaFormat>,
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormatType {
     Text,
@@ -91,18 +121,20 @@ pub enum ResponseFormatType {
     JsonSchema,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSchemaFormat {
     /// Labels the schema, as OpenAI requires; like `description`, it is not shown to the model.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     pub description: Option<String>,
+    #[schema(schema_with = super::openapi::json_schema)]
     pub schema: Option<serde_json::Value>,
     /// Whether OpenAI enforces the schema exactly; Wick always does, so `false` changes nothing.
     pub strict: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
@@ -110,13 +142,15 @@ pub struct StreamOptions {
     pub include_obfuscation: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StopSpec {
     One(String),
     Many(Vec<String>),
 }
 
+/// A message of any role; which fields a role takes is checked in `chat::check` (and stated per role
+/// in the document, `openapi::chat_messages`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
@@ -132,23 +166,27 @@ pub struct ChatMessage {
 }
 
 /// A tool the model may call. OpenAI's custom (free-text) tools are refused by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tool {
     #[serde(rename = "type")]
+    #[schema(schema_with = super::openapi::function_type)]
     pub kind: String,
     pub function: Option<FunctionDefinition>,
+    #[schema(ignore)]
     pub custom: Unsupported,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionDefinition {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// A JSON Schema; a function without one takes no arguments.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = super::openapi::json_schema)]
     pub parameters: Option<serde_json::Value>,
     /// Whether calls must follow `parameters` exactly (enforced by a grammar).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,17 +194,19 @@ pub struct FunctionDefinition {
 }
 
 /// A call in an earlier assistant message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageToolCall {
     pub id: String,
     #[serde(rename = "type")]
+    #[schema(schema_with = super::openapi::function_type)]
     pub kind: String,
     pub function: Option<FunctionCall>,
+    #[schema(ignore)]
     pub custom: Unsupported,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCall {
     pub name: String,
@@ -175,7 +215,7 @@ pub struct FunctionCall {
 }
 
 /// A call in an answer, or its first streamed piece.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResponseToolCall {
     pub id: String,
     #[serde(rename = "type")]
@@ -221,20 +261,25 @@ impl<'de> Deserialize<'de> for MessageContent {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContentPart {
     #[serde(rename = "type")]
+    #[schema(schema_with = super::openapi::text_type)]
     pub kind: String,
     pub text: Option<String>,
     /// The other kinds' payloads, present so that a part is refused by its kind (`check`).
+    #[schema(ignore)]
     pub image_url: Unsupported,
+    #[schema(ignore)]
     pub input_audio: Unsupported,
+    #[schema(ignore)]
     pub file: Unsupported,
+    #[schema(ignore)]
     pub refusal: Unsupported,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -243,12 +288,12 @@ pub struct Usage {
 }
 
 /// OpenAI's breakdown of the prompt: `cached_tokens` were found in the prefix cache, not computed.
-#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Default, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCompletion {
     pub id: String,
     pub object: &'static str,
@@ -259,7 +304,7 @@ pub struct ChatCompletion {
     pub usage: Usage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Choice {
     pub index: usize,
     pub message: ResponseMessage,
@@ -267,7 +312,7 @@ pub struct Choice {
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResponseMessage {
     pub role: &'static str,
     /// Null when the answer is tool calls alone.
@@ -311,42 +356,56 @@ pub struct Delta {
 }
 
 /// `POST /v1/completions`: OpenAI's legacy Completions API, for base models and raw prompts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     /// The peers' extensions, as in `ChatCompletionRequest`.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f32>,
+    #[schema(minimum = 0)]
     pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
+    #[schema(schema_with = super::openapi::logit_bias)]
     pub logit_bias: Option<HashMap<String, f32>>,
     pub user: Option<String>,
     /// Whether the prompt's text comes before the completion in `text`.
     pub echo: Option<bool>,
     /// Refused unless absent, 1 or equal to `n`: Wick does not rank candidates.
+    #[schema(minimum = 1, maximum = 128)]
     pub best_of: Option<i64>,
     /// How many of the likeliest tokens to report beside each sampled one's log-probability (0 to 5).
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<i64>,
     /// Refused when present: insertion needs a fill-in-the-middle model.
+    #[schema(ignore)]
     pub suffix: Unsupported,
 }
 
 /// A completion prompt in each shape OpenAI takes: one text, several, one list of token ids, or
 /// several such lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -356,7 +415,7 @@ pub enum Prompt {
     TokenLists(Vec<Vec<i64>>),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TextCompletion {
     pub id: String,
     pub object: &'static str,
@@ -367,7 +426,7 @@ pub struct TextCompletion {
     pub usage: Usage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TextChoice {
     pub text: String,
     pub index: usize,
@@ -377,13 +436,13 @@ pub struct TextChoice {
 }
 
 /// A choice's (or a chunk's) log-probabilities in chat's shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
     pub refusal: Option<Vec<ChatTokenLogprob>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -391,7 +450,7 @@ pub struct ChatTokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -399,7 +458,7 @@ pub struct TopLogprob {
 }
 
 /// The legacy Completions API's log-probabilities: one entry per token in each list.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<f32>,
@@ -409,7 +468,8 @@ pub struct CompletionLogprobs {
 }
 
 /// Tokens and their log-probabilities as one JSON object, likeliest first.
-#[derive(Debug)]
+#[derive(Debug, ToSchema)]
+#[schema(value_type = HashMap<String, f32>)]
 pub struct TokenMap(pub Vec<(String, f32)>);
 
 impl Serialize for TokenMap {
@@ -418,13 +478,13 @@ impl Serialize for TokenMap {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: &'static str,
@@ -438,22 +498,27 @@ pub struct ModelCard {
 }
 
 /// `POST /v1/audio/speech`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpeechRequest {
     pub model: String,
+    #[schema(min_length = 1, max_length = 4096)]
     pub input: String,
     pub voice: String,
+    #[schema(schema_with = super::openapi::audio_format)]
     pub response_format: Option<String>,
+    #[schema(minimum = 0.25, maximum = 4.0)]
     pub speed: Option<f64>,
     /// `audio` (a chunked body, the default) or `sse`.
+    #[schema(schema_with = super::openapi::stream_format)]
     pub stream_format: Option<String>,
     /// gpt-4o-mini-tts's style instructions: refused unless empty, since a Piper voice has one style.
+    #[schema(max_length = 0)]
     pub instructions: Option<String>,
 }
 
 /// Usage in the last event of an SSE speech stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SpeechUsage {
     pub input_tokens: usize,
     pub output_tokens: usize,
@@ -463,21 +528,23 @@ pub struct SpeechUsage {
 // ---- Embeddings ----
 
 /// `POST /v1/embeddings`. Unknown fields are refused (a field Wick would ignore is a 400).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: EmbeddingInput,
     /// `float` (the default) or `base64`: each vector's little-endian f32 bytes, base64-encoded.
+    #[schema(schema_with = super::openapi::encoding_format)]
     pub encoding_format: Option<String>,
     /// Accepted only when it equals the model's size: Wick does not shorten vectors.
+    #[schema(minimum = 1)]
     pub dimensions: Option<i64>,
     pub user: Option<String>,
 }
 
 /// Embedding input in each shape OpenAI takes: one text, several, one list of token ids, or several
 /// such lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     Text(String),
@@ -487,7 +554,7 @@ pub enum EmbeddingInput {
     TokenLists(Vec<Vec<i64>>),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EmbeddingList {
     pub object: &'static str,
     pub data: Vec<Embedding>,
@@ -495,7 +562,7 @@ pub struct EmbeddingList {
     pub usage: EmbeddingUsage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Embedding {
     pub object: &'static str,
     pub index: usize,
@@ -503,14 +570,14 @@ pub struct Embedding {
 }
 
 /// A vector as `encoding_format` asks: numbers, or a base64 string.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),
     Base64(String),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,

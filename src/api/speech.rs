@@ -63,6 +63,17 @@ fn own_voice_names(d: &Deployment) -> Vec<String> {
     vec![stem, d.name().to_string(), d.spec.source.default_name()]
 }
 
+/// `POST /v1/audio/speech`
+#[utoipa::path(post, path = "/v1/audio/speech", operation_id = "createSpeech", tag = "inference", security(("inference" = [])), request_body(content = SpeechRequest, examples(
+        ("wav" = (value = json!({"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response_format": "wav"}))),
+        ("streamed" = (value = json!({"model": "tts-1", "voice": "alloy", "input": "Hello there.", "stream_format": "sse"}))),
+    )), responses(
+        (status = 200, description = "The audio in `response_format`, or with `stream_format: sse` its pieces as events",
+            content(("audio/mpeg"), ("audio/opus"), ("audio/aac"), ("audio/flac"), ("audio/wav"), ("audio/pcm"),
+                (crate::api::openapi::StreamEvent = "text/event-stream"))),
+        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
+        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+))]
 pub async fn speech(
     State(state): State<AppState>,
     caller: Caller,

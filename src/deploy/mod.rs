@@ -196,7 +196,7 @@ impl Deployments {
     }
 
     pub fn scale(&self, d: &Arc<Deployment>, replicas: usize) -> Result<(), ManageError> {
-        spec::check_replicas(replicas).map_err(|e| ManageError::Invalid(e.to_string()))?;
+        spec::check_replicas(replicas, self.defaults.max_replicas).map_err(|e| ManageError::Invalid(e.to_string()))?;
         if let Some(s) = &self.store {
             s.set_replicas(&d.id, replicas).map_err(ManageError::Store)?;
         }

@@ -17,7 +17,7 @@ pub const AUDIO_FORMATS: [&str; 6] = ["mp3", "opus", "aac", "flac", "wav", "pcm"
 
 /// A deployment as a user asks for it: the JSON body of `POST /sdk/v1/instance`, an entry of the
 /// `--config` file, and what the store keeps (so a restart rebuilds exactly what was asked for).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
     /// A catalog id, a path to a .gguf file or a model folder, or a hub id.
@@ -47,6 +47,7 @@ pub struct DeploymentRequest {
     pub price_per_replica_hour: Option<f64>,
     /// How weights are held in memory (native, q8-0, f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub weights: Option<WeightFormat>,
     /// For text models: a chat template (Jinja, as Hugging Face's) used instead of the model's own,
     /// so that a model that ships none can take chat requests.
@@ -55,7 +56,7 @@ pub struct DeploymentRequest {
 }
 
 /// The idle timeout as JSON or TOML may spell it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum IdleTimeoutValue {
     Seconds(f64),
@@ -201,6 +202,8 @@ pub struct Defaults {
     pub idle_timeout: Option<Duration>,
     pub device: DevicePlan,
     pub price_per_replica_hour: f64,
+    /// The most replicas any deployment may have (`--max-replicas`).
+    pub max_replicas: usize,
 }
 
 impl Default for Defaults {
@@ -212,6 +215,7 @@ impl Default for Defaults {
             idle_timeout: Some(Duration::from_secs(300)),
             device: DevicePlan::Cpu,
             price_per_replica_hour: 0.0,
+            max_replicas: MAX_REPLICAS,
         }
     }
 }
@@ -262,7 +266,7 @@ impl DeploymentSpec {
             None => bail!("`custom_meta_key` is required: a key of yours, unique across deployments"),
         };
         let replicas = request.replicas.unwrap_or(defaults.replicas);
-        check_replicas(replicas)?;
+        check_replicas(replicas, defaults.max_replicas)?;
         let idle_timeout = match &request.idle_timeout_s {
             Some(v) => v.resolve()?,
             None => defaults.idle_timeout,
@@ -311,9 +315,10 @@ impl DeploymentSpec {
     }
 }
 
-pub fn check_replicas(replicas: usize) -> Result<()> {
-    if !(1..=MAX_REPLICAS).contains(&replicas) {
-        bail!("`replicas` must be between 1 and {MAX_REPLICAS} (an idle deployment unloads by itself)");
+/// `replicas` within 1..=`max` (this server's `--max-replicas`).
+pub fn check_replicas(replicas: usize, max: usize) -> Result<()> {
+    if !(1..=max).contains(&replicas) {
+        bail!("`replicas` must be between 1 and {max} (an idle deployment unloads by itself)");
     }
     Ok(())
 }

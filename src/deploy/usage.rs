@@ -16,7 +16,7 @@ pub struct Usage {
 }
 
 /// Usage at one moment, as the management API and the store see it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageSnapshot {
     pub requests: u64,
@@ -66,7 +66,7 @@ impl Usage {
 }
 
 /// What a deployment has cost: replica-hours at its price.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cost {
     pub price_per_replica_hour: f64,

@@ -26,11 +26,20 @@ pub struct Limits {
     /// The KV pool's size in tokens (rounded up to whole blocks); on CUDA also at most what fits in
     /// the GPU memory the weights leave free.
     pub max_kv_tokens: usize,
+    /// Most tokens one completion may generate (a request asking for more is refused); `None`: up
+    /// to the context length.
+    pub max_completion_tokens: Option<usize>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_step_tokens: 2048, max_queue: 256, max_kv_tokens: 65_536 }
+        Self {
+            max_batch_size: 32,
+            max_step_tokens: 2048,
+            max_queue: 256,
+            max_kv_tokens: 65_536,
+            max_completion_tokens: None,
+        }
     }
 }
 
@@ -226,7 +235,13 @@ mod tests {
     }
 
     fn scheduler(max_batch_size: usize, max_step_tokens: usize, max_kv_tokens: usize) -> Scheduler {
-        Scheduler::new(Limits { max_batch_size, max_step_tokens, max_queue: 8, max_kv_tokens })
+        Scheduler::new(Limits {
+            max_batch_size,
+            max_step_tokens,
+            max_queue: 8,
+            max_kv_tokens,
+            max_completion_tokens: None,
+        })
     }
 
     /// What the engine does around a forward: blocks for the step, then the tokens are cached, and
