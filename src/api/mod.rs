@@ -10,6 +10,7 @@ pub mod instances;
 pub mod json;
 pub mod models;
 pub mod openai;
+pub mod responses;
 pub mod speech;
 pub mod tools;
 pub mod unsupported;
@@ -62,6 +63,7 @@ pub(crate) fn require_kind(d: Arc<Deployment>, model: &str, kind: ModelKind) -> 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/audio/speech", post(speech::speech))
         // OpenAI's largest embeddings request (2,048 inputs of a full context) is over axum's 2 MB
