@@ -2,8 +2,8 @@
 //! the generation that chat shares with `/v1/completions` (`generation.rs`), in chat's wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Constrained, Generation, Head,
-    SamplingFields, Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Chunk, Constrained, Generation,
+    Head, SamplingFields, Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
@@ -195,8 +195,7 @@ fn check(req: &ChatCompletionRequest) -> Result<Checked, ApiError> {
     Ok(Checked { messages, max_tokens, generation, tools, response_grammar })
 }
 
-/// An assistant's earlier calls as Hugging Face's templates read them: the arguments as a JSON
-/// object rather than OpenAI's string.
+/// An assistant's earlier calls as Hugging Face's templates read them.
 fn template_tool_calls(calls: &[MessageToolCall], i: usize) -> Result<Vec<serde_json::Value>, ApiError> {
     let mut out = Vec::with_capacity(calls.len());
     for (j, call) in calls.iter().enumerate() {
@@ -207,17 +206,23 @@ fn template_tool_calls(calls: &[MessageToolCall], i: usize) -> Result<Vec<serde_
                 Some(&format!("{param}.type")),
             ));
         };
-        let arguments: serde_json::Value = serde_json::from_str(&f.arguments).map_err(|e| {
-            ApiError::invalid_request(
-                format!("The call's 'arguments' are not JSON: {e}."),
-                Some(&format!("{param}.function.arguments")),
-            )
-        })?;
-        out.push(serde_json::json!({
-            "id": call.id, "type": "function", "function": {"name": f.name, "arguments": arguments},
-        }));
+        out.push(template_call(&call.id, &f.name, &f.arguments, &format!("{param}.function.arguments"))?);
     }
     Ok(out)
+}
+
+/// One earlier call as Hugging Face's templates read it: the arguments as a JSON object rather than
+/// OpenAI's string (`arguments_param` names that string, for the error when it is not JSON).
+pub(super) fn template_call(
+    id: &str,
+    name: &str,
+    arguments: &str,
+    arguments_param: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let arguments: serde_json::Value = serde_json::from_str(arguments).map_err(|e| {
+        ApiError::invalid_request(format!("The call's 'arguments' are not JSON: {e}."), Some(arguments_param))
+    })?;
+    Ok(serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}))
 }
 
 /// The grammar `response_format` asks for: none for text.
@@ -240,42 +245,52 @@ fn check_response_format(format: Option<&ResponseFormat>) -> Result<Option<Const
         (ResponseFormatType::Text, None) => return Ok(None),
         (ResponseFormatType::JsonObject, None) => (Grammar::JsonObject, "response_format"),
         (ResponseFormatType::JsonSchema, Some(json_schema)) => {
-            let name = &json_schema.name;
-            if !tools::is_valid_name(name) {
-                return bad(
-                    format!("Invalid 'response_format.json_schema.name': '{name}'. It must be 1 to 64 letters, digits, underscores or dashes."),
-                    "response_format.json_schema.name",
-                );
-            }
-            match &json_schema.schema {
-                Some(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => {
-                    (Grammar::JsonSchema(schema.clone()), "response_format.json_schema.schema")
-                }
-                Some(_) => {
-                    return bad(
-                        "'response_format.json_schema.schema' must be a JSON Schema object.".into(),
-                        "response_format.json_schema.schema",
-                    )
-                }
-                None => {
-                    return bad(
-                        "'response_format.json_schema.schema' is required: Wick enforces the schema it is given."
-                            .into(),
-                        "response_format.json_schema.schema",
-                    )
-                }
-            }
+            return schema_grammar(
+                &json_schema.name,
+                json_schema.schema.as_ref(),
+                "response_format.json_schema.name",
+                "response_format.json_schema.schema",
+            )
+            .map(Some)
         }
     };
     Ok(Some(Constrained { grammar, param }))
 }
 
+/// The grammar of a JSON Schema format: its `name` checked (`name_param` names it) and its `schema`
+/// (`schema_param`) required. Chat's `response_format` and the Responses API's `text.format` share it.
+pub(super) fn schema_grammar(
+    name: &str,
+    schema: Option<&serde_json::Value>,
+    name_param: &'static str,
+    schema_param: &'static str,
+) -> Result<Constrained, ApiError> {
+    let bad = |msg: String, param: &str| Err(ApiError::invalid_request(msg, Some(param)));
+    if !tools::is_valid_name(name) {
+        return bad(
+            format!("Invalid '{name_param}': '{name}'. It must be 1 to 64 letters, digits, underscores or dashes."),
+            name_param,
+        );
+    }
+    match schema {
+        Some(schema @ (serde_json::Value::Object(_) | serde_json::Value::Bool(_))) => {
+            Ok(Constrained { grammar: Grammar::JsonSchema(schema.clone()), param: schema_param })
+        }
+        Some(_) => bad(format!("'{schema_param}' must be a JSON Schema object."), schema_param),
+        None => bad(format!("'{schema_param}' is required: Wick enforces the schema it is given."), schema_param),
+    }
+}
+
 /// The rendered conversation's token ids. A model without a chat template cannot take messages.
-fn tokenize(
+/// `prompt_param` is the request field that holds the conversation (chat's `messages`), and
+/// `content_param(i)` the field that holds message `i`'s content, for the errors that name them.
+pub(super) fn tokenize(
     engine: &Engine,
     model: &str,
     messages: &[TemplateMessage],
     tools: Option<&[serde_json::Value]>,
+    prompt_param: &str,
+    content_param: &dyn Fn(usize) -> String,
 ) -> Result<Vec<u32>, ApiError> {
     let template = engine.template.as_ref().ok_or_else(|| {
         ApiError::invalid_request(
@@ -287,7 +302,7 @@ fn tokenize(
         )
     })?;
     let rendered =
-        template.render(messages, tools, true).map_err(|e| ApiError::invalid_request(e, Some("messages")))?;
+        template.render(messages, tools, true).map_err(|e| ApiError::invalid_request(e, Some(prompt_param)))?;
     let internal = |e: anyhow::Error| ApiError::internal(e.to_string());
     let content = match rendered.content {
         Some(content) => content,
@@ -302,7 +317,7 @@ fn tokenize(
                              rewrites message content in a way that Wick cannot keep apart from the template's \
                              own markup; remove the control token from the content."
                         ),
-                        Some(&format!("messages[{i}].content")),
+                        Some(&content_param(i)),
                     ));
                 }
             }
@@ -355,7 +370,8 @@ pub async fn chat_completions(
         let template_format = engine.template.as_ref().and_then(|t| t.tool_format);
         let tool_use = tools.as_ref().map(|t| t.plan(template_format)).transpose()?;
         let template_tools = tool_use.as_ref().and_then(|u| u.template_tools.as_deref());
-        let prompt = tokenize(engine, &req.model, &messages, template_tools)?;
+        let content_param = |i| format!("messages[{i}].content");
+        let prompt = tokenize(engine, &req.model, &messages, template_tools, "messages", &content_param)?;
         let (grammar, reader) = match tool_use {
             Some(ToolUse { grammar, reader, .. }) => (grammar.or(response_grammar), reader),
             None => (response_grammar, None),
@@ -408,7 +424,7 @@ impl ChatWire {
         delta: Delta,
         logprobs: Option<ChatLogprobs>,
         finish: Option<&'static str>,
-    ) -> String {
+    ) -> Chunk {
         let choice = ChunkChoice { index, delta, logprobs, finish_reason: finish };
         head.chunk(CHUNK_OBJECT, vec![choice], None)
     }
@@ -443,7 +459,7 @@ impl ChatWire {
         pieces: Vec<Piece>,
         stream: &mut StreamedCalls,
         logprobs: bool,
-    ) -> Vec<String> {
+    ) -> Vec<Chunk> {
         let parallel = self.reader.is_some_and(|r| r.parallel);
         let mut chunks = Vec::new();
         let take_logprobs =
@@ -491,12 +507,12 @@ impl ChatWire {
 impl Wire for ChatWire {
     const PROMPT_PARAM: &'static str = "messages";
 
-    fn opening(&self, head: &Head, index: usize) -> Option<String> {
+    fn opening(&self, head: &Head, index: usize) -> Option<Chunk> {
         let delta = Delta { role: Some("assistant"), content: Some(String::new()), ..Default::default() };
         Some(Self::delta(head, index, delta, None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String> {
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<Chunk> {
         if self.reader.is_none() {
             let delta = Delta { content: Some(text), ..Default::default() };
             return vec![Self::delta(head, index, delta, logprobs.map(Self::logprobs), None)];
@@ -508,7 +524,7 @@ impl Wire for ChatWire {
         self.pieces(head, index, pieces, stream, logprobs.is_some())
     }
 
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String> {
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<Chunk> {
         let mut chunks = Vec::new();
         let mut calls = 0;
         if self.reader.is_some() {
@@ -523,8 +539,8 @@ impl Wire for ChatWire {
         chunks
     }
 
-    fn usage(&self, head: &Head, usage: Usage) -> String {
-        head.chunk::<ChunkChoice>(CHUNK_OBJECT, vec![], Some(usage))
+    fn end(&self, head: &Head, usage: Usage) -> Vec<Chunk> {
+        head.end::<ChunkChoice>(CHUNK_OBJECT, usage)
     }
 
     fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response {

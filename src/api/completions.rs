@@ -3,7 +3,7 @@
 //! with chat (`generation.rs`), in the `text_completion` wire shape.
 
 use super::generation::{
-    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Head, SamplingFields, Wire,
+    check_max_tokens, check_sampling, finite_logprob, generate, token_text, Answer, Chunk, Head, SamplingFields, Wire,
 };
 use super::json::AppJson;
 use super::openai::*;
@@ -206,7 +206,7 @@ impl TextWire {
         text: String,
         logprobs: Option<CompletionLogprobs>,
         finish: Option<FinishReason>,
-    ) -> String {
+    ) -> Chunk {
         let choice = TextChoice { text, index, logprobs, finish_reason: finish.map(FinishReason::as_str) };
         head.chunk(OBJECT, vec![choice], None)
     }
@@ -236,13 +236,13 @@ impl Wire for TextWire {
     const PROMPT_PARAM: &'static str = "prompt";
 
     /// With `echo`, each choice's stream starts with its prompt.
-    fn opening(&self, head: &Head, index: usize) -> Option<String> {
+    fn opening(&self, head: &Head, index: usize) -> Option<Chunk> {
         let prompt = self.echoed(index)?;
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())[index] = prompt.chars().count();
         Some(Self::piece(head, index, prompt.to_string(), None, None))
     }
 
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String> {
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<Chunk> {
         let logprobs = logprobs.map(|tokens| {
             let mut offsets = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
             let (logprobs, next) = Self::logprobs(tokens, offsets[index]);
@@ -252,12 +252,12 @@ impl Wire for TextWire {
         vec![Self::piece(head, index, text, logprobs, None)]
     }
 
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String> {
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<Chunk> {
         vec![Self::piece(head, index, String::new(), None, Some(reason))]
     }
 
-    fn usage(&self, head: &Head, usage: Usage) -> String {
-        head.chunk::<TextChoice>(OBJECT, vec![], Some(usage))
+    fn end(&self, head: &Head, usage: Usage) -> Vec<Chunk> {
+        head.end::<TextChoice>(OBJECT, usage)
     }
 
     fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response {

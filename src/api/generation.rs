@@ -1,7 +1,7 @@
-//! What `/v1/chat/completions` and `/v1/completions` share, so that both behave alike: the checks of
-//! the sampling fields, the way to a deployment's engine (scope, kind, lease, context and batch
-//! limits, the queue), and the answer as one JSON body or as OpenAI's event stream. Each endpoint
-//! brings its own wire shape (`Wire`) and its own prompt tokens.
+//! What `/v1/chat/completions`, `/v1/completions` and `/v1/responses` share, so that all behave alike:
+//! the checks of the sampling fields, the way to a deployment's engine (scope, kind, lease, context
+//! and batch limits, the queue), and the answer as one JSON body or as OpenAI's event stream. Each
+//! endpoint brings its own wire shape (`Wire`) and its own prompt tokens.
 
 use super::openai::{PromptTokensDetails, StopSpec, StreamChunk, StreamOptions, Usage};
 use crate::api::error::ApiError;
@@ -174,9 +174,22 @@ pub struct Head {
     pub include_usage: bool,
 }
 
+/// One server-sent event: its `data`, and its `event` name where the API names its events (the
+/// Responses API does; chat's and completions' chunks go unnamed).
+pub struct Chunk {
+    pub event: Option<&'static str>,
+    pub data: String,
+}
+
+impl From<String> for Chunk {
+    fn from(data: String) -> Self {
+        Self { event: None, data }
+    }
+}
+
 impl Head {
     /// A streamed chunk of `object` with `choices`, and `usage` where the client asked for it.
-    pub fn chunk<C: serde::Serialize>(&self, object: &'static str, choices: Vec<C>, usage: Option<Usage>) -> String {
+    pub fn chunk<C: serde::Serialize>(&self, object: &'static str, choices: Vec<C>, usage: Option<Usage>) -> Chunk {
         let chunk = StreamChunk {
             id: &self.id,
             object,
@@ -186,7 +199,18 @@ impl Head {
             choices,
             usage: self.include_usage.then_some(usage),
         };
-        serde_json::to_string(&chunk).expect("chunks serialise")
+        serde_json::to_string(&chunk).expect("chunks serialise").into()
+    }
+
+    /// How chat's and completions' streams end: the chunk of `object` with the usage and no choices
+    /// where the client asked for it, then `[DONE]`.
+    pub fn end<C: serde::Serialize>(&self, object: &'static str, usage: Usage) -> Vec<Chunk> {
+        let mut chunks = Vec::with_capacity(2);
+        if self.include_usage {
+            chunks.push(self.chunk::<C>(object, vec![], Some(usage)));
+        }
+        chunks.push(Chunk::from("[DONE]".to_string()));
+        chunks
     }
 }
 
@@ -214,15 +238,25 @@ pub fn finite_logprob(logprob: f32) -> f32 {
 pub trait Wire: Send + Sync + 'static {
     /// The request field a too-long prompt is blamed on.
     const PROMPT_PARAM: &'static str;
+    /// What a stream opens with, before any choice's opening (the Responses API: the response
+    /// created and in progress).
+    fn start(&self, _head: &Head) -> Vec<Chunk> {
+        Vec::new()
+    }
     /// What a streamed choice opens with, if anything (chat: its role).
-    fn opening(&self, head: &Head, index: usize) -> Option<String>;
+    fn opening(&self, head: &Head, index: usize) -> Option<Chunk>;
     /// The streamed chunks for a piece of choice `index`'s text, with its tokens' log-probabilities
     /// when the request asked for them (none while the text is held back, as a tool call is).
-    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<String>;
+    fn text(&self, head: &Head, index: usize, text: String, logprobs: Option<&[TokenLogprob]>) -> Vec<Chunk>;
     /// The streamed chunks that end choice `index`: what was held back, then the finish.
-    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<String>;
-    /// The streamed chunk with the usage and no choices.
-    fn usage(&self, head: &Head, usage: Usage) -> String;
+    fn finish(&self, head: &Head, index: usize, reason: FinishReason) -> Vec<Chunk>;
+    /// The streamed chunks after every choice finished, with the request's usage (chat and
+    /// completions: `Head::end`).
+    fn end(&self, head: &Head, usage: Usage) -> Vec<Chunk>;
+    /// The streamed chunks that tell of an error in the middle of the stream, which ends it.
+    fn error(&self, _head: &Head, error: ApiError) -> Vec<Chunk> {
+        vec![error.to_json().to_string().into()]
+    }
     /// The whole answer: each choice's, in index order.
     fn body(&self, head: &Head, answers: Vec<Answer>, usage: Usage) -> Response;
 }
@@ -457,20 +491,31 @@ impl<W: Wire> Reply<W> {
         Ok(self.wire.body(&self.head, answers, self.usage(completion_tokens)))
     }
 
-    /// OpenAI's stream: each choice's opening, text chunks, a finish chunk per choice, the usage
-    /// chunk (empty `choices`) when asked for, then `[DONE]`.
+    /// OpenAI's stream: the wire's start, each choice's opening, text chunks, the chunks that finish
+    /// each choice, then the wire's end (chat's and completions': the usage chunk, with empty
+    /// `choices`, when asked for, then `[DONE]`).
     fn stream(self, events: BoxStream<'static, Event>) -> Response {
         let state = StreamState {
             events,
-            queue: (0..self.choices).filter_map(|i| self.wire.opening(&self.head, i)).collect(),
+            queue: self
+                .wire
+                .start(&self.head)
+                .into_iter()
+                .chain((0..self.choices).filter_map(|i| self.wire.opening(&self.head, i)))
+                .collect(),
             remaining: self.choices,
             completion_tokens: 0,
             ended: false,
             reply: self,
         };
         let events = futures::stream::unfold(state, |mut st| async move {
-            let data = st.next().await?;
-            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), st))
+            let chunk = st.next().await?;
+            // The name first, as OpenAI writes it.
+            let event = match chunk.event {
+                Some(name) => SseEvent::default().event(name),
+                None => SseEvent::default(),
+            };
+            Some((Ok::<_, Infallible>(event.data(chunk.data)), st))
         });
         Sse::new(events).into_response()
     }
@@ -478,7 +523,7 @@ impl<W: Wire> Reply<W> {
 
 struct StreamState<W: Wire> {
     events: BoxStream<'static, Event>,
-    queue: VecDeque<String>,
+    queue: VecDeque<Chunk>,
     remaining: usize,
     completion_tokens: usize,
     ended: bool,
@@ -486,8 +531,8 @@ struct StreamState<W: Wire> {
 }
 
 impl<W: Wire> StreamState<W> {
-    /// The next `data:` payload, or `None` when the stream is over.
-    async fn next(&mut self) -> Option<String> {
+    /// The next event, or `None` when the stream is over.
+    async fn next(&mut self) -> Option<Chunk> {
         loop {
             if let Some(data) = self.queue.pop_front() {
                 return Some(data);
@@ -513,11 +558,11 @@ impl<W: Wire> StreamState<W> {
                     self.queue.extend(r.wire.finish(&r.head, choice, reason));
                 }
                 Some(Event::Error(e)) => {
-                    self.queue.push_back(ApiError::engine(&r.head.model, e).to_json().to_string());
+                    self.queue.extend(r.wire.error(&r.head, ApiError::engine(&r.head.model, e)));
                     self.ended = true;
                 }
                 None => {
-                    self.queue.push_back(ApiError::internal("the engine dropped the request").to_json().to_string());
+                    self.queue.extend(r.wire.error(&r.head, ApiError::internal("the engine dropped the request")));
                     self.ended = true;
                 }
             }
@@ -527,10 +572,7 @@ impl<W: Wire> StreamState<W> {
     fn finish(&mut self) {
         let r = &self.reply;
         r.record_end(self.completion_tokens);
-        if r.head.include_usage {
-            self.queue.push_back(r.wire.usage(&r.head, r.usage(self.completion_tokens)));
-        }
-        self.queue.push_back("[DONE]".to_string());
+        self.queue.extend(r.wire.end(&r.head, r.usage(self.completion_tokens)));
         self.ended = true;
     }
 }

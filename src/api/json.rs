@@ -45,20 +45,26 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::invalid_request("The request body must be a JSON object.", None));
     }
+    from_value(value, "")
+}
+
+/// A part of the request read as `T`, its errors named as `parse` names them, from `at` (where the
+/// part is in the request, such as `input[2]`; empty for the whole body). For the parts whose shape
+/// depends on their contents, read by hand.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        let path = join(at, &e.path().to_string());
         let inner = e.into_inner().to_string();
         // A field the request type does not list: OpenAI's own words for it.
         // The path ends with the field itself, except inside a value deserialized by hand
         // (`MessageContent`), where it stops at that value.
         if let Some(field) = inner.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-            let param = if path.ends_with(field) { path } else { format!("{path}.{field}") };
+            let param = if path.ends_with(field) { path } else { join(&path, field) };
             return ApiError::invalid_request(format!("Unrecognized request argument supplied: {param}"), Some(&param));
         }
         // serde reports a missing field at its parent's path; name the field itself.
         let param = match inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-            Some(field) if path == "." => field.to_string(),
-            Some(field) => format!("{path}.{field}"),
+            Some(field) => join(&path, field),
             None => path,
         };
         let message = match inner.strip_prefix("missing field `") {
@@ -67,6 +73,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::invalid_request(message, Some(&param))
     })
+}
+
+/// `path` (serde_path_to_error's: `.` for the root, `a.b[0].c` below it) inside `at`.
+fn join(at: &str, path: &str) -> String {
+    match (at, path) {
+        (at, ".") => at.to_string(),
+        ("", path) => path.to_string(),
+        (at, path) if path.starts_with('[') => format!("{at}{path}"),
+        (at, path) => format!("{at}.{path}"),
+    }
 }
 
 #[cfg(test)]
@@ -104,5 +120,23 @@ mod tests {
         let e = parse::<Req>(b"{not json").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.param.is_none());
+    }
+
+    #[test]
+    fn a_part_read_by_hand_is_named_from_its_place() {
+        let msg = |v| from_value::<Msg>(v, "input[2]").unwrap_err();
+        let e = msg(serde_json::json!({}));
+        assert_eq!(
+            (e.param.as_deref(), e.message.as_str()),
+            (Some("input[2].role"), "Missing required parameter: 'input[2].role'.")
+        );
+        let e = msg(serde_json::json!({"role": "user", "nme": 1}));
+        assert_eq!(e.message, "Unrecognized request argument supplied: input[2].nme");
+        let e = msg(serde_json::json!({"role": 1}));
+        assert_eq!(e.param.as_deref(), Some("input[2].role"));
+        let e = from_value::<Vec<Msg>>(serde_json::json!([{"role": "a"}, {}]), "input").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[1].role"));
+        let e = from_value::<Msg>(serde_json::json!(3), "input[0]").unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input[0]"));
     }
 }

@@ -1,4 +1,5 @@
-//! OpenAI's wire types for the endpoints Wick serves: the one copy in the codebase.
+//! OpenAI's wire types for the endpoints Wick serves: the one copy in the codebase (the Responses
+//! API's, which share little with these, are in `responses::types`).
 //!
 //! Request fields that may be `null` are `Option`s. Every request type lists every field of OpenAI's
 //! (as the official Python client types them) and refuses the rest (`deny_unknown_fields`, answered
@@ -113,7 +114,7 @@ pub struct ResponseFormat {
     pub json_schema: Option<JsonSchemaFormat>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, ToSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResponseFormatType {
     Text,

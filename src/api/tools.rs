@@ -1,6 +1,7 @@
-//! Tool calling on `/v1/chat/completions`: the request's `tools`, `tool_choice` and
-//! `parallel_tool_calls` checked; the tools handed to the model's chat template; the grammar that
-//! forces a call where the request asks for one; and the model's calls read back from its text
+//! Tool calling on `/v1/chat/completions` and `/v1/responses`: the request's `tools`, `tool_choice`
+//! and `parallel_tool_calls` checked (each API reads its own shapes, `check` chat's; `ToolRequest::new`
+//! checks what they share); the tools handed to the model's chat template; the grammar that forces a
+//! call where the request asks for one; and the model's calls read back from its text
 //! (`crate::tool_calls`), whole or as they stream.
 
 use super::generation::Constrained;
@@ -44,7 +45,7 @@ fn bad<T>(message: String, param: &str) -> Result<T, ApiError> {
     Err(ApiError::invalid_request(message, Some(param)))
 }
 
-/// Checks `tools`, `tool_choice` and `parallel_tool_calls`; None when there are no tools.
+/// Checks chat's `tools`, `tool_choice` and `parallel_tool_calls`; None when there are no tools.
 pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiError> {
     let tools = req.tools.as_deref().unwrap_or_default();
     let mut functions = Vec::with_capacity(tools.len());
@@ -58,45 +59,13 @@ pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiErro
         let Some(f) = &tool.function else {
             return bad("Missing required parameter: 'function'.".into(), &format!("tools[{i}].function"));
         };
-        if !is_valid_name(&f.name) {
-            return bad(
-                format!("Invalid 'tools[{i}].function.name': '{}'. It must be 1 to 64 letters, digits, underscores or dashes.", f.name),
-                &format!("tools[{i}].function.name"),
-            );
-        }
-        if let Some(p) = &f.parameters {
-            if !p.is_object() {
-                return bad(
-                    "A function's 'parameters' must be a JSON Schema object.".into(),
-                    &format!("tools[{i}].function.parameters"),
-                );
-            }
-        }
-        if functions.iter().any(|g: &FunctionDefinition| g.name == f.name) {
-            return bad(format!("Two tools are named '{}'.", f.name), &format!("tools[{i}].function.name"));
-        }
         functions.push(f.clone());
     }
     let choice = match &req.tool_choice {
-        None if functions.is_empty() => Choice::None,
-        None => Choice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => Choice::None,
-            "auto" => Choice::Auto,
-            "required" => Choice::Required,
-            other => {
-                return bad(
-                    format!("Invalid 'tool_choice': '{other}'. Use 'none', 'auto', 'required' or a named function."),
-                    "tool_choice",
-                )
-            }
-        },
+        None => None,
+        Some(Value::String(s)) => Some(Choice::of_option(s, "tool_choice")?),
         Some(v) if v["type"] == "function" && v["function"]["name"].is_string() => {
-            let name = v["function"]["name"].as_str().unwrap_or_default();
-            if !functions.iter().any(|f| f.name == name) {
-                return bad(format!("'tool_choice' names '{name}', which is not among the tools."), "tool_choice.function.name");
-            }
-            Choice::Named(name.to_string())
+            Some(Choice::Named(v["function"]["name"].as_str().unwrap_or_default().to_string()))
         }
         Some(v) if v["type"] == "allowed_tools" || v["type"] == "custom" => {
             return bad(format!("'tool_choice' of type {} is not supported by this server.", v["type"]), "tool_choice.type")
@@ -120,10 +89,69 @@ pub fn check(req: &ChatCompletionRequest) -> Result<Option<ToolRequest>, ApiErro
         }
         return Ok(None);
     }
-    Ok(Some(ToolRequest { functions, choice, parallel: req.parallel_tool_calls.unwrap_or(true) }))
+    let at = |i| format!("tools[{i}].function");
+    ToolRequest::new(functions, &at, choice, "tool_choice.function.name", req.parallel_tool_calls).map(Some)
+}
+
+impl Choice {
+    /// `tool_choice` given as one of its words (`param` names it).
+    pub fn of_option(option: &str, param: &str) -> Result<Self, ApiError> {
+        match option {
+            "none" => Ok(Choice::None),
+            "auto" => Ok(Choice::Auto),
+            "required" => Ok(Choice::Required),
+            other => bad(
+                format!("Invalid 'tool_choice': '{other}'. Use 'none', 'auto', 'required' or a named function."),
+                param,
+            ),
+        }
+    }
 }
 
 impl ToolRequest {
+    /// The tools of a request, whichever API's shape they came in: `functions` (function `i` is at
+    /// `at(i)` in the request; each must have a valid name, unique, and an object for
+    /// `parameters`), what `tool_choice` asks (None: absent; a named function must be among them,
+    /// or the error names `named_param`), and `parallel_tool_calls`.
+    pub fn new(
+        functions: Vec<FunctionDefinition>,
+        at: &dyn Fn(usize) -> String,
+        choice: Option<Choice>,
+        named_param: &str,
+        parallel: Option<bool>,
+    ) -> Result<Self, ApiError> {
+        for (i, f) in functions.iter().enumerate() {
+            if !is_valid_name(&f.name) {
+                return bad(
+                    format!(
+                        "Invalid '{}.name': '{}'. It must be 1 to 64 letters, digits, underscores or dashes.",
+                        at(i),
+                        f.name
+                    ),
+                    &format!("{}.name", at(i)),
+                );
+            }
+            if f.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+                return bad(
+                    "A function's 'parameters' must be a JSON Schema object.".into(),
+                    &format!("{}.parameters", at(i)),
+                );
+            }
+            if functions[..i].iter().any(|g| g.name == f.name) {
+                return bad(format!("Two tools are named '{}'.", f.name), &format!("{}.name", at(i)));
+            }
+        }
+        let choice = match choice {
+            None if functions.is_empty() => Choice::None,
+            None => Choice::Auto,
+            Some(Choice::Named(name)) if !functions.iter().any(|f| f.name == name) => {
+                return bad(format!("'tool_choice' names '{name}', which is not among the tools."), named_param)
+            }
+            Some(choice) => choice,
+        };
+        Ok(Self { functions, choice, parallel: parallel.unwrap_or(true) })
+    }
+
     /// How the answer uses the tools, given the format the model's template writes calls in (None:
     /// it renders no tools).
     pub fn plan(&self, template_format: Option<ToolFormat>) -> Result<ToolUse, ApiError> {

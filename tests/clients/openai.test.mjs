@@ -163,3 +163,21 @@ test("tool call with tool_choice required, and its result answered", async () =>
   });
   assert.ok(answer.choices[0].message.content.length > 0);
 });
+
+test("responses: plain and streamed", async () => {
+  const input = "What is the capital of France? Answer in one word.";
+  const r = await client.responses.create({ model, input, temperature: 0, max_output_tokens: 32 });
+  assert.equal(r.object, "response");
+  assert.equal(r.status, "completed");
+  assert.match(r.output_text, /Paris/);
+  assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
+  const stream = await client.responses.create({ model, input, temperature: 0, max_output_tokens: 32, stream: true });
+  const events = [];
+  for await (const e of stream) events.push(e);
+  assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+  const text = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("");
+  const last = events[events.length - 1];
+  assert.equal(last.type, "response.completed");
+  assert.equal(text, r.output_text);
+  assert.equal(last.response.output[0].content[0].text, text);
+});

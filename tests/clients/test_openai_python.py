@@ -14,6 +14,8 @@ import pytest
 from openai.types import completion_create_params, embedding_create_params
 from openai.types.audio import speech_create_params
 from openai.types.chat import completion_create_params as chat_create_params
+from openai.types import responses as r_types
+from openai.types.responses import response_create_params, response_input_param
 
 BASE_URL = os.environ["WICK_BASE_URL"]
 MODEL = os.environ["WICK_MODEL"]
@@ -297,11 +299,12 @@ def _every_field(params_type, required):
             {"model": "tts-1", "voice": "alloy", "input": "Hi."},
         ),
         ("/embeddings", embedding_create_params.EmbeddingCreateParams, {"model": EMBEDDING_MODEL, "input": "Hi."}),
+        ("/responses", response_create_params.ResponseCreateParamsBase, {"model": MODEL, "input": "Hi."}),
     ],
 )
 def test_every_field_of_the_client_is_known(client, path, params_type, body):
     fields = _every_field(params_type, body)
-    if path in ("/chat/completions", "/completions"):
+    if path in ("/chat/completions", "/completions", "/responses"):
         fields.append("stream")  # in the client's streaming and non-streaming subtypes, not the base
     assert len(fields) >= 3
     for field in fields:
@@ -326,6 +329,66 @@ def test_every_field_of_every_message_is_known(client):
             param, text = _refusal(client, "/chat/completions", {"model": MODEL, "messages": [message]})
             assert text != f"Unrecognized request argument supplied: messages[0].{field}", (role, text)
             assert param.startswith(f"messages[0].{field}"), (role, field, param, text)
+
+
+CALL_ITEM = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}
+# Where a part of a Responses request goes, given the part.
+RESPONSES_PLACES = {
+    "input[0]": lambda part: {"input": [part]},
+    "input[1]": lambda part: {"input": [CALL_ITEM, part]},
+    "input[0].content[0]": lambda part: {"input": [{"role": "user", "content": [part]}]},
+    "tools[0]": lambda part: {"tools": [part]},
+    "text": lambda part: {"text": part},
+    "text.format": lambda part: {"text": {"format": part}},
+    "stream_options": lambda part: {"stream": True, "stream_options": part},
+}
+
+
+@pytest.mark.parametrize(
+    "params_type, part, at",
+    [
+        (r_types.EasyInputMessageParam, {"role": "user", "content": "Hi."}, "input[0]"),
+        (
+            response_input_param.Message,
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]},
+            "input[0]",
+        ),
+        (
+            r_types.ResponseOutputMessageParam,
+            {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": "Hi.", "annotations": []}]},
+            "input[0]",
+        ),
+        (r_types.ResponseFunctionToolCallParam, CALL_ITEM, "input[0]"),
+        (
+            response_input_param.FunctionCallOutput,
+            {"type": "function_call_output", "call_id": "call_1", "output": "42"},
+            "input[1]",
+        ),
+        (r_types.ResponseInputTextParam, {"type": "input_text", "text": "Hi."}, "input[0].content[0]"),
+        (r_types.ResponseOutputTextParam, {"type": "output_text", "text": "Hi.", "annotations": []}, "input[0].content[0]"),
+        (
+            r_types.FunctionToolParam,
+            {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": True},
+            "tools[0]",
+        ),
+        (r_types.ResponseTextConfigParam, {}, "text"),
+        (
+            r_types.ResponseFormatTextJSONSchemaConfigParam,
+            {"type": "json_schema", "name": "a", "schema": {"type": "object"}},
+            "text.format",
+        ),
+        (response_create_params.StreamOptions, {}, "stream_options"),
+    ],
+)
+def test_every_field_of_every_part_of_a_responses_request_is_known(client, params_type, part, at):
+    fields = _every_field(params_type, part)
+    assert fields
+    for field in fields:
+        body = {"model": MODEL, "input": "Hi.", **RESPONSES_PLACES[at]({**part, field: PROBE})}
+        param, message = _refusal(client, "/responses", body)
+        assert message != f"Unrecognized request argument supplied: {at}.{field}", message
+        assert param.startswith(f"{at}.{field}"), (at, field, param, message)
 
 
 def cosine(a, b):
@@ -380,3 +443,101 @@ def test_embeddings_over_the_limit_is_refused_not_cut(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model=EMBEDDING_MODEL, input=EMBEDDING_FIXTURE["over_limit"])
     assert e.value.code == "context_length_exceeded"
+
+
+def test_responses_plain(client):
+    r = client.responses.create(
+        model=MODEL, input="What is the capital of France? Answer in one word.", temperature=0, max_output_tokens=32
+    )
+    assert r.object == "response" and r.id.startswith("resp_")
+    assert r.model == MODEL
+    assert r.status == "completed"
+    assert "Paris" in r.output_text
+    assert r.output[0].type == "message" and r.output[0].content[0].type == "output_text"
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.usage.output_tokens > 0 and r.usage.input_tokens_details.cached_tokens >= 0
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+
+
+def test_responses_instructions_and_the_token_limit(client):
+    r = client.responses.create(
+        model=MODEL,
+        instructions="You are a geography teacher.",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Tell me about Paris."}]}],
+        temperature=0,
+        max_output_tokens=5,
+    )
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.instructions == "You are a geography teacher."
+    assert r.usage.output_tokens == 5 and r.output_text
+
+
+def test_responses_stream(client):
+    stream = client.responses.create(
+        model=MODEL, input="What is the capital of France? Answer in one word.", temperature=0, max_output_tokens=32,
+        stream=True,
+    )
+    events = list(stream)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[1].type == "response.in_progress"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert "Paris" in deltas
+    done = [e for e in events if e.type == "response.output_text.done"]
+    assert [d.text for d in done] == [deltas]
+    last = events[-1]
+    assert last.type == "response.completed"
+    assert last.response.output_text == deltas
+    assert last.response.usage.output_tokens > 0
+
+
+WEATHER_FUNCTION = {"type": "function", **WEATHER_TOOL["function"], "strict": True}
+
+
+def test_responses_tool_loop_with_required_call(client):
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.responses.create(
+        model=MODEL, input=question, tools=[WEATHER_FUNCTION], tool_choice="required", temperature=0,
+        max_output_tokens=100,
+    )
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) >= 1, first.output
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id.startswith("call_") and call.id.startswith("fc_")
+    arguments = json.loads(call.arguments)
+    assert isinstance(arguments["city"], str) and set(arguments) <= {"city", "unit"}
+    # The output items go back in as they came, with the call's result; the model answers in text.
+    history = question + [item.model_dump(exclude_none=True) for item in first.output] + [
+        {"type": "function_call_output", "call_id": call.call_id, "output": json.dumps({"temperature_c": 18})}
+    ]
+    second = client.responses.create(
+        model=MODEL, input=history, tools=[WEATHER_FUNCTION], tool_choice="none", temperature=0, max_output_tokens=60
+    )
+    assert second.output_text and not [item for item in second.output if item.type == "function_call"]
+    # The call and its result are in the prompt.
+    alone = client.responses.create(
+        model=MODEL, input=question, tools=[WEATHER_FUNCTION], tool_choice="none", max_output_tokens=1
+    )
+    assert second.usage.input_tokens > alone.usage.input_tokens + 20
+
+
+def test_responses_parse_into_the_pydantic_model(client):
+    # The client turns the model into a strict json_schema text.format and parses the answer.
+    r = client.responses.parse(
+        model=MODEL,
+        input="What is the capital of France? Answer in JSON.",
+        text_format=Capital,
+        temperature=0,
+        max_output_tokens=100,
+    )
+    assert isinstance(r.output_parsed, Capital)
+    assert r.output_parsed.capital == "Paris", r.output_text
+    assert r.text.format.type == "json_schema"
+
+
+def test_responses_refuse_what_they_cannot_serve(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input="Hi.", previous_response_id="resp_123")
+    assert e.value.param == "previous_response_id"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=MODEL, input="Hi.", tools=[{"type": "web_search"}])
+    assert e.value.param == "tools[0].type"
