@@ -27,7 +27,7 @@ use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -73,8 +73,7 @@ pub fn router(state: AppState) -> Router {
     let embeddings_route = embeddings_route.layer(axum::extract::DefaultBodyLimit::max(embeddings::MAX_BODY_BYTES));
     let v1 = OpenApiRouter::new()
         .routes(routes!(chat::chat_completions))
-        // Not in the document yet: its request types have no schemas (issue 13's note).
-        .route("/v1/responses", post(responses::responses))
+        .routes(routes!(responses::responses))
         .routes(routes!(completions::completions))
         .routes(routes!(speech::speech))
         .routes((embeddings_schemas, embeddings_paths, embeddings_route))

@@ -241,3 +241,118 @@ pub fn stream_format() -> Schema {
 pub fn encoding_format() -> Schema {
     nullable_strings(&["float", "base64"])
 }
+
+// ---- The Responses API's fields (`api::responses::types`, `api::responses::input`) ----
+
+/// `input`: one user message as a string, or a list of messages, earlier calls and their results.
+pub fn responses_input() -> Schema {
+    use crate::api::responses::input::{FunctionCallItem, FunctionCallOutputItem, MessageItem};
+    let item = AnyOfBuilder::new()
+        .item(<MessageItem as PartialSchema>::schema())
+        .item(<FunctionCallItem as PartialSchema>::schema())
+        .item(<FunctionCallOutputItem as PartialSchema>::schema());
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ArrayBuilder::new().items(RefOr::T(item.build().into())).min_items(Some(1)))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// A message's `content`, a call result's `output`: text, or a list of text parts.
+pub fn responses_content() -> Schema {
+    let parts = ArrayBuilder::new().items(<crate::api::responses::input::Part as PartialSchema>::schema());
+    AnyOfBuilder::new().item(ObjectBuilder::new().schema_type(Type::String)).item(parts).build().into()
+}
+
+pub fn responses_role() -> Schema {
+    strings(&["user", "system", "developer", "assistant"])
+}
+
+pub fn message_item_type() -> Schema {
+    nullable_strings(&["message"])
+}
+
+pub fn function_call_type() -> Schema {
+    strings(&["function_call"])
+}
+
+pub fn function_call_output_type() -> Schema {
+    strings(&["function_call_output"])
+}
+
+pub fn text_part_type() -> Schema {
+    strings(&["input_text", "output_text"])
+}
+
+/// `tools`: function tools, flat (`{"type": "function", "name", ...}`).
+pub fn responses_tools() -> Schema {
+    let tool = <crate::api::responses::types::FunctionTool as PartialSchema>::schema();
+    ArrayBuilder::new().schema_type(SchemaType::from_iter([Type::Array, Type::Null])).items(tool).into()
+}
+
+/// `tool_choice`: "none", "auto", "required", or `{"type": "function", "name"}`.
+pub fn responses_tool_choice() -> Schema {
+    let named = ObjectBuilder::new()
+        .property("type", function_type())
+        .property("name", ObjectBuilder::new().schema_type(Type::String))
+        .required("type")
+        .required("name")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+    AnyOfBuilder::new().item(nullable_strings(&["none", "auto", "required"])).item(named).build().into()
+}
+
+/// `metadata`: up to 16 pairs, keys up to 64 characters, values up to 512.
+pub fn metadata() -> Schema {
+    let value = ObjectBuilder::new().schema_type(Type::String).max_length(Some(512));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(ObjectBuilder::new().schema_type(Type::String).max_length(Some(64))))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(value.into()))))
+        .max_properties(Some(16))
+        .into()
+}
+
+/// `include`: nothing more to include, so only `[]`.
+pub fn nothing_included() -> Schema {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(RefOr::T(strings(&["none"])))
+        .max_items(Some(0))
+        .into()
+}
+
+/// `reasoning`: accepted only when it asks for none (`{"effort": "none"}`, or nothing set).
+pub fn no_reasoning() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property("effort", nullable_strings(&["none"]))
+        .additional_properties(Some(AdditionalProperties::RefOr(RefOr::T(
+            ObjectBuilder::new().schema_type(Type::Null).into(),
+        ))))
+        .into()
+}
+
+pub fn truncation() -> Schema {
+    nullable_strings(&["disabled"])
+}
+
+/// A call's `caller`: the model itself (`{"type": "direct"}`) only.
+pub fn direct_caller() -> Schema {
+    let direct = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property("type", strings(&["direct"]))
+        .required("type")
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+    direct.into()
+}
+
+/// A tool's `allowed_callers`: `["direct"]` only.
+pub fn direct_callers() -> Schema {
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(RefOr::T(strings(&["direct"])))
+        .min_items(Some(1))
+        .max_items(Some(1))
+        .into()
+}

@@ -13,6 +13,7 @@ use crate::api::unsupported::{none, refuse_in, Refusal, Unsupported};
 use crate::loader::chat_template::TemplateMessage;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// The conversation, and for each of its messages the request field that holds its content (for
 /// the errors that name it).
@@ -22,26 +23,31 @@ pub struct Conversation {
 }
 
 /// A message: `EasyInputMessage`, `Message` or (an earlier answer's) `ResponseOutputMessage`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageItem {
+pub(crate) struct MessageItem {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::api::openapi::message_item_type)]
     _kind: Option<String>,
+    #[schema(schema_with = crate::api::openapi::responses_role)]
     role: String,
     /// A string or a list of parts, read by hand.
+    #[schema(schema_with = crate::api::openapi::responses_content)]
     content: Value,
     /// An earlier output's `id` and `status` describe it; they ask for nothing.
     #[serde(rename = "id")]
     _id: Option<String>,
     #[serde(rename = "status")]
     _status: Option<String>,
+    #[schema(ignore)]
     phase: Unsupported,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Part {
+pub(crate) struct Part {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::api::openapi::text_part_type)]
     kind: String,
     text: Option<String>,
     /// An earlier output's annotations and log-probabilities describe it; they ask for nothing.
@@ -49,29 +55,38 @@ struct Part {
     _annotations: Option<Vec<Value>>,
     #[serde(rename = "logprobs")]
     _logprobs: Option<Vec<Value>>,
+    #[schema(ignore)]
     prompt_cache_breakpoint: Unsupported,
     // The other kinds' payloads, present so that a part is refused by its kind.
     #[serde(rename = "image_url")]
+    #[schema(ignore)]
     _image_url: Unsupported,
     #[serde(rename = "file_id")]
+    #[schema(ignore)]
     _file_id: Unsupported,
     #[serde(rename = "detail")]
+    #[schema(ignore)]
     _detail: Unsupported,
     #[serde(rename = "file_data")]
+    #[schema(ignore)]
     _file_data: Unsupported,
     #[serde(rename = "file_url")]
+    #[schema(ignore)]
     _file_url: Unsupported,
     #[serde(rename = "filename")]
+    #[schema(ignore)]
     _filename: Unsupported,
     #[serde(rename = "refusal")]
+    #[schema(ignore)]
     _refusal: Unsupported,
 }
 
 /// An earlier call, as the answer that made it gave it (`ResponseFunctionToolCall`).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FunctionCallItem {
+pub(crate) struct FunctionCallItem {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::api::openapi::function_call_type)]
     _kind: String,
     call_id: String,
     name: String,
@@ -80,20 +95,25 @@ struct FunctionCallItem {
     _id: Option<String>,
     #[serde(rename = "status")]
     _status: Option<String>,
+    #[schema(schema_with = crate::api::openapi::direct_caller)]
     caller: Unsupported,
+    #[schema(ignore)]
     namespace: Unsupported,
     #[serde(rename = "async")]
+    #[schema(schema_with = crate::api::openapi::store)]
     asynchronous: Unsupported,
 }
 
 /// A call's result.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FunctionCallOutputItem {
+pub(crate) struct FunctionCallOutputItem {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::api::openapi::function_call_output_type)]
     _kind: String,
     call_id: Option<String>,
     /// A string or a list of parts, read by hand.
+    #[schema(schema_with = crate::api::openapi::responses_content)]
     output: Value,
     /// The called function's name: it must be the call's.
     name: Option<String>,
@@ -101,7 +121,9 @@ struct FunctionCallOutputItem {
     _id: Option<String>,
     #[serde(rename = "status")]
     _status: Option<String>,
+    #[schema(schema_with = crate::api::openapi::direct_caller)]
     caller: Unsupported,
+    #[schema(ignore)]
     namespace: Unsupported,
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Nothing is stored: a response cannot be fetched again or continued by id.
 
-mod input;
+pub(crate) mod input;
 pub mod types;
 mod wire;
 
@@ -320,6 +320,19 @@ fn check_choice(v: &Value) -> Result<Choice, ApiError> {
     }
 }
 
+/// `POST /v1/responses`
+#[utoipa::path(post, path = "/v1/responses", operation_id = "createResponse", tag = "inference", security(("inference" = [])),
+    request_body(content = ResponseRequest, examples(
+        ("plain" = (value = json!({"model": "smollm2-135m-instruct", "input": "Say hi.", "max_output_tokens": 8}))),
+        ("streamed" = (value = json!({"model": "smollm2-135m-instruct", "instructions": "Be brief.", "input": [{"role": "user", "content": "Say hi."}], "max_output_tokens": 8, "stream": true}))),
+        ("tool_call" = (value = json!({"model": "smollm2-135m-instruct", "input": "Weather in Paris?", "max_output_tokens": 32, "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}], "tool_choice": "required"}))),
+    )),
+    responses(
+        (status = 200, description = "The response, or with `stream: true` its typed events (`event:` names the type)",
+            content((ResponseObject = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
+        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
+        (status = "5XX", description = "Failed or unavailable", body = crate::api::openapi::ErrorBody),
+))]
 pub async fn responses(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,29 +10,38 @@ use crate::api::unsupported::Unsupported;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 /// `POST /v1/responses`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseRequest {
     pub model: String,
     /// A string (one user message) or a list of items.
+    #[schema(schema_with = crate::api::openapi::responses_input)]
     pub input: Option<Value>,
     /// A system message before the input.
     pub instructions: Option<String>,
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<i64>,
     /// A limit on calls of OpenAI's built-in tools, which Wick has none of: any count is kept.
+    #[schema(minimum = 0)]
     pub max_tool_calls: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     pub stream: Option<bool>,
     pub stream_options: Option<ResponseStreamOptions>,
     /// Function tools (`{"type": "function", "name", ...}`, flat); other types are refused by theirs.
+    #[schema(schema_with = crate::api::openapi::responses_tools)]
     pub tools: Option<Vec<Value>>,
+    #[schema(schema_with = crate::api::openapi::responses_tool_choice)]
     pub tool_choice: Option<Value>,
     pub parallel_tool_calls: Option<bool>,
     pub text: Option<TextConfig>,
     /// Echoed in the response.
+    #[schema(schema_with = crate::api::openapi::metadata)]
     pub metadata: Option<BTreeMap<String, String>>,
     /// Identify the end user; recorded in the request's log line and echoed.
     pub user: Option<String>,
@@ -40,48 +49,70 @@ pub struct ResponseRequest {
     /// Needs no key: the prefix cache finds shared prefixes by their tokens. Echoed.
     pub prompt_cache_key: Option<String>,
     // The peers' extensions, as chat and completions take them (`SamplingFields`).
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f32>,
+    #[schema(exclusive_minimum = 0)]
     pub repetition_penalty: Option<f32>,
+    #[schema(minimum = 0)]
     pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     // Fields Wick knows and does not serve: each is refused by name when present, except for the
     // values that ask for nothing Wick lacks (`refusals` in mod.rs).
+    #[schema(schema_with = crate::api::openapi::store)]
     pub store: Unsupported,
+    #[schema(schema_with = crate::api::openapi::store)]
     pub background: Unsupported,
+    #[schema(ignore)]
     pub background_options: Unsupported,
+    #[schema(ignore)]
     pub previous_response_id: Unsupported,
+    #[schema(ignore)]
     pub conversation: Unsupported,
+    #[schema(ignore)]
     pub prompt: Unsupported,
+    #[schema(schema_with = crate::api::openapi::nothing_included)]
     pub include: Unsupported,
+    #[schema(ignore)]
     pub top_logprobs: Unsupported,
+    #[schema(schema_with = crate::api::openapi::no_reasoning)]
     pub reasoning: Unsupported,
+    #[schema(schema_with = crate::api::openapi::truncation)]
     pub truncation: Unsupported,
+    #[schema(schema_with = crate::api::openapi::service_tier)]
     pub service_tier: Unsupported,
+    #[schema(schema_with = crate::api::openapi::prompt_cache_retention)]
     pub prompt_cache_retention: Unsupported,
+    #[schema(ignore)]
     pub prompt_cache_options: Unsupported,
+    #[schema(ignore)]
     pub context_management: Unsupported,
+    #[schema(ignore)]
     pub moderation: Unsupported,
+    #[schema(ignore)]
     pub access_programs: Unsupported,
+    #[schema(ignore)]
     pub image: Unsupported,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseStreamOptions {
     /// Whether delta events carry an `obfuscation` field to pad their size; Wick's never do.
     pub include_obfuscation: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
     pub format: Option<TextFormat>,
+    #[schema(ignore)]
     pub verbosity: Unsupported,
 }
 
 /// `text.format`: chat's `response_format` with the schema's fields flat beside `type`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextFormat {
     #[serde(rename = "type")]
@@ -90,6 +121,7 @@ pub struct TextFormat {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::openapi::json_schema)]
     pub schema: Option<Value>,
     /// Labels the schema; not shown to the model.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,28 +132,35 @@ pub struct TextFormat {
 }
 
 /// A function tool: chat's `function` object, flat beside `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionTool {
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::api::openapi::function_type)]
     pub kind: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     pub description: Option<String>,
+    #[schema(schema_with = crate::api::openapi::json_schema)]
     pub parameters: Option<Value>,
     /// The Responses API's default is true: calls must follow `parameters` exactly.
     pub strict: Option<bool>,
     /// Harmless as `["direct"]`: the model calls functions itself, never from a program.
+    #[schema(schema_with = crate::api::openapi::direct_callers)]
     pub allowed_callers: Unsupported,
     /// Harmless as false: every tool is shown to the model from the start.
+    #[schema(schema_with = crate::api::openapi::store)]
     pub defer_loading: Unsupported,
+    #[schema(ignore)]
     pub output_schema: Unsupported,
     /// Harmless as false.
     #[serde(rename = "async")]
+    #[schema(schema_with = crate::api::openapi::store)]
     pub asynchronous: Unsupported,
 }
 
 /// What the response echoes of the request, as OpenAI's does.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Settings {
     pub instructions: Option<String>,
     pub max_output_tokens: Option<i64>,
@@ -129,6 +168,7 @@ pub struct Settings {
     pub temperature: f32,
     pub top_p: f32,
     pub tools: Vec<EchoedTool>,
+    #[schema(schema_with = crate::api::openapi::responses_tool_choice)]
     pub tool_choice: Value,
     pub parallel_tool_calls: bool,
     pub text: EchoedText,
@@ -143,7 +183,7 @@ pub struct Settings {
     pub service_tier: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EchoedTool {
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -151,13 +191,13 @@ pub struct EchoedTool {
     pub function: FunctionDefinition,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EchoedText {
     pub format: TextFormat,
 }
 
 /// The response: its body, and what the stream's `response.*` events carry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResponseObject<'a> {
     pub id: &'a str,
     pub object: &'static str,
@@ -168,25 +208,27 @@ pub struct ResponseObject<'a> {
     pub error: Option<ResponseError>,
     pub incomplete_details: Option<IncompleteDetails>,
     pub model: &'a str,
+    #[schema(value_type = Vec<OutputItem>)]
     pub output: &'a [OutputItem],
     pub usage: Option<ResponseUsage>,
     #[serde(flatten)]
+    #[schema(value_type = Settings)]
     pub settings: &'a Settings,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResponseError {
     pub code: &'static str,
     pub message: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IncompleteDetails {
     pub reason: &'static str,
 }
 
 /// An item of the answer: a message, or a call of a function.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputItem {
     Message {
@@ -205,7 +247,7 @@ pub enum OutputItem {
     },
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutputText {
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -220,7 +262,7 @@ impl Default for OutputText {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ResponseUsage {
     pub input_tokens: usize,
     pub input_tokens_details: InputTokensDetails,
@@ -230,13 +272,13 @@ pub struct ResponseUsage {
 }
 
 /// `cached_tokens` were found in the prefix cache, not computed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InputTokensDetails {
     pub cached_tokens: usize,
 }
 
 /// Wick's models do not reason apart from their answer: always 0.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OutputTokensDetails {
     pub reasoning_tokens: usize,
 }
