@@ -336,8 +336,7 @@ pub(super) fn tokenize(
     )), responses(
         (status = 200, description = "The completion, or with `stream: true` its chunks as server-sent events",
             content((crate::api::openai::ChatCompletion = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn chat_completions(
     State(state): State<AppState>,

@@ -122,8 +122,7 @@ fn tokenize(engine: &Engine, prompts: Prompts) -> Result<Vec<(Vec<u32>, String)>
     )), responses(
         (status = 200, description = "The completion, or with `stream: true` its chunks as server-sent events",
             content((crate::api::openai::TextCompletion = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn completions(
     State(state): State<AppState>,

@@ -130,8 +130,7 @@ fn base64_vector(vector: &[f32]) -> String {
         ("base64" = (value = json!({"model": "all-minilm-l6-v2", "input": "A cat.", "encoding_format": "base64"}))),
     )), responses(
         (status = 200, description = "One vector per input", body = EmbeddingList),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn embeddings(
     State(state): State<AppState>,

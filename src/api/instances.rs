@@ -195,8 +195,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Failure
 /// `POST /sdk/v1/instance`: a new deployment, in Standby until its first request.
 #[utoipa::path(post, path = "/sdk/v1/instance", operation_id = "createInstance", tag = "management", security(("management" = [])), request_body = DeploymentRequest, responses(
         (status = 200, description = "The deployment", body = Answer<InstanceFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -211,8 +210,7 @@ pub async fn create(
 /// `GET /sdk/v1/instance?request_id=` or `?meta_key=`
 #[utoipa::path(get, path = "/sdk/v1/instance", operation_id = "getInstance", tag = "management", security(("management" = [])), params(Which), responses(
         (status = 200, description = "The deployment", body = Answer<InstanceFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -227,8 +225,7 @@ pub async fn get(
 /// `DELETE /sdk/v1/instance?request_id=` or `?meta_key=`
 #[utoipa::path(delete, path = "/sdk/v1/instance", operation_id = "deleteInstance", tag = "management", security(("management" = [])), params(Which), responses(
         (status = 200, description = "Deleted (its replicas unload)", body = Answer<DeletedFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -262,8 +259,7 @@ pub struct ScaleRequest {
 /// `POST /sdk/v1/instance/scale` with `{"request_id" | "meta_key", "replicas"}`
 #[utoipa::path(post, path = "/sdk/v1/instance/scale", operation_id = "scaleInstance", tag = "management", security(("management" = [])), request_body = ScaleRequest, responses(
         (status = 200, description = "The deployment, scaling", body = Answer<InstanceFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn scale(
     State(state): State<AppState>,
@@ -279,8 +275,7 @@ pub async fn scale(
 /// `GET /sdk/v1/instance/stats`: deployments per status; statuses with none are left out.
 #[utoipa::path(get, path = "/sdk/v1/instance/stats", operation_id = "countInstances", tag = "management", security(("management" = [])), responses(
         (status = 200, description = "Deployments per status", body = Answer<StatsFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn stats(State(state): State<AppState>, caller: Caller) -> Json<Answer<StatsFields>> {
     let mut stats = BTreeMap::new();
@@ -316,8 +311,7 @@ struct ListQuery {
 /// `GET /sdk/v1/instance/list?page=&per_page=&ascending=&statuses=`: newest first unless ascending.
 #[utoipa::path(get, path = "/sdk/v1/instance/list", operation_id = "listInstances", tag = "management", security(("management" = [])), params(ListQuery), responses(
         (status = 200, description = "A page of deployments", body = Answer<ListFields>),
-        (status = "4XX", description = "Refused: `code` is the status, `msg` says why", body = crate::api::openapi::ManagementFailure),
-        (status = "5XX", description = "The deployment store failed", body = crate::api::openapi::ManagementFailure),
+        crate::api::openapi::ManagementErrors,
 ))]
 pub async fn list(
     State(state): State<AppState>,

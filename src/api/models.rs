@@ -24,8 +24,7 @@ fn card(d: &Deployment) -> ModelCard {
 /// `GET /v1/models`
 #[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "inference", security(("inference" = [])), responses(
         (status = 200, description = "The deployments the key may use", body = ModelList),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelList> {
     let data = state.deployments.all().iter().filter(|d| caller.scope.allows(d.name())).map(|d| card(d)).collect();
@@ -35,8 +34,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Json<ModelLi
 /// `GET /v1/models/{id}` (an id may hold slashes, as hub ids do)
 #[utoipa::path(get, path = "/v1/models/{*id}", operation_id = "retrieveModel", tag = "inference", security(("inference" = [])), params(("id" = String, Path, description = "A deployment's name")), responses(
         (status = 200, description = "The deployment", body = ModelCard),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn retrieve(
     State(state): State<AppState>,

@@ -16,7 +16,7 @@ use utoipa::openapi::schema::{
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -65,6 +65,26 @@ struct ErrorDetail {
     /// The request field at fault, when one is.
     param: Option<String>,
     code: Option<String>,
+}
+
+/// The /v1 API's failures, as every operation there lists them.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum OpenAiErrors {
+    #[response(status = "4XX", description = "Refused, in OpenAI's error shape")]
+    Refused(ErrorBody),
+    #[response(status = "5XX", description = "Failed, or unavailable (a model that could not load: 503)")]
+    Failed(ErrorBody),
+}
+
+/// The management API's failures.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ManagementErrors {
+    #[response(status = "4XX", description = "Refused: `code` is the status, `msg` says why")]
+    Refused(ManagementFailure),
+    #[response(status = "5XX", description = "The deployment store failed")]
+    Failed(ManagementFailure),
 }
 
 /// The management API's failure body (`api::instances::Failure`): `code` is the HTTP status.

@@ -71,8 +71,7 @@ fn own_voice_names(d: &Deployment) -> Vec<String> {
         (status = 200, description = "The audio in `response_format`, or with `stream_format: sse` its pieces as events",
             content(("audio/mpeg"), ("audio/opus"), ("audio/aac"), ("audio/flac"), ("audio/wav"), ("audio/pcm"),
                 (crate::api::openapi::StreamEvent = "text/event-stream"))),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable (a model that could not load: 503)", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn speech(
     State(state): State<AppState>,

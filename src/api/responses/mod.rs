@@ -330,8 +330,7 @@ fn check_choice(v: &Value) -> Result<Choice, ApiError> {
     responses(
         (status = 200, description = "The response, or with `stream: true` its typed events (`event:` names the type)",
             content((ResponseObject = "application/json"), (crate::api::openapi::StreamEvent = "text/event-stream"))),
-        (status = "4XX", description = "Refused, in OpenAI's error shape", body = crate::api::openapi::ErrorBody),
-        (status = "5XX", description = "Failed or unavailable", body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::OpenAiErrors,
 ))]
 pub async fn responses(
     State(state): State<AppState>,
