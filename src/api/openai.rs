@@ -87,7 +87,7 @@ pub struct ChatCompletionRequest {
     pub reasoning_effort: Unsupported,
     #[schema(ignore)]
     pub verbosity: Unsupported,
-    #[schema(schema_with = super::openapi::store)]
+    #[schema(schema_with = super::openapi::only_false)]
     pub store: Unsupported,
     #[schema(ignore)]
     pub metadata: Unsupported,

@@ -223,22 +223,28 @@ pub fn logit_bias() -> Schema {
         .into()
 }
 
-/// Chat's `store`: Wick stores nothing, so only `false` is accepted.
-pub fn store() -> Schema {
+/// A flag accepted only as false (or null): `store` (Wick stores nothing), `background`, a call's
+/// `async`, a tool's `defer_loading`.
+pub fn only_false() -> Schema {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
         .enum_values(Some([serde_json::Value::Bool(false), serde_json::Value::Null]))
         .into()
 }
 
-/// Chat's `modalities`: text only.
-pub fn modalities() -> Schema {
+/// `[value]` and nothing else, or null.
+fn just(value: &str) -> Schema {
     ArrayBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
-        .items(RefOr::T(strings(&["text"])))
+        .items(RefOr::T(strings(&[value])))
         .min_items(Some(1))
         .max_items(Some(1))
         .into()
+}
+
+/// Chat's `modalities`: text only.
+pub fn modalities() -> Schema {
+    just("text")
 }
 
 pub fn service_tier() -> Schema {
@@ -369,10 +375,5 @@ pub fn direct_caller() -> Schema {
 
 /// A tool's `allowed_callers`: `["direct"]` only.
 pub fn direct_callers() -> Schema {
-    ArrayBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
-        .items(RefOr::T(strings(&["direct"])))
-        .min_items(Some(1))
-        .max_items(Some(1))
-        .into()
+    just("direct")
 }

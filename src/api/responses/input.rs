@@ -100,7 +100,7 @@ pub(crate) struct FunctionCallItem {
     #[schema(ignore)]
     namespace: Unsupported,
     #[serde(rename = "async")]
-    #[schema(schema_with = crate::api::openapi::store)]
+    #[schema(schema_with = crate::api::openapi::only_false)]
     asynchronous: Unsupported,
 }
 

@@ -60,9 +60,9 @@ pub struct ResponseRequest {
     pub ignore_eos: Option<bool>,
     // Fields Wick knows and does not serve: each is refused by name when present, except for the
     // values that ask for nothing Wick lacks (`refusals` in mod.rs).
-    #[schema(schema_with = crate::api::openapi::store)]
+    #[schema(schema_with = crate::api::openapi::only_false)]
     pub store: Unsupported,
-    #[schema(schema_with = crate::api::openapi::store)]
+    #[schema(schema_with = crate::api::openapi::only_false)]
     pub background: Unsupported,
     #[schema(ignore)]
     pub background_options: Unsupported,
@@ -149,13 +149,13 @@ pub struct FunctionTool {
     #[schema(schema_with = crate::api::openapi::direct_callers)]
     pub allowed_callers: Unsupported,
     /// Harmless as false: every tool is shown to the model from the start.
-    #[schema(schema_with = crate::api::openapi::store)]
+    #[schema(schema_with = crate::api::openapi::only_false)]
     pub defer_loading: Unsupported,
     #[schema(ignore)]
     pub output_schema: Unsupported,
     /// Harmless as false.
     #[serde(rename = "async")]
-    #[schema(schema_with = crate::api::openapi::store)]
+    #[schema(schema_with = crate::api::openapi::only_false)]
     pub asynchronous: Unsupported,
 }
 
