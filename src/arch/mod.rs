@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod decoder;
 pub mod embedding;
 pub mod family;
+pub mod fastspeech2;
 pub mod linear;
 pub mod model;
 pub mod rope;

@@ -72,7 +72,12 @@ impl Q8_0Matrix {
     /// `y = x W^T` for `x` of shape `[m, k]` (row-major); returns `[m, n]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k);
-        let acts = Activations::quantize(x, self.k);
+        self.matmul_quantized(&Activations::quantize(x, self.k))
+    }
+
+    /// `y = x W^T` for activations already quantized (`Activations::with_row_ranges`, say).
+    pub fn matmul_quantized(&self, acts: &Activations) -> Vec<f32> {
+        assert_eq!(acts.k(), self.k);
         let row_bytes = self.k / BLOCK * BLOCK_BYTES;
         match &self.layout {
             #[cfg(target_arch = "x86_64")]
@@ -83,14 +88,14 @@ impl Q8_0Matrix {
                 if *variant == Variant::Avx512 {
                     by_lane_group(
                         self.n,
-                        &acts,
+                        acts,
                         |g, rows| unsafe { avx512::lanes(w(g), rows) },
                         |g, row| unsafe { avx512::lanes(w(g), &[row]) }[0],
                     )
                 } else {
                     by_lane_group(
                         self.n,
-                        &acts,
+                        acts,
                         |g, rows| unsafe { avx2::lanes(w(g), rows) },
                         |g, row| unsafe { avx2::lanes(w(g), &[row]) }[0],
                     )
@@ -105,13 +110,13 @@ impl Q8_0Matrix {
                     #[cfg(target_arch = "x86_64")]
                     Variant::Avx2 | Variant::Avx512 => by_column(
                         self.n,
-                        &acts,
+                        acts,
                         |j, rows| unsafe { avx2::dot_ggml(w(j), rows) },
                         |j, row| unsafe { avx2::dot_ggml(w(j), &[row])[0] },
                     ),
                     _ => by_column(
                         self.n,
-                        &acts,
+                        acts,
                         |j, rows| rows.map(|row| dot_ggml_scalar(w(j), row)),
                         |j, row| dot_ggml_scalar(w(j), row),
                     ),

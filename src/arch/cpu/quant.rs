@@ -69,6 +69,37 @@ impl Activations {
         a
     }
 
+    /// Rows quantized as TFLite's "hybrid" int8 layers quantize their float inputs: row `r` with
+    /// the scale `ranges[r] / 127`, where `ranges[r]` is the largest magnitude of the values that
+    /// share its scale (the row itself for a fully-connected layer, a whole sequence for a
+    /// convolution): `q = round(x * 127 / range)`, half away from zero, clamped to +-127. A zero
+    /// range gives zeros.
+    pub fn with_row_ranges(x: &[f32], k: usize, ranges: &[f32]) -> Self {
+        assert!(k.is_multiple_of(BLOCK) && x.len() == k * ranges.len(), "activations are whole rows");
+        let blocks = x.len() / BLOCK;
+        let mut a = Self { q: vec![0; x.len()], d: vec![0.0; blocks], s: vec![0.0; blocks], k };
+        for (r, &range) in ranges.iter().enumerate() {
+            // TFLite's SymmetricQuantizeFloats: the inverse is 127 / range, not 1 / scale, which can
+            // differ in the last bit and move a value across a rounding tie.
+            let (scale, inv) = if range > 0.0 { (range / 127.0, 127.0 / range) } else { (0.0, 0.0) };
+            for b in r * k / BLOCK..(r + 1) * k / BLOCK {
+                let mut sum = 0i32;
+                for (q, &v) in a.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(&x[b * BLOCK..(b + 1) * BLOCK]) {
+                    *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                    sum += *q as i32;
+                }
+                a.d[b] = scale;
+                a.s[b] = scale * sum as f32;
+            }
+        }
+        a
+    }
+
+    /// Values per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     pub fn rows(&self) -> usize {
         self.q.len() / self.k
     }

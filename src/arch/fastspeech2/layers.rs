@@ -1,0 +1,195 @@
+//! FastSpeech2's blocks (TensorFlowTTS's `TFFastSpeechLayer`, `TFFastSpeechVariantPredictor`,
+//! `TFTacotronPostnet`), on sequences laid end to end: `Seqs` holds every sentence's rows without
+//! padding, so that no sentence's result depends on another's (batch invariance), and the
+//! row-wise layers run over all of them in one call.
+
+use super::hybrid::{Conv, Dense};
+
+/// Sentences' rows end to end: `lens[i]` rows of `width` values for sentence `i`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seqs {
+    pub data: Vec<f32>,
+    pub lens: Vec<usize>,
+    pub width: usize,
+}
+
+impl Seqs {
+    pub fn new(data: Vec<f32>, lens: Vec<usize>, width: usize) -> Self {
+        assert_eq!(data.len(), lens.iter().sum::<usize>() * width, "rows x width");
+        Self { data, lens, width }
+    }
+
+    /// Sentence `i`'s rows.
+    pub fn seq(&self, i: usize) -> &[f32] {
+        let start: usize = self.lens[..i].iter().sum();
+        &self.data[start * self.width..(start + self.lens[i]) * self.width]
+    }
+
+    /// Each sentence's rows as its own vector.
+    pub fn split(&self) -> Vec<Vec<f32>> {
+        (0..self.lens.len()).map(|i| self.seq(i).to_vec()).collect()
+    }
+}
+
+/// Keras's LayerNormalization over each row (TensorFlowTTS sets epsilon 1e-5).
+pub struct LayerNorm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+impl LayerNorm {
+    pub fn apply(&self, x: &mut [f32]) {
+        let n = self.gamma.len();
+        for row in x.chunks_exact_mut(n) {
+            let mean = row.iter().sum::<f32>() / n as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// mish(x) = x tanh(softplus(x)), softplus as the graph computes it: ln(e^x + 1).
+pub fn mish(x: &mut [f32]) {
+    for v in x {
+        *v *= (v.exp() + 1.0).ln().tanh();
+    }
+}
+
+pub fn relu(x: &mut [f32]) {
+    for v in x {
+        *v = v.max(0.0);
+    }
+}
+
+/// `x += y`, element by element.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// One feed-forward Transformer block: self-attention, then two convolutions with mish between,
+/// each with a residual and a LayerNorm after it.
+pub struct FftLayer {
+    pub query: Dense,
+    pub key: Dense,
+    pub value: Dense,
+    pub heads: usize,
+    pub output: Dense,
+    pub attention_norm: LayerNorm,
+    pub conv1: Conv,
+    pub conv2: Conv,
+    pub output_norm: LayerNorm,
+}
+
+impl FftLayer {
+    pub fn forward(&self, x: &Seqs) -> Seqs {
+        let (q, k, v) = (self.query.forward(&x.data), self.key.forward(&x.data), self.value.forward(&x.data));
+        let all = self.query.0.outputs();
+        let mut context = vec![0f32; q.len()];
+        let mut start = 0;
+        for &len in &x.lens {
+            let rows = start * all..(start + len) * all;
+            attend(&q[rows.clone()], &k[rows.clone()], &v[rows.clone()], all, self.heads, &mut context[rows]);
+            start += len;
+        }
+        let mut attended = self.output.forward(&context);
+        add(&mut attended, &x.data);
+        self.attention_norm.apply(&mut attended);
+        let mut hidden = self.conv1.forward(&attended, &x.lens);
+        mish(&mut hidden);
+        let mut out = self.conv2.forward(&hidden, &x.lens);
+        add(&mut out, &attended);
+        self.output_norm.apply(&mut out);
+        Seqs::new(out, x.lens.clone(), x.width)
+    }
+}
+
+/// Scaled dot-product attention of one sentence (no mask: a sentence is never padded here), rows of
+/// `heads * d` values, head h in columns h*d..(h+1)*d.
+fn attend(q: &[f32], k: &[f32], v: &[f32], width: usize, heads: usize, out: &mut [f32]) {
+    let len = q.len() / width;
+    let d = width / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores = vec![0f32; len];
+    for h in 0..heads {
+        let cols = h * d..(h + 1) * d;
+        for i in 0..len {
+            let qi = &q[i * width..][cols.clone()];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let kj = &k[j * width..][cols.clone()];
+                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[i * width..][cols.clone()];
+            o.fill(0.0);
+            for (j, s) in scores.iter().enumerate() {
+                let p = s / sum;
+                for (o, vj) in o.iter_mut().zip(&v[j * width..][cols.clone()]) {
+                    *o += p * vj;
+                }
+            }
+        }
+    }
+}
+
+/// A duration, pitch or energy predictor: two convolutions, each with relu and LayerNorm after
+/// it, then a float dense layer to one value per row.
+pub struct VariancePredictor {
+    pub convs: [(Conv, LayerNorm); 2],
+    /// The output layer's weights (`[1, width]`) and bias.
+    pub dense: Vec<f32>,
+    pub dense_bias: f32,
+}
+
+impl VariancePredictor {
+    /// One value per row of `x`.
+    pub fn forward(&self, x: &Seqs) -> Vec<f32> {
+        let mut h = x.data.clone();
+        for (conv, norm) in &self.convs {
+            h = conv.forward(&h, &x.lens);
+            relu(&mut h);
+            norm.apply(&mut h);
+        }
+        h.chunks_exact(self.dense.len())
+            .map(|row| row.iter().zip(&self.dense).map(|(a, b)| a * b).sum::<f32>() + self.dense_bias)
+            .collect()
+    }
+}
+
+/// Tacotron's postnet: five convolutions, each followed by a batch norm (folded by the converter
+/// into `x * mul + sub`), tanh after all but the last. Its output is added to the mel it refines.
+pub struct Postnet {
+    pub convs: Vec<(Conv, Vec<f32>, Vec<f32>)>,
+}
+
+impl Postnet {
+    pub fn forward(&self, mel: &Seqs) -> Vec<f32> {
+        let mut h = mel.data.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, mul, sub)) in self.convs.iter().enumerate() {
+            h = conv.forward(&h, &mel.lens);
+            for row in h.chunks_exact_mut(mul.len()) {
+                for ((v, m), s) in row.iter_mut().zip(mul).zip(sub) {
+                    *v = *v * m + s;
+                    if i < last {
+                        *v = v.tanh();
+                    }
+                }
+            }
+        }
+        h
+    }
+}
