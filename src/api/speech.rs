@@ -1,10 +1,12 @@
-//! `POST /v1/audio/speech`: validate, split the input into sentences and phonemes, hand the
-//! sentences to the voice deployment's engine (which batches them with other requests'), and send
-//! the audio as it comes: a chunked body in the asked format, or `speech.audio.delta` events.
+//! `POST /v1/audio/speech`: validate, pick the voice deployment, let its voice turn the input into
+//! utterances (its family's front end, off the runtime), hand them to the deployment's engine (which
+//! batches them with other requests'), and send the audio as it comes: a chunked body in the asked
+//! format, or `speech.audio.delta` events.
 //!
-//! Models: a deployment name, or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which name the first
+//! Models: a deployment's name; or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which name the first
 //! voice deployment (the default voice unless configured otherwise). Voices: OpenAI's voice names
-//! all map to the deployment's one voice (a Piper voice has one speaker), as does the voice's own name.
+//! all map to the deployment's one voice, as do the voice's own names. Nothing here knows a voice
+//! family: `crate::voice` does.
 
 use super::json::AppJson;
 use super::openai::{SpeechRequest, SpeechUsage};
@@ -13,8 +15,8 @@ use crate::audio::{AudioFormat, Encoder};
 use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::EngineError;
-use crate::loader::phonemize::{phonemize, unspeakable_letter};
 use crate::loader::ModelKind;
+use crate::voice::FrontEndError;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -51,16 +53,12 @@ fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc
     super::require_kind(found.ok_or_else(|| ApiError::model_not_found(model))?, model, ModelKind::Speech)
 }
 
-/// The voice's own names: the model file's stem (`en_US-joe-medium`, listed first in errors), the
-/// deployment's name and the model's name.
+/// The voice's own names: those of its voice (the file's stem, `en_US-joe-medium`, listed first in
+/// errors), the deployment's name and the model's name.
 fn own_voice_names(d: &Deployment) -> Vec<String> {
-    let file = match &d.spec.source {
-        crate::loader::ModelSource::Catalog(e) => e.local_path(),
-        crate::loader::ModelSource::PiperVoice(p) => p.clone(),
-        _ => std::path::PathBuf::new(),
-    };
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    vec![stem, d.name().to_string(), d.spec.source.default_name()]
+    let mut names = d.spec.voice.as_ref().map(|v| v.names.clone()).unwrap_or_default();
+    names.extend([d.name().to_string(), d.spec.source.default_name()]);
+    names
 }
 
 /// `POST /v1/audio/speech`
@@ -92,7 +90,7 @@ pub async fn speech(
     }
     if req.instructions.as_deref().is_some_and(|i| !i.trim().is_empty()) {
         return Err(bad(
-            "'instructions' is not supported by this server: a Piper voice speaks in one style.".into(),
+            "'instructions' is not supported by this server: each of its voices speaks in one style.".into(),
             "instructions",
         ));
     }
@@ -121,49 +119,47 @@ pub async fn speech(
 
     let lease = deployment.acquire().await?;
     let engine = lease.speech().ok_or_else(|| ApiError::internal("a voice deployment without a speech engine"))?;
-    let info = engine.info.clone();
-    if let Some(letter) = unspeakable_letter(input, &info.espeak_voice) {
-        return Err(bad(
-            format!(
-                "The voice of `{}` speaks {} and cannot pronounce '{letter}'; give it text in its language.",
-                req.model, info.espeak_voice
-            ),
-            "input",
-        ));
-    }
+    let model = engine.model.clone();
     let text = input.to_string();
-    let espeak_voice = info.espeak_voice.clone();
-    let sentences = tokio::task::spawn_blocking(move || phonemize(&text, &espeak_voice))
+    let utterances = tokio::task::spawn_blocking(move || model.utterances(&text, speed as f32))
         .await
-        .map_err(|e| ApiError::internal(format!("the phonemizer crashed: {e}")))?
-        .map_err(|e| ApiError::model_unavailable(&req.model, &format!("{e:#}")))?;
-    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| info.ids(&s.phonemes)).collect();
-    if ids.is_empty() {
+        .map_err(|e| ApiError::internal(format!("the voice's front end crashed: {e}")))?
+        .map_err(|e| match e {
+            FrontEndError::Unspeakable { character, language } => bad(
+                format!(
+                    "The voice of `{}` speaks {language} and cannot pronounce '{character}'; give it text in its \
+                     language.",
+                    req.model
+                ),
+                "input",
+            ),
+            FrontEndError::Failed(e) => ApiError::model_unavailable(&req.model, &format!("{e:#}")),
+        })?;
+    if utterances.is_empty() {
         return Err(bad("'input' has nothing the voice can say.".into(), "input"));
     }
-    let mut scales = info.scales;
-    scales.length /= speed as f32;
-    let input_tokens = ids.iter().map(Vec::len).sum();
-    let pending = ids
+    let input_tokens = utterances.iter().map(|u| u.ids.len()).sum();
+    let pending = utterances
         .into_iter()
-        .map(|ids| engine.synthesize(ids, scales))
+        .map(|u| engine.synthesize(u))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::engine(&req.model, e))?;
-    let encoder = Encoder::new(format, info.sample_rate).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let (sample_rate, frame) = (engine.model.sample_rate(), engine.model.frame_samples());
+    let encoder = Encoder::new(format, sample_rate).map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let audio = AudioStream {
         pending: pending.into(),
         encoder: Some(encoder),
         samples: 0,
-        sample_rate: info.sample_rate,
-        frame: info.frame_samples,
+        sample_rate,
+        frame,
         lease,
         input_tokens,
     };
     Ok(if sse { audio.into_sse() } else { audio.into_body(format) })
 }
 
-/// The request's sentences in order, encoded as they arrive. Holding the lease keeps the deployment
-/// loaded until the last byte; dropping this (the client left) drops the pending sentences, which
+/// The request's utterances in order, encoded as they arrive. Holding the lease keeps the deployment
+/// loaded until the last byte; dropping this (the client left) drops the pending utterances, which
 /// the engine then skips.
 struct AudioStream {
     pending: std::collections::VecDeque<oneshot::Receiver<Result<Vec<f32>, EngineError>>>,
@@ -177,8 +173,19 @@ struct AudioStream {
 }
 
 impl AudioStream {
-    /// The next encoded bytes, `None` at the end.
+    /// The next encoded bytes, never empty (an encoder may have nothing to send yet, and a whole
+    /// WAV has nothing before the end); `None` at the end.
     async fn next(&mut self) -> Option<Result<Vec<u8>, ApiError>> {
+        loop {
+            match self.next_piece().await {
+                Some(Ok(bytes)) if bytes.is_empty() => continue,
+                next => return next,
+            }
+        }
+    }
+
+    /// What the next sentence (or the end) encodes to, possibly nothing.
+    async fn next_piece(&mut self) -> Option<Result<Vec<u8>, ApiError>> {
         let encoder_failed = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
         if let Some(rx) = self.pending.pop_front() {
             let samples = match rx.await {
@@ -215,12 +222,7 @@ impl AudioStream {
     fn into_sse(self) -> Response {
         let events = futures::stream::unfold(Some(self), |state| async move {
             let mut s = state?;
-            let mut next = s.next().await;
-            // An encoder may have nothing to send yet: no empty deltas.
-            while matches!(&next, Some(Ok(bytes)) if bytes.is_empty()) {
-                next = s.next().await;
-            }
-            let event = match next {
+            let event = match s.next().await {
                 Some(Ok(bytes)) => serde_json::json!({
                     "type": "speech.audio.delta",
                     "audio": base64::engine::general_purpose::STANDARD.encode(bytes),
@@ -230,7 +232,7 @@ impl AudioStream {
                     return Some((Ok::<_, Infallible>(SseEvent::default().data(error.to_string())), None));
                 }
                 None => {
-                    // One output token per frame of the voice (256 samples for Piper's voices).
+                    // One output token per frame of the voice (`SpeechModel::frame_samples`).
                     let output_tokens = s.samples.div_ceil(s.frame);
                     let usage = SpeechUsage {
                         input_tokens: s.input_tokens,
