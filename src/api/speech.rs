@@ -3,8 +3,8 @@
 //! batches them with other requests'), and send the audio as it comes: a chunked body in the asked
 //! format, or `speech.audio.delta` events.
 //!
-//! Models: a deployment's name; or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which name the first
-//! voice deployment (the default voice unless configured otherwise). Voices: OpenAI's voice names
+//! Models: a deployment's name, used as named; or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which go
+//! to a voice deployment that speaks the input's language ([`route`]). Voices: OpenAI's voice names
 //! all map to the deployment's one voice, as do the voice's own names. Nothing here knows a voice
 //! family: `crate::voice` does.
 
@@ -16,7 +16,7 @@ use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::EngineError;
 use crate::loader::ModelKind;
-use crate::voice::FrontEndError;
+use crate::voice::{input_language, FrontEndError, InputLanguage, Language};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 /// OpenAI's limit on `input`.
 const MAX_INPUT_CHARS: usize = 4096;
-/// OpenAI's model names for speech; they reach the first voice deployment.
+/// OpenAI's model names for speech; they reach a voice deployment that speaks the input's language.
 pub const OPENAI_MODELS: [&str; 3] = ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"];
 /// OpenAI's voice names; each is the deployment's one voice.
 pub const OPENAI_VOICES: [&str; 13] =
@@ -40,17 +40,86 @@ fn bad(message: String, param: &str) -> ApiError {
     ApiError::invalid_request(message, Some(param))
 }
 
-/// The voice deployment `model` names, if the caller may use it.
-fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
+/// The voice deployment that answers: the one `model` names, if the caller may use it; for OpenAI's
+/// model names, the one [`route`] picks among those the caller may use.
+fn find_deployment(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    voice: &str,
+    input: &str,
+) -> Result<Arc<Deployment>, ApiError> {
     let visible = |d: &Arc<Deployment>| caller.scope.allows(d.name());
-    let found = match state.deployments.get(model).filter(visible) {
-        Some(d) => Some(d),
-        None if OPENAI_MODELS.contains(&model) => {
-            state.deployments.all().into_iter().find(|d| d.spec.source.kind() == ModelKind::Speech && visible(d))
+    if let Some(d) = state.deployments.get(model).filter(visible) {
+        return super::require_kind(d, model, ModelKind::Speech);
+    }
+    if !OPENAI_MODELS.contains(&model) {
+        return Err(ApiError::model_not_found(model));
+    }
+    let voices: Vec<(Arc<Deployment>, Vec<String>, Language)> = state
+        .deployments
+        .all()
+        .into_iter()
+        .filter(|d| d.spec.source.kind() == ModelKind::Speech && visible(d))
+        .filter_map(|d| {
+            let language = d.spec.voice.as_ref()?.language.clone();
+            Some((d.clone(), own_voice_names(&d), language))
+        })
+        .collect();
+    let candidates: Vec<(&[String], &Language)> = voices.iter().map(|(_, n, l)| (n.as_slice(), l)).collect();
+    match route(&candidates, voice, input) {
+        Ok(i) => Ok(voices[i].0.clone()),
+        Err(Unrouted::NoVoice) => Err(ApiError::model_not_found(model)),
+        Err(Unrouted::Japanese(kana)) => Err(bad(
+            format!("'input' is Japanese (it has the kana '{kana}'), and no voice here speaks Japanese."),
+            "input",
+        )),
+        Err(Unrouted::NoVoiceFor(language)) => Err(bad(
+            format!(
+                "'input' is {language} by its script, and no voice deployment here speaks {language}; name a \
+                 voice deployment in 'model' to use it anyway."
+            ),
+            "input",
+        )),
+    }
+}
+
+/// Why [`route`] found no voice.
+#[derive(Debug, PartialEq)]
+enum Unrouted {
+    /// The caller may use no voice deployment.
+    NoVoice,
+    /// The input has Kana.
+    Japanese(char),
+    /// No voice speaks the input's language.
+    NoVoiceFor(Language),
+}
+
+/// Where OpenAI's model names send a request, given the voice deployments the caller may use (in
+/// the order they were configured or created, each with its own voice names and its language):
+/// - `voice`, where it is a voice's own name rather than one of OpenAI's, picks that voice, whatever
+///   the input;
+/// - otherwise the input's language, read from its script for the whole input
+///   (`voice::input_language`: Han characters against Latin-script words, the larger count winning),
+///   picks the first voice that speaks it: Latin script English, Han Mandarin. Input of neither
+///   script (digits, punctuation, Cyrillic) goes to the first voice, which may then refuse it.
+/// - Kana is refused: no voice speaks Japanese (its kanji would read as Mandarin, wrongly).
+fn route(voices: &[(&[String], &Language)], voice: &str, input: &str) -> Result<usize, Unrouted> {
+    if voices.is_empty() {
+        return Err(Unrouted::NoVoice);
+    }
+    if !OPENAI_VOICES.contains(&voice) {
+        if let Some(i) = voices.iter().position(|(names, _)| names.iter().any(|n| n == voice)) {
+            return Ok(i);
         }
-        None => None,
-    };
-    super::require_kind(found.ok_or_else(|| ApiError::model_not_found(model))?, model, ModelKind::Speech)
+    }
+    match input_language(input) {
+        InputLanguage::Japanese(kana) => Err(Unrouted::Japanese(kana)),
+        InputLanguage::Unknown => Ok(0),
+        InputLanguage::Of(language) => {
+            voices.iter().position(|(_, l)| **l == language).ok_or(Unrouted::NoVoiceFor(language))
+        }
+    }
 }
 
 /// The voice's own names: those of its voice (the file's stem, `en_US-joe-medium`, listed first in
@@ -101,7 +170,7 @@ pub async fn speech(
             return Err(bad(format!("Invalid 'stream_format': '{other}'. Use 'audio' or 'sse'."), "stream_format"))
         }
     };
-    let deployment = find_deployment(&state, &caller, &req.model)?;
+    let deployment = find_deployment(&state, &caller, &req.model, &req.voice, input)?;
     let format_name = req.response_format.clone().or_else(|| deployment.spec.default_response_format.clone());
     let format = match format_name.as_deref() {
         None => AudioFormat::Mp3,
@@ -254,5 +323,49 @@ impl Drop for AudioStream {
         let d = self.lease.deployment();
         d.usage.add_request(self.input_tokens, 0);
         d.usage.add_audio(std::time::Duration::from_secs_f64(self.audio_seconds()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn openai_models_go_to_the_voice_of_the_inputs_script() {
+        let (en, zh) = (names(&["en_US-joe-medium", "joe"]), names(&["baker", "zh"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "alloy", "Hello there."), Ok(0));
+        assert_eq!(route(&voices, "alloy", "放學我們一起去打籃球怎麼樣，今天天氣不錯"), Ok(1));
+        assert_eq!(route(&voices, "alloy", "iPhone 15 很好"), Ok(1), "mostly Mandarin");
+        assert_eq!(route(&voices, "alloy", "The word 你好 means hello."), Ok(0), "mostly English");
+        assert_eq!(route(&voices, "alloy", "12345!"), Ok(0), "no script: the first voice");
+        let reversed = [voices[1], voices[0]];
+        assert_eq!(route(&reversed, "nova", "Hello there."), Ok(1), "not merely the first voice");
+        assert_eq!(route(&reversed, "nova", "12345!"), Ok(0));
+    }
+
+    #[test]
+    fn a_voice_named_by_its_own_name_is_used_whatever_the_input() {
+        let (en, zh) = (names(&["en_US-joe-medium", "joe"]), names(&["baker", "zh"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "baker", "Hello there."), Ok(1));
+        assert_eq!(route(&voices, "en_US-joe-medium", "你好"), Ok(0));
+        // An unknown voice routes by script; the endpoint then refuses the voice.
+        assert_eq!(route(&voices, "nobody", "你好"), Ok(1));
+    }
+
+    #[test]
+    fn kana_and_languages_without_a_voice_are_refused() {
+        let (en, zh) = (names(&["en_US-joe-medium"]), names(&["baker"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "alloy", "こんにちは"), Err(Unrouted::Japanese('こ')));
+        assert_eq!(route(&voices, "alloy", "東京へ行きます"), Err(Unrouted::Japanese('へ')));
+        assert_eq!(route(&voices[..1], "alloy", "你好"), Err(Unrouted::NoVoiceFor(Language::MANDARIN)));
+        assert_eq!(route(&voices[1..], "alloy", "Hello."), Err(Unrouted::NoVoiceFor(Language::ENGLISH)));
+        assert_eq!(route(&[], "alloy", "Hello."), Err(Unrouted::NoVoice));
     }
 }
