@@ -1,6 +1,6 @@
 //! `POST /v1/audio/speech` with the real default voice: every format decoded back, both stream
-//! formats, speed, bad input, the deployment's own default format, routing by the input's script,
-//! and the docs' curl request.
+//! formats, a WAV body's true sizes, speed, bad input, the deployment's own default format, routing
+//! by the input's script, and the docs' curl request.
 
 mod common;
 
@@ -343,4 +343,30 @@ async fn openai_models_go_to_the_voice_of_the_inputs_language() {
         assert!(v["error"]["message"].as_str().unwrap().contains("Japanese"), "{v}");
     }
     assert_eq!((requests(&s, "joe"), requests(&s, "zh")), expected, "refused requests are served by none");
+}
+
+/// A non-streamed WAV states its true sizes (as `soxi` reads them); a streamed one keeps OpenAI's
+/// "unknown" sizes.
+#[tokio::test]
+async fn a_wav_body_states_its_true_length() {
+    let Some(s) = server().await else { return };
+    let (status, _, bytes) =
+        speak(&s, json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav"})).await;
+    assert_eq!(status, 200);
+    let size = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    assert_eq!(size(&bytes, 4), bytes.len() - 8, "RIFF size");
+    assert_eq!(size(&bytes, 40), bytes.len() - 44, "data size");
+    let header_seconds = size(&bytes, 40) as f64 / size(&bytes, 28) as f64;
+    let (rate, samples) = decode("wav", bytes);
+    assert!((header_seconds - samples.len() as f64 / rate as f64).abs() < 1e-6, "{header_seconds} s");
+    assert!((3.0..6.0).contains(&header_seconds), "{header_seconds} s");
+
+    let body =
+        json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav", "stream_format": "sse"});
+    let text = s.post("/v1/audio/speech").json(&body).send().await.unwrap().text().await.unwrap();
+    let first: Value =
+        serde_json::from_str(text.split("\n\n").next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    use base64::Engine as _;
+    let head = base64::engine::general_purpose::STANDARD.decode(first["audio"].as_str().unwrap()).unwrap();
+    assert_eq!((&head[0..4], &head[4..8], &head[40..44]), (&b"RIFF"[..], &[0xff; 4][..], &[0xff; 4][..]));
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/audio/speech`: validate, pick the voice deployment, let its voice turn the input into
 //! utterances (its family's front end, off the runtime), hand them to the deployment's engine (which
 //! batches them with other requests'), and send the audio as it comes: a chunked body in the asked
-//! format, or `speech.audio.delta` events.
+//! format (a WAV whole at the end, so that its header states its true length), or
+//! `speech.audio.delta` events.
 //!
 //! Models: a deployment's name, used as named; or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which go
 //! to a voice deployment that speaks the input's language ([`route`]). Voices: OpenAI's voice names
@@ -214,7 +215,9 @@ pub async fn speech(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::engine(&req.model, e))?;
     let (sample_rate, frame) = (engine.model.sample_rate(), engine.model.frame_samples());
-    let encoder = Encoder::new(format, sample_rate).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    // A body is a whole file (a WAV states its true length); events stream it.
+    let encoder = if sse { Encoder::new(format, sample_rate) } else { Encoder::whole(format, sample_rate) };
+    let encoder = encoder.map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let audio = AudioStream {
         pending: pending.into(),
         encoder: Some(encoder),
