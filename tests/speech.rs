@@ -334,6 +334,8 @@ async fn openai_models_go_to_the_voice_of_the_inputs_language() {
     assert!(v["error"]["message"].as_str().unwrap().contains('你'), "{v}");
     let r = s.post("/v1/audio/speech").json(&wav("tts-1", "en_US-joe-medium", "你好")).send().await.unwrap();
     assert_eq!(r.status(), 400, "the English voice by its own name");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("voice of `joe` speaks English"), "{v}");
     // Kana: no voice speaks Japanese, whatever else the input has.
     for input in ["こんにちは", "東京へ行きます", "Hello カタカナ world"] {
         let r = s.post("/v1/audio/speech").json(&wav("tts-1", "alloy", input)).send().await.unwrap();

@@ -199,7 +199,7 @@ pub async fn speech(
                 format!(
                     "The voice of `{}` speaks {language} and cannot pronounce '{character}'; give it text in its \
                      language.",
-                    req.model
+                    deployment.name()
                 ),
                 "input",
             ),
