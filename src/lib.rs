@@ -3,6 +3,7 @@
 //! Request flow (see DESIGN.md): `api` (auth, parse, validate, template, tokenize) -> `deploy` (find
 //! the deployment, load it on first use) -> `engine` (queue, continuous batching, sampling) ->
 //! `arch` (the batched model forward) -> events back to `api` as one JSON body or an event stream.
+//! Speech goes through `voice` (the families of voices, their front ends) on the way to `arch`.
 
 pub mod api;
 pub mod arch;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod probe;
 pub mod pull;
 pub mod tool_calls;
+pub mod voice;
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! `POST /v1/audio/speech` with the real default voice: every format decoded back, both stream
-//! formats, speed, bad input, the deployment's own default format, and the docs' curl request.
+//! formats, a WAV body's true sizes, speed, bad input, the deployment's own default format, routing
+//! by the input's script, and the docs' curl request.
 
 mod common;
 
@@ -31,6 +32,36 @@ async fn server() -> Option<TestServer> {
     };
     let specs = vec![voice("joe", None), voice("joe-wav", Some("wav")), spec("tiny", &tiny_model(), Limits::default())];
     Some(TestServer::start(specs, &[]).await)
+}
+
+/// A voice that the server takes for a Mandarin one: the joe voice's weights (linked) with
+/// espeak-ng's Mandarin (`cmn`) as its phonemizer. What it says is joe's phonemes for espeak's
+/// Mandarin IPA, not good Mandarin: it is here for routing, which reads the voice's language from
+/// its `.onnx.json` as for any Piper voice.
+fn mandarin_piper_voice(dir: &std::path::Path) -> std::path::PathBuf {
+    let joe = wick::catalog::Catalog::builtin().get(VOICE).unwrap().local_path();
+    let onnx = dir.join("zh_CN-fake-medium.onnx");
+    std::os::unix::fs::symlink(&joe, &onnx).unwrap();
+    let config_path = wick::loader::voice::config_path(&joe);
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(config_path).unwrap()).unwrap();
+    config["espeak"]["voice"] = json!("cmn");
+    std::fs::write(wick::loader::voice::config_path(&onnx), config.to_string()).unwrap();
+    onnx
+}
+
+/// The Mandarin stand-in as `zh`, configured first, then the English voice as `joe`.
+async fn bilingual_server(dir: &std::path::Path) -> Option<TestServer> {
+    if !real_model_pulled(VOICE) {
+        return None;
+    }
+    let zh = mandarin_piper_voice(dir);
+    let joe = DeploymentRequest { model: VOICE.into(), name: Some("joe".into()), ..Default::default() };
+    let specs = vec![spec("zh", &zh, Limits::default()), spec_from(joe, Limits::default())];
+    Some(TestServer::start(specs, &[]).await)
+}
+
+fn requests(s: &TestServer, deployment: &str) -> u64 {
+    s.state.deployments.get(deployment).unwrap().view().usage.requests
 }
 
 async fn speak(s: &TestServer, body: Value) -> (u16, String, Vec<u8>) {
@@ -209,6 +240,13 @@ async fn bad_requests_get_openai_errors() {
     let chinese: Value =
         s.post("/v1/audio/speech").json(&with("input", json!("你好"))).send().await.unwrap().json().await.unwrap();
     assert!(chinese["error"]["message"].as_str().unwrap().contains('你'), "{chinese}");
+    // The only voices here are English: Mandarin input to `tts-1` has none to go to.
+    let body = json!({"model": "tts-1", "voice": "alloy", "input": "你好，世界"});
+    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "input", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("Mandarin"), "{v}");
     // A voice is not a text model either.
     let (status, body) = s.chat(json!({"model": "joe", "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!((status, body["error"]["param"].as_str()), (400, Some("model")));
@@ -257,4 +295,80 @@ fn the_docs_curl_request_works() {
     let espeak: Vec<&str> = maps.lines().filter(|l| l.contains("libespeak-ng")).collect();
     assert!(!espeak.is_empty(), "the server mapped no libespeak-ng");
     assert!(espeak.iter().all(|l| l.ends_with(pulled.to_str().unwrap())), "not the pulled copy: {espeak:#?}");
+}
+
+/// `tts-1` goes to the voice that speaks the input's language, by script; a deployment or a voice
+/// named by its own name is used as named.
+#[tokio::test]
+async fn openai_models_go_to_the_voice_of_the_inputs_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = bilingual_server(dir.path()).await else { return };
+    let wav = |model: &str, voice: &str, input: &str| json!({"model": model, "voice": voice, "input": input, "response_format": "wav"});
+    let mut expected = (0, 0); // requests served by (joe, zh)
+    for (input, english) in [
+        // English, though the Mandarin voice is configured first.
+        (TEXT, true),
+        ("放學我們一起去打籃球怎麼樣，今天天氣不錯", false),
+        // One Latin-script word against two Han characters.
+        ("iPhone 15 很好", false),
+    ] {
+        let (status, _, body) = speak(&s, wav("tts-1", "alloy", input)).await;
+        assert_eq!(status, 200, "{input}: {}", String::from_utf8_lossy(&body));
+        if english {
+            expected.0 += 1;
+        } else {
+            expected.1 += 1;
+        }
+        assert_eq!((requests(&s, "joe"), requests(&s, "zh")), expected, "{input}");
+    }
+    // A voice's own name picks it whatever the input's script.
+    let (status, _, _) = speak(&s, wav("gpt-4o-mini-tts", "zh_CN-fake-medium", "Hello there.")).await;
+    assert_eq!(status, 200);
+    expected.1 += 1;
+    assert_eq!((requests(&s, "joe"), requests(&s, "zh")), expected, "named voice");
+    // So does a deployment's name, and text it cannot speak is then refused, not sent elsewhere.
+    let r = s.post("/v1/audio/speech").json(&wav("joe", "alloy", "你好")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "input", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains('你'), "{v}");
+    let r = s.post("/v1/audio/speech").json(&wav("tts-1", "en_US-joe-medium", "你好")).send().await.unwrap();
+    assert_eq!(r.status(), 400, "the English voice by its own name");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("voice of `joe` speaks English"), "{v}");
+    // Kana: no voice speaks Japanese, whatever else the input has.
+    for input in ["こんにちは", "東京へ行きます", "Hello カタカナ world"] {
+        let r = s.post("/v1/audio/speech").json(&wav("tts-1", "alloy", input)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{input}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "input", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("Japanese"), "{v}");
+    }
+    assert_eq!((requests(&s, "joe"), requests(&s, "zh")), expected, "refused requests are served by none");
+}
+
+/// A non-streamed WAV states its true sizes (as `soxi` reads them); a streamed one keeps OpenAI's
+/// "unknown" sizes.
+#[tokio::test]
+async fn a_wav_body_states_its_true_length() {
+    let Some(s) = server().await else { return };
+    let (status, _, bytes) =
+        speak(&s, json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav"})).await;
+    assert_eq!(status, 200);
+    let size = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    assert_eq!(size(&bytes, 4), bytes.len() - 8, "RIFF size");
+    assert_eq!(size(&bytes, 40), bytes.len() - 44, "data size");
+    let header_seconds = size(&bytes, 40) as f64 / size(&bytes, 28) as f64;
+    let (rate, samples) = decode("wav", bytes);
+    assert!((header_seconds - samples.len() as f64 / rate as f64).abs() < 1e-6, "{header_seconds} s");
+    assert!((3.0..6.0).contains(&header_seconds), "{header_seconds} s");
+
+    let body =
+        json!({"model": "joe", "voice": "alloy", "input": TEXT, "response_format": "wav", "stream_format": "sse"});
+    let text = s.post("/v1/audio/speech").json(&body).send().await.unwrap().text().await.unwrap();
+    let first: Value =
+        serde_json::from_str(text.split("\n\n").next().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    use base64::Engine as _;
+    let head = base64::engine::general_purpose::STANDARD.decode(first["audio"].as_str().unwrap()).unwrap();
+    assert_eq!((&head[0..4], &head[4..8], &head[40..44]), (&b"RIFF"[..], &[0xff; 4][..], &[0xff; 4][..]));
 }

@@ -513,7 +513,7 @@ pub struct SpeechRequest {
     /// `audio` (a chunked body, the default) or `sse`.
     #[schema(schema_with = super::openapi::stream_format)]
     pub stream_format: Option<String>,
-    /// gpt-4o-mini-tts's style instructions: refused unless empty, since a Piper voice has one style.
+    /// gpt-4o-mini-tts's style instructions: refused unless empty, since each voice here has one style.
     #[schema(max_length = 0)]
     pub instructions: Option<String>,
 }

@@ -1,10 +1,13 @@
-//! `POST /v1/audio/speech`: validate, split the input into sentences and phonemes, hand the
-//! sentences to the voice deployment's engine (which batches them with other requests'), and send
-//! the audio as it comes: a chunked body in the asked format, or `speech.audio.delta` events.
+//! `POST /v1/audio/speech`: validate, pick the voice deployment, let its voice turn the input into
+//! utterances (its family's front end, off the runtime), hand them to the deployment's engine (which
+//! batches them with other requests'), and send the audio as it comes: a chunked body in the asked
+//! format (a WAV whole at the end, so that its header states its true length), or
+//! `speech.audio.delta` events.
 //!
-//! Models: a deployment name, or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which name the first
-//! voice deployment (the default voice unless configured otherwise). Voices: OpenAI's voice names
-//! all map to the deployment's one voice (a Piper voice has one speaker), as does the voice's own name.
+//! Models: a deployment's name, used as named; or `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts`, which go
+//! to a voice deployment that speaks the input's language ([`route`]). Voices: OpenAI's voice names
+//! all map to the deployment's one voice, as do the voice's own names. Nothing here knows a voice
+//! family: `crate::voice` does.
 
 use super::json::AppJson;
 use super::openai::{SpeechRequest, SpeechUsage};
@@ -13,8 +16,8 @@ use crate::audio::{AudioFormat, Encoder};
 use crate::auth::Caller;
 use crate::deploy::{Deployment, Lease};
 use crate::engine::EngineError;
-use crate::loader::phonemize::{phonemize, unspeakable_letter};
 use crate::loader::ModelKind;
+use crate::voice::{input_language, FrontEndError, InputLanguage, Language};
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -28,7 +31,7 @@ use tokio::sync::oneshot;
 
 /// OpenAI's limit on `input`.
 const MAX_INPUT_CHARS: usize = 4096;
-/// OpenAI's model names for speech; they reach the first voice deployment.
+/// OpenAI's model names for speech; they reach a voice deployment that speaks the input's language.
 pub const OPENAI_MODELS: [&str; 3] = ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"];
 /// OpenAI's voice names; each is the deployment's one voice.
 pub const OPENAI_VOICES: [&str; 13] =
@@ -38,29 +41,94 @@ fn bad(message: String, param: &str) -> ApiError {
     ApiError::invalid_request(message, Some(param))
 }
 
-/// The voice deployment `model` names, if the caller may use it.
-fn find_deployment(state: &AppState, caller: &Caller, model: &str) -> Result<Arc<Deployment>, ApiError> {
+/// The voice deployment that answers: the one `model` names, if the caller may use it; for OpenAI's
+/// model names, the one [`route`] picks among those the caller may use.
+fn find_deployment(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    voice: &str,
+    input: &str,
+) -> Result<Arc<Deployment>, ApiError> {
     let visible = |d: &Arc<Deployment>| caller.scope.allows(d.name());
-    let found = match state.deployments.get(model).filter(visible) {
-        Some(d) => Some(d),
-        None if OPENAI_MODELS.contains(&model) => {
-            state.deployments.all().into_iter().find(|d| d.spec.source.kind() == ModelKind::Speech && visible(d))
-        }
-        None => None,
-    };
-    super::require_kind(found.ok_or_else(|| ApiError::model_not_found(model))?, model, ModelKind::Speech)
+    if let Some(d) = state.deployments.get(model).filter(visible) {
+        return super::require_kind(d, model, ModelKind::Speech);
+    }
+    if !OPENAI_MODELS.contains(&model) {
+        return Err(ApiError::model_not_found(model));
+    }
+    let voices: Vec<(Arc<Deployment>, Vec<String>, Language)> = state
+        .deployments
+        .all()
+        .into_iter()
+        .filter(|d| d.spec.source.kind() == ModelKind::Speech && visible(d))
+        .filter_map(|d| {
+            let language = d.spec.voice.as_ref()?.language.clone();
+            Some((d.clone(), own_voice_names(&d), language))
+        })
+        .collect();
+    let candidates: Vec<(&[String], &Language)> = voices.iter().map(|(_, n, l)| (n.as_slice(), l)).collect();
+    match route(&candidates, voice, input) {
+        Ok(i) => Ok(voices[i].0.clone()),
+        Err(Unrouted::NoVoice) => Err(ApiError::model_not_found(model)),
+        Err(Unrouted::Japanese(kana)) => Err(bad(
+            format!("'input' is Japanese (it has the kana '{kana}'), and no voice here speaks Japanese."),
+            "input",
+        )),
+        Err(Unrouted::NoVoiceFor(language)) => Err(bad(
+            format!(
+                "'input' is {language} by its script, and no voice deployment here speaks {language}; name a \
+                 voice deployment in 'model' to use it anyway."
+            ),
+            "input",
+        )),
+    }
 }
 
-/// The voice's own names: the model file's stem (`en_US-joe-medium`, listed first in errors), the
-/// deployment's name and the model's name.
+/// Why [`route`] found no voice.
+#[derive(Debug, PartialEq)]
+enum Unrouted {
+    /// The caller may use no voice deployment.
+    NoVoice,
+    /// The input has Kana.
+    Japanese(char),
+    /// No voice speaks the input's language.
+    NoVoiceFor(Language),
+}
+
+/// Where OpenAI's model names send a request, given the voice deployments the caller may use (in
+/// the order they were configured or created, each with its own voice names and its language):
+/// - `voice`, where it is a voice's own name rather than one of OpenAI's, picks that voice, whatever
+///   the input;
+/// - otherwise the input's language, read from its script for the whole input
+///   (`voice::input_language`: Han characters against Latin-script words, the larger count winning),
+///   picks the first voice that speaks it: Latin script English, Han Mandarin. Input of neither
+///   script (digits, punctuation, Cyrillic) goes to the first voice, which may then refuse it.
+/// - Kana is refused: no voice speaks Japanese (its kanji would read as Mandarin, wrongly).
+fn route(voices: &[(&[String], &Language)], voice: &str, input: &str) -> Result<usize, Unrouted> {
+    if voices.is_empty() {
+        return Err(Unrouted::NoVoice);
+    }
+    if !OPENAI_VOICES.contains(&voice) {
+        if let Some(i) = voices.iter().position(|(names, _)| names.iter().any(|n| n == voice)) {
+            return Ok(i);
+        }
+    }
+    match input_language(input) {
+        InputLanguage::Japanese(kana) => Err(Unrouted::Japanese(kana)),
+        InputLanguage::Unknown => Ok(0),
+        InputLanguage::Of(language) => {
+            voices.iter().position(|(_, l)| **l == language).ok_or(Unrouted::NoVoiceFor(language))
+        }
+    }
+}
+
+/// The voice's own names: those of its voice (the file's stem, `en_US-joe-medium`, listed first in
+/// errors), the deployment's name and the model's name.
 fn own_voice_names(d: &Deployment) -> Vec<String> {
-    let file = match &d.spec.source {
-        crate::loader::ModelSource::Catalog(e) => e.local_path(),
-        crate::loader::ModelSource::PiperVoice(p) => p.clone(),
-        _ => std::path::PathBuf::new(),
-    };
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    vec![stem, d.name().to_string(), d.spec.source.default_name()]
+    let mut names = d.spec.voice.as_ref().map(|v| v.names.clone()).unwrap_or_default();
+    names.extend([d.name().to_string(), d.spec.source.default_name()]);
+    names
 }
 
 /// `POST /v1/audio/speech`
@@ -92,7 +160,7 @@ pub async fn speech(
     }
     if req.instructions.as_deref().is_some_and(|i| !i.trim().is_empty()) {
         return Err(bad(
-            "'instructions' is not supported by this server: a Piper voice speaks in one style.".into(),
+            "'instructions' is not supported by this server: each of its voices speaks in one style.".into(),
             "instructions",
         ));
     }
@@ -103,7 +171,7 @@ pub async fn speech(
             return Err(bad(format!("Invalid 'stream_format': '{other}'. Use 'audio' or 'sse'."), "stream_format"))
         }
     };
-    let deployment = find_deployment(&state, &caller, &req.model)?;
+    let deployment = find_deployment(&state, &caller, &req.model, &req.voice, input)?;
     let format_name = req.response_format.clone().or_else(|| deployment.spec.default_response_format.clone());
     let format = match format_name.as_deref() {
         None => AudioFormat::Mp3,
@@ -121,49 +189,49 @@ pub async fn speech(
 
     let lease = deployment.acquire().await?;
     let engine = lease.speech().ok_or_else(|| ApiError::internal("a voice deployment without a speech engine"))?;
-    let info = engine.info.clone();
-    if let Some(letter) = unspeakable_letter(input, &info.espeak_voice) {
-        return Err(bad(
-            format!(
-                "The voice of `{}` speaks {} and cannot pronounce '{letter}'; give it text in its language.",
-                req.model, info.espeak_voice
-            ),
-            "input",
-        ));
-    }
+    let model = engine.model.clone();
     let text = input.to_string();
-    let espeak_voice = info.espeak_voice.clone();
-    let sentences = tokio::task::spawn_blocking(move || phonemize(&text, &espeak_voice))
+    let utterances = tokio::task::spawn_blocking(move || model.utterances(&text, speed as f32))
         .await
-        .map_err(|e| ApiError::internal(format!("the phonemizer crashed: {e}")))?
-        .map_err(|e| ApiError::model_unavailable(&req.model, &format!("{e:#}")))?;
-    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| info.ids(&s.phonemes)).collect();
-    if ids.is_empty() {
+        .map_err(|e| ApiError::internal(format!("the voice's front end crashed: {e}")))?
+        .map_err(|e| match e {
+            FrontEndError::Unspeakable { character, language } => bad(
+                format!(
+                    "The voice of `{}` speaks {language} and cannot pronounce '{character}'; give it text in its \
+                     language.",
+                    deployment.name()
+                ),
+                "input",
+            ),
+            FrontEndError::Failed(e) => ApiError::model_unavailable(&req.model, &format!("{e:#}")),
+        })?;
+    if utterances.is_empty() {
         return Err(bad("'input' has nothing the voice can say.".into(), "input"));
     }
-    let mut scales = info.scales;
-    scales.length /= speed as f32;
-    let input_tokens = ids.iter().map(Vec::len).sum();
-    let pending = ids
+    let input_tokens = utterances.iter().map(|u| u.ids.len()).sum();
+    let pending = utterances
         .into_iter()
-        .map(|ids| engine.synthesize(ids, scales))
+        .map(|u| engine.synthesize(u))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::engine(&req.model, e))?;
-    let encoder = Encoder::new(format, info.sample_rate).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let (sample_rate, frame) = (engine.model.sample_rate(), engine.model.frame_samples());
+    // A body is a whole file (a WAV states its true length); events stream it.
+    let encoder = if sse { Encoder::new(format, sample_rate) } else { Encoder::whole(format, sample_rate) };
+    let encoder = encoder.map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let audio = AudioStream {
         pending: pending.into(),
         encoder: Some(encoder),
         samples: 0,
-        sample_rate: info.sample_rate,
-        frame: info.frame_samples,
+        sample_rate,
+        frame,
         lease,
         input_tokens,
     };
     Ok(if sse { audio.into_sse() } else { audio.into_body(format) })
 }
 
-/// The request's sentences in order, encoded as they arrive. Holding the lease keeps the deployment
-/// loaded until the last byte; dropping this (the client left) drops the pending sentences, which
+/// The request's utterances in order, encoded as they arrive. Holding the lease keeps the deployment
+/// loaded until the last byte; dropping this (the client left) drops the pending utterances, which
 /// the engine then skips.
 struct AudioStream {
     pending: std::collections::VecDeque<oneshot::Receiver<Result<Vec<f32>, EngineError>>>,
@@ -177,8 +245,19 @@ struct AudioStream {
 }
 
 impl AudioStream {
-    /// The next encoded bytes, `None` at the end.
+    /// The next encoded bytes, never empty (an encoder may have nothing to send yet, and a whole
+    /// WAV has nothing before the end); `None` at the end.
     async fn next(&mut self) -> Option<Result<Vec<u8>, ApiError>> {
+        loop {
+            match self.next_piece().await {
+                Some(Ok(bytes)) if bytes.is_empty() => continue,
+                next => return next,
+            }
+        }
+    }
+
+    /// What the next sentence (or the end) encodes to, possibly nothing.
+    async fn next_piece(&mut self) -> Option<Result<Vec<u8>, ApiError>> {
         let encoder_failed = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
         if let Some(rx) = self.pending.pop_front() {
             let samples = match rx.await {
@@ -215,12 +294,7 @@ impl AudioStream {
     fn into_sse(self) -> Response {
         let events = futures::stream::unfold(Some(self), |state| async move {
             let mut s = state?;
-            let mut next = s.next().await;
-            // An encoder may have nothing to send yet: no empty deltas.
-            while matches!(&next, Some(Ok(bytes)) if bytes.is_empty()) {
-                next = s.next().await;
-            }
-            let event = match next {
+            let event = match s.next().await {
                 Some(Ok(bytes)) => serde_json::json!({
                     "type": "speech.audio.delta",
                     "audio": base64::engine::general_purpose::STANDARD.encode(bytes),
@@ -230,7 +304,7 @@ impl AudioStream {
                     return Some((Ok::<_, Infallible>(SseEvent::default().data(error.to_string())), None));
                 }
                 None => {
-                    // One output token per frame of the voice (256 samples for Piper's voices).
+                    // One output token per frame of the voice (`SpeechModel::frame_samples`).
                     let output_tokens = s.samples.div_ceil(s.frame);
                     let usage = SpeechUsage {
                         input_tokens: s.input_tokens,
@@ -252,5 +326,49 @@ impl Drop for AudioStream {
         let d = self.lease.deployment();
         d.usage.add_request(self.input_tokens, 0);
         d.usage.add_audio(std::time::Duration::from_secs_f64(self.audio_seconds()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn openai_models_go_to_the_voice_of_the_inputs_script() {
+        let (en, zh) = (names(&["en_US-joe-medium", "joe"]), names(&["baker", "zh"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "alloy", "Hello there."), Ok(0));
+        assert_eq!(route(&voices, "alloy", "放學我們一起去打籃球怎麼樣，今天天氣不錯"), Ok(1));
+        assert_eq!(route(&voices, "alloy", "iPhone 15 很好"), Ok(1), "mostly Mandarin");
+        assert_eq!(route(&voices, "alloy", "The word 你好 means hello."), Ok(0), "mostly English");
+        assert_eq!(route(&voices, "alloy", "12345!"), Ok(0), "no script: the first voice");
+        let reversed = [voices[1], voices[0]];
+        assert_eq!(route(&reversed, "nova", "Hello there."), Ok(1), "not merely the first voice");
+        assert_eq!(route(&reversed, "nova", "12345!"), Ok(0));
+    }
+
+    #[test]
+    fn a_voice_named_by_its_own_name_is_used_whatever_the_input() {
+        let (en, zh) = (names(&["en_US-joe-medium", "joe"]), names(&["baker", "zh"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "baker", "Hello there."), Ok(1));
+        assert_eq!(route(&voices, "en_US-joe-medium", "你好"), Ok(0));
+        // An unknown voice routes by script; the endpoint then refuses the voice.
+        assert_eq!(route(&voices, "nobody", "你好"), Ok(1));
+    }
+
+    #[test]
+    fn kana_and_languages_without_a_voice_are_refused() {
+        let (en, zh) = (names(&["en_US-joe-medium"]), names(&["baker"]));
+        let voices = [(en.as_slice(), &Language::ENGLISH), (zh.as_slice(), &Language::MANDARIN)];
+        assert_eq!(route(&voices, "alloy", "こんにちは"), Err(Unrouted::Japanese('こ')));
+        assert_eq!(route(&voices, "alloy", "東京へ行きます"), Err(Unrouted::Japanese('へ')));
+        assert_eq!(route(&voices[..1], "alloy", "你好"), Err(Unrouted::NoVoiceFor(Language::MANDARIN)));
+        assert_eq!(route(&voices[1..], "alloy", "Hello."), Err(Unrouted::NoVoiceFor(Language::ENGLISH)));
+        assert_eq!(route(&[], "alloy", "Hello."), Err(Unrouted::NoVoice));
     }
 }

@@ -7,7 +7,9 @@
 //! Output per format (the rate each one runs at is chosen in [`AudioFormat::output_rate`]):
 //! - `pcm`: raw s16le mono at 24 kHz, no header: exactly what OpenAI sends, so clients that hard-code
 //!   24 kHz play it at the right speed. Resampled ([`resample`]).
-//! - `wav`: the same s16le at the input rate behind a 44-byte header whose sizes say "unknown".
+//! - `wav`: the same s16le at the input rate behind a 44-byte header; its sizes are the true ones
+//!   in a file sent whole ([`Encoder::whole`], which holds the data until `finish`) and say
+//!   "unknown" in a streamed one.
 //! - `flac`: lossless at the input rate, one FLAC frame per 4096 samples.
 //! - `mp3`: LAME, CBR, at the input rate (22.05 kHz is an MPEG-2 Layer III rate).
 //! - `aac`: fdk-aac AAC-LC in ADTS at the input rate (22.05 kHz is an AAC rate).
@@ -117,6 +119,17 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(format: AudioFormat, input_sample_rate: u32) -> Result<Self> {
+        Self::build(format, input_sample_rate, false)
+    }
+
+    /// An encoder for a file sent whole rather than streamed: where the format's header states the
+    /// length (wav), nothing comes out before `finish`, so that the header states the true one.
+    /// Other formats come out as with [`Encoder::new`].
+    pub fn whole(format: AudioFormat, input_sample_rate: u32) -> Result<Self> {
+        Self::build(format, input_sample_rate, true)
+    }
+
+    fn build(format: AudioFormat, input_sample_rate: u32, whole: bool) -> Result<Self> {
         if input_sample_rate == 0 {
             bail!("input sample rate must be positive");
         }
@@ -125,7 +138,8 @@ impl Encoder {
             if rate == input_sample_rate { None } else { Some(resample::Resampler::new(input_sample_rate, rate)?) };
         let codec: Box<dyn Codec> = match format {
             AudioFormat::Pcm => Box::new(pcm::PcmEncoder),
-            AudioFormat::Wav => Box::new(wav::WavEncoder::new(rate)),
+            AudioFormat::Wav if whole => Box::new(wav::WavEncoder::whole(rate)),
+            AudioFormat::Wav => Box::new(wav::WavEncoder::streamed(rate)),
             AudioFormat::Flac => Box::new(flac::FlacEncoder::new(rate)?),
             AudioFormat::Mp3 => Box::new(mp3::Mp3Encoder::new(rate)?),
             AudioFormat::Aac => Box::new(aac::AacEncoder::new(rate)?),

@@ -42,7 +42,7 @@ impl Replica {
                 }
                 Backend::Chat(Box::new(Engine::start(loaded, spec.limits.clone(), &name)?))
             }
-            ModelKind::Speech => Backend::Speech(SpeechEngine::start(spec.source.load_voice(&device)?, &name)?),
+            ModelKind::Speech => Backend::Speech(SpeechEngine::start(spec.source.load_voice(&device)?.into(), &name)?),
             ModelKind::Embeddings => {
                 Backend::Embeddings(EmbeddingEngine::start(spec.source.load_embeddings(&device)?, &name)?)
             }

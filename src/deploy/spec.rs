@@ -5,6 +5,7 @@ use crate::arch::linear::WeightFormat;
 use crate::engine::scheduler::Limits;
 use crate::loader::chat_template::ChatTemplate;
 use crate::loader::{ModelKind, ModelSource};
+use crate::voice::VoiceCard;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -227,6 +228,8 @@ pub struct DeploymentSpec {
     pub name: String,
     pub meta_key: String,
     pub source: ModelSource,
+    /// For a voice: its family, language and names, known before it loads (what routes `tts-1`).
+    pub voice: Option<VoiceCard>,
     pub weights: WeightFormat,
     pub limits: Limits,
     /// Replicas at creation; the live count is the deployment's own (it can be scaled).
@@ -254,6 +257,7 @@ impl DeploymentSpec {
         }
         let source = ModelSource::parse(model)?;
         source.check_family()?;
+        let voice = source.voice_card()?;
         let name = match &request.name {
             Some(n) if n.trim().is_empty() => bail!("`name` must not be empty"),
             Some(n) => n.trim().to_string(),
@@ -300,6 +304,7 @@ impl DeploymentSpec {
             name,
             meta_key,
             source,
+            voice,
             weights: request.weights.unwrap_or(defaults.weights),
             limits: defaults.limits.clone(),
             replicas,

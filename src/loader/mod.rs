@@ -14,6 +14,7 @@ pub mod voice;
 use crate::arch::linear::WeightFormat;
 use crate::arch::model::TextModel;
 use crate::catalog::{Catalog, CatalogEntry, EntryKind};
+use crate::voice::{Language, SpeechModel, VoiceCard};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::collections::HashSet;
@@ -57,8 +58,8 @@ pub enum ModelSource {
     HfFolder(PathBuf),
     /// `org/name` on the Hugging Face hub.
     Hub(String),
-    /// A Piper voice: `NAME.onnx` with `NAME.onnx.json` beside it.
-    PiperVoice(PathBuf),
+    /// A voice file of one of `voice::FAMILIES` (a Piper `NAME.onnx` with `NAME.onnx.json` beside it).
+    Voice(PathBuf),
 }
 
 /// What a model does: which engine serves it and which endpoint takes it.
@@ -92,8 +93,8 @@ impl ModelSource {
             return Ok(Self::Catalog(Box::new(entry.clone())));
         }
         let path = Path::new(spec);
-        if path.is_file() && path.extension().is_some_and(|e| e == "onnx") {
-            return Ok(Self::PiperVoice(path.to_path_buf()));
+        if path.is_file() && crate::voice::family_of(path).is_some() {
+            return Ok(Self::Voice(path.to_path_buf()));
         }
         if path.is_file() {
             return Ok(Self::GgufFile(path.to_path_buf()));
@@ -111,7 +112,7 @@ impl ModelSource {
     pub fn kind(&self) -> ModelKind {
         match self {
             Self::Catalog(e) if e.kind == EntryKind::Speech => ModelKind::Speech,
-            Self::PiperVoice(_) => ModelKind::Speech,
+            Self::Voice(_) => ModelKind::Speech,
             Self::Catalog(e) if e.kind == EntryKind::Embeddings => ModelKind::Embeddings,
             Self::HfFolder(p) if embedding::is_sentence_transformers(p) => ModelKind::Embeddings,
             _ => ModelKind::Text,
@@ -122,7 +123,7 @@ impl ModelSource {
     pub fn default_name(&self) -> String {
         match self {
             Self::Catalog(e) => e.name.clone(),
-            Self::GgufFile(p) | Self::HfFolder(p) | Self::PiperVoice(p) => {
+            Self::GgufFile(p) | Self::HfFolder(p) | Self::Voice(p) => {
                 p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
             }
             Self::Hub(id) => id.clone(),
@@ -133,16 +134,30 @@ impl ModelSource {
     pub fn root(&self) -> String {
         match self {
             Self::Catalog(e) => e.name.clone(),
-            Self::GgufFile(p) | Self::HfFolder(p) | Self::PiperVoice(p) => p.display().to_string(),
+            Self::GgufFile(p) | Self::HfFolder(p) | Self::Voice(p) => p.display().to_string(),
             Self::Hub(id) => id.clone(),
         }
     }
 
-    /// Loads a voice. Blocking: call it off the async runtime.
-    pub fn load_voice(&self, device: &Device) -> Result<voice::Voice> {
+    /// What routing knows of a voice before it loads (its family, language and names); `None` for
+    /// a model of another kind. A catalog voice states its language in the catalog (it may not be
+    /// pulled yet); a voice file says it in its metadata.
+    pub fn voice_card(&self) -> Result<Option<VoiceCard>> {
         match self {
-            Self::Catalog(e) if e.kind == EntryKind::Speech => voice::Voice::load(&e.local_path(), device),
-            Self::PiperVoice(p) => voice::Voice::load(p, device),
+            Self::Catalog(e) if e.kind == EntryKind::Speech => {
+                let language = e.language.as_deref().map(Language::from_tag);
+                VoiceCard::new(&e.local_path(), language).map(Some).with_context(|| format!("`{}`", e.name))
+            }
+            Self::Voice(p) => VoiceCard::new(p, None).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Loads a voice with its family (`voice::FAMILIES`). Blocking: call it off the async runtime.
+    pub fn load_voice(&self, device: &Device) -> Result<Box<dyn SpeechModel>> {
+        match self {
+            Self::Catalog(e) if e.kind == EntryKind::Speech => crate::voice::load(&e.local_path(), device),
+            Self::Voice(p) => crate::voice::load(p, device),
             _ => bail!("`{}` is not a voice", self.root()),
         }
     }
@@ -197,7 +212,7 @@ impl ModelSource {
             }
             Self::HfFolder(p) => safetensors::load(p, format, device),
             Self::Hub(id) => safetensors::load(&download_from_hub(id)?, format, device),
-            Self::PiperVoice(p) => bail!("{} is a voice, not a chat model", p.display()),
+            Self::Voice(p) => bail!("{} is a voice, not a chat model", p.display()),
         }
     }
 }
