@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod probe;
 pub mod pull;
 pub mod tool_calls;
+pub mod voice;
 
 use std::sync::Arc;
 
