@@ -9,6 +9,7 @@
 //! [`input_language`] reads which language a request's input is in, by its script, so that
 //! `tts-1` can go to a voice that speaks it.
 
+pub mod mandarin;
 pub mod piper;
 
 use anyhow::Result;
