@@ -7,6 +7,7 @@ pub mod onnx;
 pub mod phonemize;
 pub mod safetensors;
 pub mod spm;
+pub mod tflite;
 pub mod tokenizer;
 pub mod voice;
 
