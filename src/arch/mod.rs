@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod embedding;
 pub mod family;
 pub mod linear;
+pub mod mbmelgan;
 pub mod model;
 pub mod rope;
 pub mod sentence;
