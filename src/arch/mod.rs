@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod family;
 pub mod fastspeech2;
 pub mod linear;
+pub mod mbmelgan;
 pub mod model;
 pub mod rope;
 pub mod sentence;

@@ -165,24 +165,52 @@ impl CpuUpsample {
     /// `None` on another device, or for a kernel that is not a multiple of the stride or does not
     /// give exactly `stride` outputs per input.
     fn new(weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Option<Self>> {
-        let (_, c_out, kernel) = weight.dims3()?;
-        if !weight.device().is_cpu() || kernel % stride != 0 || kernel != stride + 2 * padding {
+        let (c_in, _, kernel) = weight.dims3()?;
+        if !weight.device().is_cpu() || kernel != stride + 2 * padding {
             return Ok(None);
         }
-        let w = weight.to_vec3::<f32>()?;
-        let bias = bias.to_vec1::<f32>()?;
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::from_weights(&w, &bias.to_vec1::<f32>()?, c_in, kernel, stride, padding))
+    }
+
+    /// TensorFlow's SAME transposed convolution: exactly `stride` outputs per input, the full
+    /// output cropped by `(kernel - stride) / 2` at the start (and the rest at the end). `weight` is
+    /// `[c_in][c_out][kernel]`. `None` for a kernel that is not a multiple of the stride.
+    pub fn same(weight: &[f32], bias: &[f32], c_in: usize, kernel: usize, stride: usize) -> Option<Self> {
+        Self::from_weights(weight, bias, c_in, kernel, stride, kernel.checked_sub(stride)? / 2)
+    }
+
+    /// The first `len * stride` outputs of the transposed convolution after `padding` cropped at the
+    /// start, which they all lie in where `padding + stride <= kernel`.
+    fn from_weights(
+        weight: &[f32],
+        bias: &[f32],
+        c_in: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Option<Self> {
+        let c_out = bias.len();
+        if stride == 0
+            || !kernel.is_multiple_of(stride)
+            || padding + stride > kernel
+            || weight.len() != c_in * c_out * kernel
+        {
+            return None;
+        }
         let taps = kernel / stride;
-        let mut phases = Vec::with_capacity(stride * c_out * w.len() * taps);
+        let mut phases = Vec::with_capacity(stride * c_out * c_in * taps);
         for r in 0..stride {
             for o in 0..c_out {
-                for row in &w {
-                    phases.extend((0..taps).map(|j| row[o][r + (taps - 1 - j) * stride]));
+                for i in 0..c_in {
+                    let row = &weight[(i * c_out + o) * kernel..][..kernel];
+                    phases.extend((0..taps).map(|j| row[r + (taps - 1 - j) * stride]));
                 }
             }
         }
         let biases: Vec<f32> = (0..stride).flat_map(|_| bias.iter().copied()).collect();
         let phases = PackedConv::new(&phases, &biases, taps, 1, taps - 1);
-        Ok(Some(Self { phases, c_out, stride, padding }))
+        Some(Self { phases, c_out, stride, padding })
     }
 
     pub fn out_channels(&self) -> usize {
