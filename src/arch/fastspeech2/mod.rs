@@ -205,11 +205,11 @@ pub fn regulate(x: &Seqs, durations: &[u32]) -> Seqs {
     let mut row = 0;
     for &len in &x.lens {
         let mut frames = 0;
-        for r in row..row + len {
-            for _ in 0..durations[r] {
+        for (r, &d) in durations.iter().enumerate().skip(row).take(len) {
+            for _ in 0..d {
                 data.extend_from_slice(&x.data[r * w..(r + 1) * w]);
             }
-            frames += durations[r] as usize;
+            frames += d as usize;
         }
         lens.push(frames);
         row += len;
