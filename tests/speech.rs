@@ -64,17 +64,6 @@ fn requests(s: &TestServer, deployment: &str) -> u64 {
     s.state.deployments.get(deployment).unwrap().view().usage.requests
 }
 
-async fn speak(s: &TestServer, body: Value) -> (u16, String, Vec<u8>) {
-    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    (status, content_type, r.bytes().await.unwrap().to_vec())
-}
-
-fn rms(x: &[f32]) -> f32 {
-    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
-}
-
 /// (sample rate, samples) of any format the endpoint sends.
 fn decode(format: &str, bytes: Vec<u8>) -> (u32, Vec<f32>) {
     match format {

@@ -30,17 +30,6 @@ async fn server() -> Option<TestServer> {
     Some(TestServer::start(vec![deployment(ENGLISH, "joe"), deployment(MANDARIN, "baker")], &[]).await)
 }
 
-async fn speak(s: &TestServer, body: Value) -> (u16, String, Vec<u8>) {
-    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    (status, content_type, r.bytes().await.unwrap().to_vec())
-}
-
-fn rms(x: &[f32]) -> f32 {
-    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
-}
-
 fn requests(s: &TestServer, deployment: &str) -> u64 {
     s.state.deployments.get(deployment).unwrap().view().usage.requests
 }

@@ -94,19 +94,9 @@ impl SpeechModel for BakerVoice {
     /// One FastSpeech2 forward per speed in the batch (durations are divided by it), then the
     /// vocoder sentence by sentence.
     fn synthesize(&self, batch: &[Utterance]) -> Result<Vec<Vec<f32>>> {
-        let mut out = vec![Vec::new(); batch.len()];
-        let mut done = vec![false; batch.len()];
-        while let Some(first) = done.iter().position(|d| !d) {
-            let speed = batch[first].speed;
-            let members: Vec<usize> =
-                (first..batch.len()).filter(|&i| !done[i] && batch[i].speed.to_bits() == speed.to_bits()).collect();
-            let ids: Vec<Vec<u32>> = members.iter().map(|&i| batch[i].ids.clone()).collect();
-            let mels = self.acoustic.synthesize(&ids, speed)?;
-            for (n, i) in members.into_iter().enumerate() {
-                out[i] = self.vocoder.vocode(mels.after.seq(n))?;
-                done[i] = true;
-            }
-        }
-        Ok(out)
+        super::per_speed(batch, |ids, speed| {
+            let mels = self.acoustic.synthesize(ids, speed)?;
+            (0..ids.len()).map(|n| self.vocoder.vocode(mels.after.seq(n))).collect()
+        })
     }
 }

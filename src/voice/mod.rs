@@ -34,6 +34,30 @@ pub trait SpeechModel: Send + Sync {
     fn synthesize(&self, batch: &[Utterance]) -> Result<Vec<Vec<f32>>>;
 }
 
+/// Runs `forward` once per speed in `batch` (on the ids of that speed's utterances, in order) and
+/// puts each output back in its utterance's place: what a family's `synthesize` does when its model
+/// takes one speed a forward.
+pub fn per_speed(
+    batch: &[Utterance],
+    mut forward: impl FnMut(&[Vec<u32>], f32) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = vec![Vec::new(); batch.len()];
+    let mut done = vec![false; batch.len()];
+    while let Some(first) = done.iter().position(|d| !d) {
+        let speed = batch[first].speed;
+        let members: Vec<usize> =
+            (first..batch.len()).filter(|&i| !done[i] && batch[i].speed.to_bits() == speed.to_bits()).collect();
+        let ids: Vec<Vec<u32>> = members.iter().map(|&i| batch[i].ids.clone()).collect();
+        let audio = forward(&ids, speed)?;
+        anyhow::ensure!(audio.len() == ids.len(), "{} utterances gave {} outputs", ids.len(), audio.len());
+        for (i, audio) in members.into_iter().zip(audio) {
+            out[i] = audio;
+            done[i] = true;
+        }
+    }
+    Ok(out)
+}
+
 /// One utterance of a request: the model's input ids and how to speak them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Utterance {

@@ -60,22 +60,10 @@ impl SpeechModel for PiperVoice {
     /// One forward per speed in the batch (one, as the engine batches): speed divides the voice's
     /// length scale, as Piper's `--length-scale` does; its noise scales stay the voice's own.
     fn synthesize(&self, batch: &[Utterance]) -> Result<Vec<Vec<f32>>> {
-        let mut out = vec![Vec::new(); batch.len()];
-        let mut done = vec![false; batch.len()];
-        while let Some(first) = done.iter().position(|d| !d) {
-            let speed = batch[first].speed;
-            let members: Vec<usize> =
-                (first..batch.len()).filter(|&i| !done[i] && batch[i].speed.to_bits() == speed.to_bits()).collect();
-            let ids: Vec<Vec<u32>> = members.iter().map(|&i| batch[i].ids.clone()).collect();
+        super::per_speed(batch, |ids, speed| {
             let mut scales = self.0.info.scales;
             scales.length /= speed;
-            let audio = self.0.model.synthesize(&ids, scales)?;
-            anyhow::ensure!(audio.len() == ids.len(), "{} utterances gave {} outputs", ids.len(), audio.len());
-            for (i, audio) in members.into_iter().zip(audio) {
-                out[i] = audio;
-                done[i] = true;
-            }
-        }
-        Ok(out)
+            Ok(self.0.model.synthesize(ids, scales)?)
+        })
     }
 }

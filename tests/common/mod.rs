@@ -476,3 +476,16 @@ pub fn real_model_pulled(name: &str) -> bool {
     eprintln!("SKIPPED: {name} is not pulled (run `wick pull {name}`)");
     false
 }
+
+/// `POST /v1/audio/speech`: (status, content type, body).
+pub async fn speak(s: &TestServer, body: serde_json::Value) -> (u16, String, Vec<u8>) {
+    let r = s.post("/v1/audio/speech").json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, content_type, r.bytes().await.unwrap().to_vec())
+}
+
+/// The root mean square of samples (0 for none).
+pub fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
