@@ -74,6 +74,11 @@ impl Activations {
     /// share its scale (the row itself for a fully-connected layer, a whole sequence for a
     /// convolution): `q = round(x * 127 / range)`, half away from zero, clamped to +-127. A zero
     /// range gives zeros.
+    ///
+    /// The blocks carry the scale 1, not `range / 127`: against weights of scale 1 a kernel then
+    /// sums exact integer products (exact in f32 below 2^24), and the caller applies the scales
+    /// once, as TFLite does (`acc * (input scale * weight scale)`), rather than rounding each
+    /// block's product on the way.
     pub fn with_row_ranges(x: &[f32], k: usize, ranges: &[f32]) -> Self {
         assert!(k.is_multiple_of(BLOCK) && x.len() == k * ranges.len(), "activations are whole rows");
         let blocks = x.len() / BLOCK;
@@ -81,15 +86,15 @@ impl Activations {
         for (r, &range) in ranges.iter().enumerate() {
             // TFLite's SymmetricQuantizeFloats: the inverse is 127 / range, not 1 / scale, which can
             // differ in the last bit and move a value across a rounding tie.
-            let (scale, inv) = if range > 0.0 { (range / 127.0, 127.0 / range) } else { (0.0, 0.0) };
+            let inv = if range > 0.0 { 127.0 / range } else { 0.0 };
             for b in r * k / BLOCK..(r + 1) * k / BLOCK {
                 let mut sum = 0i32;
                 for (q, &v) in a.q[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(&x[b * BLOCK..(b + 1) * BLOCK]) {
                     *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
                     sum += *q as i32;
                 }
-                a.d[b] = scale;
-                a.s[b] = scale * sum as f32;
+                a.d[b] = 1.0;
+                a.s[b] = sum as f32;
             }
         }
         a

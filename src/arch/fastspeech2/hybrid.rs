@@ -47,12 +47,15 @@ impl HybridMatrix {
     }
 
     /// `x` holds rows of `padded` values; row `r` is quantized for the range `ranges[r]`.
+    /// The kernel gives each output's integer sum (scales of 1 on both sides); it becomes
+    /// `bias + sum * (input scale * weight scale)`, TFLite's own arithmetic, to the bit.
     fn apply(&self, x: &[f32], ranges: &[f32]) -> Vec<f32> {
         let acts = Activations::with_row_ranges(x, self.padded, ranges);
         let mut y = self.weights.matmul_quantized(&acts);
-        for row in y.chunks_exact_mut(self.n) {
+        for (row, range) in y.chunks_exact_mut(self.n).zip(ranges) {
+            let scale = range / 127.0 * self.scale;
             for (v, b) in row.iter_mut().zip(&self.bias) {
-                *v = *v * self.scale + b;
+                *v = b + *v * scale;
             }
         }
         y
@@ -135,7 +138,7 @@ impl Conv {
 mod tests {
     use super::*;
 
-    /// The reference: TFLite's hybrid arithmetic written out, one value at a time.
+    /// The reference: TFLite's hybrid arithmetic written out, one value at a time, in its order.
     fn hybrid_reference(q: &[i8], scale: f32, bias: &[f32], x: &[f32], range: f32, k: usize) -> Vec<f32> {
         let x_scale = range / 127.0;
         let xq: Vec<i32> = x
@@ -144,7 +147,7 @@ mod tests {
             .collect();
         q.chunks_exact(k)
             .zip(bias)
-            .map(|(w, b)| w.iter().zip(&xq).map(|(&w, &x)| w as i32 * x).sum::<i32>() as f32 * x_scale * scale + b)
+            .map(|(w, b)| b + w.iter().zip(&xq).map(|(&w, &x)| w as i32 * x).sum::<i32>() as f32 * (x_scale * scale))
             .collect()
     }
 
@@ -171,7 +174,7 @@ mod tests {
             let row = &x[r * k..(r + 1) * k];
             let want = hybrid_reference(&q, 0.02, &bias, row, input_range(row), k);
             for (a, b) in y[r * n..(r + 1) * n].iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "row {r}: {a} vs {b}");
+                assert_eq!(a.to_bits(), b.to_bits(), "row {r}: {a} vs {b}");
             }
         }
     }
@@ -187,10 +190,7 @@ mod tests {
                 let row = &x[r * k..(r + 1) * k];
                 let want = hybrid_reference(&q, 0.01, &vec![0.0; n], row, input_range(row), k);
                 for (j, (a, b)) in y[r * n..(r + 1) * n].iter().zip(&want).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                        "{n}x{k}, {rows} rows: row {r} col {j}: {a} vs {b}"
-                    );
+                    assert_eq!(a.to_bits(), b.to_bits(), "{n}x{k}, {rows} rows: row {r} col {j}: {a} vs {b}");
                 }
             }
         }
@@ -212,7 +212,7 @@ mod tests {
         window.extend_from_slice(&a[..2 * c_in]);
         let want = hybrid_reference(&q, 0.05, &vec![0.0; c_out], &window, input_range(&a), kernel * c_in);
         for (x, y) in alone_a[..c_out].iter().zip(&want) {
-            assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{x} vs {y}");
+            assert_eq!(x.to_bits(), y.to_bits(), "{x} vs {y}");
         }
     }
 }

@@ -31,7 +31,11 @@ impl Seqs {
     }
 }
 
-/// Keras's LayerNormalization over each row (TensorFlowTTS sets epsilon 1e-5).
+/// Keras's LayerNormalization over each row (TensorFlowTTS sets epsilon 1e-5), in the order of the
+/// graph's own operators: `mul = gamma / sqrt(var + eps)`, `x * mul + (beta - mean * mul)`, the mean
+/// and the variance summed as TF Lite's MEAN sums (`tflite_mean`). The output is the next layer's
+/// input, which is quantized: a last bit can move a value across a rounding tie. Checked against
+/// TF Lite 2.15.1 running Keras's layer: equal to the bit.
 pub struct LayerNorm {
     pub gamma: Vec<f32>,
     pub beta: Vec<f32>,
@@ -42,22 +46,85 @@ pub const LAYER_NORM_EPS: f32 = 1e-5;
 impl LayerNorm {
     pub fn apply(&self, x: &mut [f32]) {
         let n = self.gamma.len();
+        let mut squares = vec![0f32; n];
         for row in x.chunks_exact_mut(n) {
-            let mean = row.iter().sum::<f32>() / n as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let mean = tflite_mean(row);
+            for (s, v) in squares.iter_mut().zip(row.iter()) {
+                *s = (v - mean) * (v - mean);
+            }
+            let var = tflite_mean(&squares);
             let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
             for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
-                *v = (*v - mean) * inv * g + b;
+                let mul = inv * g;
+                *v = *v * mul + (b - mean * mul);
             }
         }
     }
 }
 
-/// mish(x) = x tanh(softplus(x)), softplus as the graph computes it: ln(e^x + 1).
+/// The mean of `x` as TF Lite's MEAN over the last axis computes it (Eigen's vectorized reduction,
+/// AVX): two accumulators of 8 lanes take alternate packets of 8, so lane `l` of 16 sums `x[l]`,
+/// `x[l + 16]`, ... in order; the two are added, the 8 lanes reduced by halves, then any values
+/// past the last 16 added one by one, and the sum divided by the count.
+pub fn tflite_mean(x: &[f32]) -> f32 {
+    let whole = x.len() / 16 * 16;
+    let mut lanes = [0f32; 16];
+    for chunk in x[..whole].chunks_exact(16) {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    let mut v: Vec<f32> = (0..8).map(|l| lanes[l] + lanes[l + 8]).collect();
+    while v.len() > 1 {
+        let half = v.len() / 2;
+        v = (0..half).map(|i| v[i] + v[i + half]).collect();
+    }
+    let sum = x[whole..].iter().fold(v[0], |s, x| s + x);
+    sum / x.len() as f32
+}
+
+/// mish(x) = x tanh(softplus(x)), softplus as the graph computes it: ln(e^x + 1) (TF Lite's EXP
+/// and LOG are the C library's, as Rust's are), tanh as TF Lite's TANH computes it.
 pub fn mish(x: &mut [f32]) {
     for v in x {
-        *v *= (v.exp() + 1.0).ln().tanh();
+        *v *= tflite_tanh((v.exp() + 1.0).ln());
     }
+}
+
+/// tanh as TF Lite's TANH kernel computes it for f32: Eigen's rational approximation (degree 13
+/// over 6, clamped at +-7.905; TensorFlow's wheels are built without FMA, so each step rounds
+/// separately). It differs from the C library's tanh in the last bit for about two values in
+/// three, and the next layer quantizes its input to int8: a last bit can carry a value across a
+/// rounding tie, and that difference then spreads through the quantized layers after it.
+// Eigen's constants as written there (f32 rounds them as C++'s float literals do).
+#[allow(clippy::excessive_precision)]
+pub fn tflite_tanh(a: f32) -> f32 {
+    const ALPHA: [f32; 7] = [
+        4.89352455891786e-03,
+        6.37261928875436e-04,
+        1.48572235717979e-05,
+        5.12229709037114e-08,
+        -8.60467152213735e-11,
+        2.00018790482477e-13,
+        -2.76076847742355e-16,
+    ];
+    const BETA: [f32; 4] = [4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06];
+    const CLAMP: f32 = 7.90531110763549805;
+    if a.abs() < 4e-4 {
+        return a;
+    }
+    let x = a.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let mut p = x2 * ALPHA[6] + ALPHA[5];
+    for c in ALPHA[..5].iter().rev() {
+        p = x2 * p + c;
+    }
+    let p = x * p;
+    let mut q = x2 * BETA[3] + BETA[2];
+    for c in BETA[..2].iter().rev() {
+        q = x2 * q + c;
+    }
+    p / q
 }
 
 pub fn relu(x: &mut [f32]) {
@@ -185,7 +252,7 @@ impl Postnet {
                 for ((v, m), s) in row.iter_mut().zip(mul).zip(sub) {
                     *v = *v * m + s;
                     if i < last {
-                        *v = v.tanh();
+                        *v = tflite_tanh(*v);
                     }
                 }
             }

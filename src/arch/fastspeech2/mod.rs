@@ -358,6 +358,77 @@ impl Weights<'_> {
 mod tests {
     use super::*;
 
+    /// TF Lite 2.15.1's TANH on f32 (a one-op graph, builtin kernels), as bits: the C library's tanh
+    /// differs on 9 of these 15.
+    #[test]
+    fn tanh_is_tflite_to_the_bit() {
+        let pairs = [
+            (-9.0, 0xbf800000u32),
+            (-7.95, 0xbf800000),
+            (-3.3, 0xbf7f4def),
+            (-1.0, 0xbf42f7d6),
+            (-0.25, 0xbe7acbf5),
+            (-0.0003, 0xb99d4952),
+            (0.0, 0x00000000),
+            (0.00041, 0x39d6f542),
+            (0.1, 0x3dcc1ebb),
+            (0.7, 0x3f1ab7d9),
+            (1.5, 0x3f67b7cb),
+            (2.2, 0x3f79ca4f),
+            (4.0, 0x3f7fd40a),
+            (7.9, 0x3f7ffffc),
+            (8.5, 0x3f800000),
+        ];
+        for (x, bits) in pairs {
+            let y = layers::tflite_tanh(x);
+            assert_eq!(y.to_bits(), bits, "tanh({x}) = {y}, TF Lite {}", f32::from_bits(bits));
+        }
+    }
+
+    /// Keras's LayerNormalization (epsilon 1e-5) on three rows of 256, converted and run by TF Lite
+    /// 2.15.1 (builtin kernels): its MEAN of each row and some of its outputs, as bits. Summed in
+    /// row order instead, the second mean differs in the last bit.
+    #[test]
+    fn layer_norm_is_tflite_to_the_bit() {
+        let rows: Vec<Vec<f32>> = (0..3u64)
+            .map(|r| {
+                (0..256u64)
+                    .map(|i| {
+                        let v = ((i * 7919 + r * 104729) % 1000) as f64 / 500.0 - 1.0 + (0.37 * r as f64) as f32 as f64;
+                        v as f32 * (1 + r) as f32
+                    })
+                    .collect()
+            })
+            .collect();
+        let gamma: Vec<f32> = (0..256).map(|i| (1.0 + ((i * 31) % 17) as f64 / 40.0) as f32).collect();
+        let beta: Vec<f32> = (0..256).map(|i| (((i * 13) % 11) as f64 / 50.0 - 0.1) as f32).collect();
+        let means = [0x3aa3d708u32, 0x3f349375, 0x400bb127];
+        let picked = [0, 1, 7, 31, 64, 100, 128, 200, 255];
+        let outputs: [[u32; 9]; 3] = [
+            [
+                0xbfeb3d92, 0x3ff34724, 0xbeb3bb5b, 0xbc1a8e84, 0x3fbb49b7, 0x3fc463f3, 0x3efddfd9, 0x3faa5db0,
+                0xbf0f6a96,
+            ],
+            [
+                0x3f3a9249, 0x3f2d728e, 0xbfc7e9b2, 0xbf905981, 0x3e9106c6, 0x3efbf02c, 0xbf12f87a, 0x3e1a55b4,
+                0xbfbcdaed,
+            ],
+            [
+                0xbe64c850, 0xbf1a928a, 0x3fe340ec, 0x3ffa3e5e, 0xbf720d8f, 0xbf193e0d, 0xbfd69773, 0xbf89e3d0,
+                0x3f85f69f,
+            ],
+        ];
+        let norm = LayerNorm { gamma, beta };
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(layers::tflite_mean(row).to_bits(), means[r], "row {r}'s mean");
+            let mut y = row.clone();
+            norm.apply(&mut y);
+            for (&i, &bits) in picked.iter().zip(&outputs[r]) {
+                assert_eq!(y[i].to_bits(), bits, "row {r}, value {i}: {} against {}", y[i], f32::from_bits(bits));
+            }
+        }
+    }
+
     /// Deterministic values in [-1, 1).
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
