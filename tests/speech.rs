@@ -60,10 +60,6 @@ async fn bilingual_server(dir: &std::path::Path) -> Option<TestServer> {
     Some(TestServer::start(specs, &[]).await)
 }
 
-fn requests(s: &TestServer, deployment: &str) -> u64 {
-    s.state.deployments.get(deployment).unwrap().view().usage.requests
-}
-
 /// (sample rate, samples) of any format the endpoint sends.
 fn decode(format: &str, bytes: Vec<u8>) -> (u32, Vec<f32>) {
     match format {

@@ -30,10 +30,6 @@ async fn server() -> Option<TestServer> {
     Some(TestServer::start(vec![deployment(ENGLISH, "joe"), deployment(MANDARIN, "baker")], &[]).await)
 }
 
-fn requests(s: &TestServer, deployment: &str) -> u64 {
-    s.state.deployments.get(deployment).unwrap().view().usage.requests
-}
-
 #[tokio::test]
 async fn the_docs_chinese_curl_is_answered_by_the_mandarin_voice() {
     let Some(s) = server().await else { return };

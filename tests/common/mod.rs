@@ -489,3 +489,8 @@ pub async fn speak(s: &TestServer, body: serde_json::Value) -> (u16, String, Vec
 pub fn rms(x: &[f32]) -> f32 {
     (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
 }
+
+/// Requests a deployment has answered, from its usage.
+pub fn requests(s: &TestServer, deployment: &str) -> u64 {
+    s.state.deployments.get(deployment).unwrap().view().usage.requests
+}

@@ -35,6 +35,17 @@ pub fn parallel_rows(rows: usize, width: usize, f: impl Fn(Range<usize>) + Sync)
     }
 }
 
+/// The steps in each window when a sequence of `len` time steps is cut for the pool (the vocoders'
+/// stages): at most 1,024, as many windows as a multiple of the threads, at least 64 steps. The
+/// pool hands windows out as threads come free, and a third window for two threads kept one waiting
+/// for the other (a third of the first stage of a short sentence). Each window recomputes its
+/// neighbours' margins (up to 45 steps a side), so longer windows waste less: 1,024 against 512 was
+/// 2% faster over the VITS voice (AMD EPYC Zen 3, avx2; 1,536 and 2,048 gained nothing more).
+pub fn window_steps(len: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    len.div_ceil(len.div_ceil(1024).next_multiple_of(threads)).max(64)
+}
+
 /// One output buffer written by many workers, each to its own disjoint part.
 pub struct SharedOut<T> {
     ptr: *mut T,

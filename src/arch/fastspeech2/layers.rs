@@ -74,10 +74,14 @@ pub fn tflite_mean(x: &[f32]) -> f32 {
             *l += v;
         }
     }
-    let mut v: Vec<f32> = (0..8).map(|l| lanes[l] + lanes[l + 8]).collect();
-    while v.len() > 1 {
-        let half = v.len() / 2;
-        v = (0..half).map(|i| v[i] + v[i + half]).collect();
+    let mut v = [0f32; 8];
+    for (l, v) in v.iter_mut().enumerate() {
+        *v = lanes[l] + lanes[l + 8];
+    }
+    for half in [4, 2, 1] {
+        for i in 0..half {
+            v[i] += v[i + half];
+        }
     }
     let sum = x[whole..].iter().fold(v[0], |s, x| s + x);
     sum / x.len() as f32

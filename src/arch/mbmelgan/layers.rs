@@ -4,7 +4,7 @@
 use super::graph::ConvSpec;
 use crate::arch::cpu::conv1d::{leaky_conv, leaky_conv_here, PackedConv, Rows};
 use crate::arch::cpu::rowwise::tanh_in_place;
-use crate::arch::cpu::{parallel_for, SharedOut};
+use crate::arch::cpu::{parallel_for, window_steps, SharedOut};
 use crate::arch::vits::layers::CpuUpsample;
 use anyhow::{ensure, Result};
 use std::ops::Range;
@@ -161,10 +161,8 @@ impl Stage {
         }
         let reaches = self.blocks.iter().map(|b| b.dilated.reflect).chain(post.map(|(p, _)| p.reflect));
         let (before, after) = reaches.fold((0, 0), |(b, a), (rb, ra)| (b + rb, a + ra));
-        // Windows of at most 1,024 steps, as many as a multiple of the threads (as the VITS
-        // decoder's): each recomputes its neighbours' margins (40 steps a side at 300 per frame).
-        let threads = candle_core::utils::get_num_threads().max(1);
-        let window = len.div_ceil(len.div_ceil(1024).next_multiple_of(threads)).max(64);
+        // Each window recomputes its neighbours' margins (40 steps a side at 300 per frame).
+        let window = window_steps(len);
         let shared = SharedOut::new(&mut out);
         parallel_for(len.div_ceil(window), |windows| {
             for w in windows {
@@ -220,8 +218,7 @@ pub(super) fn upsample(up: &CpuUpsample, x: &[f32], len: usize, slope: f32) -> V
     if out_len == 0 {
         return y;
     }
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let window = out_len.div_ceil(out_len.div_ceil(1024).next_multiple_of(threads)).max(64);
+    let window = window_steps(out_len);
     let shared = SharedOut::new(&mut y);
     parallel_for(out_len.div_ceil(window), |windows| {
         for w in windows {

@@ -9,7 +9,7 @@ use super::layers::{leaky_relu, per_sequence, Conv1d, ConvTranspose1d, CpuUpsamp
 use super::{ResBlockKind, VitsConfig};
 use crate::arch::cpu::conv1d::{leaky_conv_here, PackedConv, Rows};
 use crate::arch::cpu::rowwise::tanh_in_place;
-use crate::arch::cpu::{parallel_for, SharedOut};
+use crate::arch::cpu::{parallel_for, window_steps, SharedOut};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -221,13 +221,7 @@ fn stage_in_windows(stage: &CpuStage, x: &[f32], len: usize, post: Option<&Packe
     if len == 0 {
         return vec![];
     }
-    // Windows of at most 1,024 steps, as many as a multiple of the threads: the pool hands them
-    // out as threads come free, and a third window for two threads kept one waiting for the other
-    // (a third of the first stage of a short sentence). Each window recomputes its neighbours'
-    // margins (up to 45 steps a side), so longer windows waste less: 1,024 against 512 was 2%
-    // faster over the voice (AMD EPYC Zen 3, avx2; 1,536 and 2,048 gained nothing more).
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let window = len.div_ceil(len.div_ceil(1024).next_multiple_of(threads)).max(64);
+    let window = window_steps(len);
     let post_reach = post.map_or(0, PackedConv::reach);
     let widest = blocks.iter().map(|b| b.halo()).max().unwrap_or(0);
     let scale = 1.0 / blocks.len() as f32;
